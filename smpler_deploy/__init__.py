@@ -1,0 +1,16 @@
+"""smpler-deploy: SMPLer from PyTorch to ONNX and TensorRT engines."""
+
+__version__ = "0.1.0"
+
+from .errors import SmplerError  # noqa: E402
+from .outputs import OUTPUT_NAMES, SMPLOutput  # noqa: E402
+
+
+def load_model(*args, **kwargs):
+    """See `smpler_deploy.model.smpler.load_model` (imported lazily: torch is heavy)."""
+    from .model.smpler import load_model as _load
+
+    return _load(*args, **kwargs)
+
+
+__all__ = ["load_model", "SMPLOutput", "OUTPUT_NAMES", "SmplerError", "__version__"]

@@ -1,0 +1,13 @@
+"""User-facing errors: one line that names the file or flag and what was expected.
+
+The command-line entry points catch `SmplerError` and print `error: <message>` with a non-zero exit and no
+traceback; library users get an ordinary exception (a `ValueError` subclass, so generic handlers still work).
+"""
+
+
+class SmplerError(ValueError):
+    """A problem with the user's input (file, flag, tensor), stated in one line."""
+
+
+def fail(message: str) -> "NoReturn":  # noqa: F821 - typing only
+    raise SmplerError(message)

@@ -1,0 +1,31 @@
+"""The model's output structure, shared by every backend (torch tensors or numpy arrays)."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+# Order of the ONNX/engine outputs; the graph's output names are exactly these.
+OUTPUT_NAMES = ("vertices", "joints", "smpl_joints", "smpl_joints2d", "rotmat", "betas", "cam")
+INPUT_NAME = "images"
+CROP_SIZE = 224
+
+
+class SMPLOutput(NamedTuple):
+    vertices: Any  # [B,6890,3] metres, camera-aligned body frame
+    joints: Any  # [B,14,3] H36M-14 (official evaluation order)
+    smpl_joints: Any  # [B,24,3] SMPL kinematic joints
+    smpl_joints2d: Any  # [B,24,2] weak-perspective projection, normalized crop coords in [-1,1]
+    rotmat: Any  # [B,24,3,3] per-joint rotations (local frames)
+    betas: Any  # [B,10]
+    cam: Any  # [B,3] weak-perspective camera (s, tx, ty)
+
+    def numpy(self) -> "SMPLOutput":
+        """Convert torch tensors to float32 numpy arrays (no-op for arrays)."""
+        import numpy as np
+
+        def conv(x):
+            if hasattr(x, "detach"):
+                x = x.detach().float().cpu().numpy()
+            return np.asarray(x, dtype=np.float32)
+
+        return SMPLOutput(*(conv(x) for x in self))
