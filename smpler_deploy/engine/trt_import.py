@@ -1,0 +1,100 @@
+"""Import a TensorRT flavour lazily, and repair the TensorRT-RTX wheel's missing soname link.
+
+`tensorrt` (10.x/11.x, datacenter GPUs and Jetson) or `tensorrt_rtx` (RTX GPUs; builds ahead of time without a
+GPU). The package imports fine on machines with neither; only building or running engines needs one.
+
+TensorRT-RTX 1.7 wheels ship `libtensorrt_rtx.so.1` but the ONNX parser `dlopen`s `libtensorrt_rtx.so` when it
+imports a plugin node; the failure is an uncatchable `std::terminate` (see shared notes, tensorrt-rtx §1.2).
+The parser's RPATH is `$ORIGIN`, so a symlink beside it fixes every process. We create it on first use when
+site-packages is writable, and otherwise refuse plugin graphs with the one command that fixes it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from pathlib import Path
+
+from ..errors import SmplerError
+
+FLAVOURS = ("tensorrt", "tensorrt-rtx")
+INSTALL_HINT = {
+    "tensorrt": "pip install 'smpler-deploy[trt]' (TensorRT 10.x/11.x; on Jetson use JetPack's TensorRT)",
+    "tensorrt-rtx": "pip install 'smpler-deploy[rtx]' (TensorRT-RTX; builds engines without a GPU)",
+}
+
+
+def rtx_libs_dir() -> Path | None:
+    spec = importlib.util.find_spec("tensorrt_rtx_libs")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def ensure_rtx_soname() -> bool:
+    """Make `libtensorrt_rtx.so` resolvable beside the parser. Returns True when plugin parsing is safe."""
+    libs = rtx_libs_dir()
+    if libs is None:
+        return False
+    link = libs / "libtensorrt_rtx.so"
+    if link.exists():
+        return True
+    target = libs / "libtensorrt_rtx.so.1"
+    if not target.exists():
+        return False
+    try:
+        os.symlink(target.name, link)
+    except FileExistsError:
+        pass
+    except OSError:
+        return False
+    return link.exists()
+
+
+def rtx_soname_fix_command() -> str:
+    libs = rtx_libs_dir() or Path("<site-packages>/tensorrt_rtx_libs")
+    return f"ln -s libtensorrt_rtx.so.1 {libs / 'libtensorrt_rtx.so'}"
+
+
+def _has_builder(mod) -> bool:
+    # PyPI's `tensorrt` can resolve to lean/dispatch-only bindings or stubs without a Builder.
+    return hasattr(mod, "Builder") and hasattr(mod, "OnnxParser")
+
+
+def available_flavours() -> list[str]:
+    out = []
+    for flavour in FLAVOURS:
+        try:
+            import_trt(flavour)
+        except SmplerError:
+            continue
+        out.append(flavour)
+    return out
+
+
+def import_trt(flavour: str | None = None):
+    """Return (trt_module, flavour). `flavour=None` picks whichever is installed, TensorRT first."""
+    if flavour is None:
+        errors = []
+        for f in FLAVOURS:
+            try:
+                return import_trt(f)
+            except SmplerError as e:
+                errors.append(str(e))
+        raise SmplerError(
+            "--trt: no TensorRT flavour is installed; install one of: "
+            + "; ".join(f"{f}: {INSTALL_HINT[f]}" for f in FLAVOURS)
+        )
+    if flavour not in FLAVOURS:
+        raise SmplerError(f"--trt {flavour}: expected one of {', '.join(FLAVOURS)}")
+    modname = "tensorrt" if flavour == "tensorrt" else "tensorrt_rtx"
+    if flavour == "tensorrt-rtx":
+        ensure_rtx_soname()
+    try:
+        mod = importlib.import_module(modname)
+    except Exception as e:  # ImportError, or a stub raising on import
+        raise SmplerError(f"--trt {flavour}: cannot import {modname} ({e.__class__.__name__}); {INSTALL_HINT[flavour]}")
+    if not _has_builder(mod):
+        raise SmplerError(f"--trt {flavour}: {modname} has no builder (stub or lean package); {INSTALL_HINT[flavour]}")
+    return mod, flavour
