@@ -1,0 +1,207 @@
+"""report.json (versioned schema, see benchmarks/REPORT_SCHEMA.md) and report.md for a benchmark run."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import SmplerError
+from ..fidelity import jsonable
+from ..fileio import write_text_atomic
+
+SCHEMA = "smpler-deploy/bench-report"
+SCHEMA_VERSION = 1
+# Nominal model cost (2×MAC, conv/linear/matmul; notes/smpler-reference.md §8), per 224×224 image.
+MODEL_GFLOPS = {"smpler": 18.785, "smpler-l": 35.508}
+KINDS = ("official", "reference", "deployed")  # official-style eager baseline, our torch fp32 reference, the rest
+STATUSES = ("ok", "skipped", "failed")
+
+
+@dataclass
+class Cell:
+    """One (backend, precision, batch) measurement. `kind` separates the two baselines from deployed cells."""
+
+    backend: str
+    precision: str
+    batch: int
+    kind: str = "deployed"
+    status: str = "ok"
+    reason: str | None = None  # why skipped/failed
+    artifact: str | None = None  # ONNX/engine path, when the cell ran one
+    setup_s: float | None = None  # session open (+ export) time
+    latency: dict | None = None  # LatencyStats.to_dict()
+    peak_rss_mb: float | None = None
+    fidelity: dict | None = None  # fidelity.fidelity() vs the torch fp32 reference, same inputs
+    speedup_vs_official: float | None = None  # throughput ratio vs the official eager fp32 cell, same batch
+    achieved_gflops: float | None = None  # nominal model GFLOPs × images/s
+    dataset_metrics: dict | None = None
+
+    @property
+    def id(self) -> str:
+        name = {"official": "torch-official", "reference": "torch-reference"}.get(self.kind, self.backend)
+        return f"{name}/{self.precision}/b{self.batch}"
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, **asdict(self)}
+
+
+@dataclass
+class Report:
+    model: dict  # variant, untrained, standin_body, gflops_per_image
+    settings: dict  # iters, warmup, threads, backends, precisions, batches, inputs
+    machine: dict
+    cells: list[Cell] = field(default_factory=list)
+    dataset: dict | None = None  # name, file, samples, protocol
+    command: str = ""
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+
+    def finalize(self) -> "Report":
+        """Fill derived columns: speed-up vs the official baseline (same batch) and achieved GFLOP/s."""
+        gf = self.model.get("gflops_per_image")
+        base = {c.batch: c.latency["throughput_ips"] for c in self.cells
+                if c.kind == "official" and c.status == "ok" and c.latency}
+        for c in self.cells:
+            if c.status != "ok" or not c.latency:
+                continue
+            thr = c.latency["throughput_ips"]
+            c.speedup_vs_official = thr / base[c.batch] if c.batch in base else None
+            c.achieved_gflops = gf * thr if gf else None
+        return self
+
+    def to_dict(self) -> dict:
+        from .. import __version__
+
+        return jsonable({"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "created": self.created,
+                         "tool": {"name": "smpler-deploy", "version": __version__}, "command": self.command,
+                         "model": self.model, "settings": self.settings, "machine": self.machine,
+                         "cells": [c.to_dict() for c in self.cells], "dataset": self.dataset})
+
+
+# --- schema validation (hand-rolled: no jsonschema dependency) ----------------------------------------------------
+
+_TOP = {"schema": str, "schema_version": int, "created": str, "tool": dict, "command": str, "model": dict,
+        "settings": dict, "machine": dict, "cells": list}
+_CELL = {"id": str, "backend": str, "precision": str, "batch": int, "kind": str, "status": str}
+_LAT = ("iters", "batch", "min_ms", "mean_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms", "throughput_ips")
+
+
+def validate_report(d: dict) -> dict:
+    """Check a report.json dict against schema version 1; raise SmplerError naming the first problem."""
+    def need(obj, spec, where):
+        for k, t in spec.items():
+            if k not in obj:
+                raise SmplerError(f"{where}: missing key '{k}'")
+            if not isinstance(obj[k], t) or (t is int and isinstance(obj[k], bool)):
+                raise SmplerError(f"{where}.{k}: expected {t.__name__}, got {type(obj[k]).__name__}")
+
+    need(d, _TOP, "report")
+    if d["schema"] != SCHEMA or d["schema_version"] != SCHEMA_VERSION:
+        raise SmplerError(f"report: schema {d['schema']} v{d['schema_version']}, expected {SCHEMA} v{SCHEMA_VERSION}")
+    need(d["model"], {"variant": str, "untrained": bool, "standin_body": bool}, "report.model")
+    for i, c in enumerate(d["cells"]):
+        where = f"report.cells[{i}]"
+        need(c, _CELL, where)
+        if c["kind"] not in KINDS or c["status"] not in STATUSES:
+            raise SmplerError(f"{where}: kind/status {c['kind']}/{c['status']} not in {KINDS}/{STATUSES}")
+        if c["status"] == "ok":
+            if not isinstance(c.get("latency"), dict) or any(k not in c["latency"] for k in _LAT):
+                raise SmplerError(f"{where}.latency: expected keys {', '.join(_LAT)}")
+        elif not c.get("reason"):
+            raise SmplerError(f"{where}: a {c['status']} cell needs a reason")
+    for kind in ("official", "reference"):
+        if not any(c["kind"] == kind for c in d["cells"]):
+            raise SmplerError(f"report.cells: no '{kind}' baseline cell")
+    return d
+
+
+# --- markdown ----------------------------------------------------------------------------------------------------
+
+def _n(v, fmt="{:.2f}", none="–"):
+    return none if v is None else fmt.format(v)
+
+
+def banner(model: dict) -> str:
+    parts = []
+    if model.get("untrained"):
+        parts.append("weights are **untrained** (seeded random init; BatchNorm statistics re-estimated) — latency is "
+                     "representative, dataset accuracy is not")
+    if model.get("standin_body"):
+        parts.append("the body model is a **stand-in** (synthetic arrays with SMPL's shapes, not SMPL)")
+    return "> **Note:** " + "; ".join(parts) + ".\n" if parts else ""
+
+
+def render_markdown(rep: dict, plots: list[str] | None = None) -> str:
+    m, s, mach = rep["model"], rep["settings"], rep["machine"]
+    L = [f"# smpler-bench: {m.get('variant')}", ""]
+    b = banner(m)
+    if b:
+        L += [b]
+    libs = ", ".join(f"{k} {v}" for k, v in (mach.get("libraries") or {}).items() if v)
+    gpus = "; ".join(f"{g['name']} (driver {g['driver']})" for g in mach.get("gpus") or []) or "none"
+    peak = mach.get("gemm_fp32_peak_gflops")
+    L += ["## Setup", "",
+          f"- created {rep['created']} with smpler-deploy {rep['tool']['version']}; command: `{rep.get('command') or '-'}`",
+          f"- CPU: {mach.get('cpu')} ({mach.get('usable_cores')} usable cores, threads {s.get('threads') or 'default'}); GPU: {gpus}",
+          f"- libraries: {libs}",
+          f"- measured fp32 GEMM peak: {_n(peak, '{:.1f}')} GFLOP/s; model cost {m.get('gflops_per_image')} GFLOPs/image (nominal)",
+          f"- {s.get('warmup')} warm-up + {s.get('iters')} timed iterations per cell; inputs: {s.get('inputs', {}).get('description', '-')}",
+          ""]
+    ok = [c for c in rep["cells"] if c["status"] == "ok"]
+    L += ["## Latency and fidelity", "",
+          "Latency per call (one batch) in ms; throughput in images/s; speed-up = throughput ÷ official eager fp32 "
+          "throughput at the same batch; deviation vs our PyTorch fp32 reference on the same inputs.", "",
+          "| cell | backend | precision | batch | p50 | p90 | p99 | mean | img/s | speed-up | GFLOP/s (% of GEMM peak) "
+          "| vertex mean / max (mm) | joints PA (mm) | peak RSS (MB) |",
+          "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for c in ok:
+        lat, f = c["latency"], c.get("fidelity") or {}
+        v, j = f.get("vertices") or {}, f.get("joints") or {}
+        gfs = c.get("achieved_gflops")
+        pct = f" ({100 * gfs / peak:.0f}%)" if gfs and peak else ""
+        L.append(f"| {c['id']} | {c['backend']} | {c['precision']} | {c['batch']} | {_n(lat['p50_ms'])} | "
+                 f"{_n(lat['p90_ms'])} | {_n(lat['p99_ms'])} | {_n(lat['mean_ms'])} | {_n(lat['throughput_ips'], '{:.1f}')} | "
+                 f"{_n(c.get('speedup_vs_official'), '{:.2f}×')} | {_n(gfs, '{:.1f}')}{pct} | "
+                 f"{_n(v.get('mean_mm'), '{:.3g}')} / {_n(v.get('max_mm'), '{:.3g}')} | {_n(j.get('pa_mean_mm'), '{:.3g}')} | "
+                 f"{_n(c.get('peak_rss_mb'), '{:.0f}')} |")
+    bad = [c for c in rep["cells"] if c["status"] != "ok"]
+    if bad:
+        L += ["", "## Skipped and failed cells", "", "| cell | status | reason |", "|---|---|---|"]
+        L += [f"| {c['id']} | {c['status']} | {c['reason']} |" for c in bad]
+    ds = rep.get("dataset")
+    if ds:
+        L += ["", f"## Dataset: {ds.get('name')} ({ds.get('samples')} samples, `{ds.get('file')}`)", "",
+              f"Protocol: {ds.get('protocol', '-')}. Errors in mm.", ""]
+        names = ds.get("metrics") or []
+        L += ["| cell | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+        for c in ok:
+            dm = c.get("dataset_metrics")
+            if dm:
+                L.append(f"| {c['id']} | " + " | ".join(_n(dm.get(k)) for k in names) + " |")
+    if plots:
+        L += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
+    L += ["", "Percentiles over per-call wall time (host latency: inputs already in host memory, outputs copied back). "
+          "Peak RSS is the process high-water mark during the cell (reset per cell where Linux allows). "
+          f"Schema: `{rep['schema']}` v{rep['schema_version']}.", ""]
+    return "\n".join(L)
+
+
+def write_report(rep: Report | dict, out_dir, plots: bool = True) -> dict:
+    """Write report.json, report.md (and PNG plots) into out_dir; return the paths written."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise SmplerError(f"--out {out}: exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    d = rep.finalize().to_dict() if isinstance(rep, Report) else jsonable(rep)
+    validate_report(d)
+    paths = {"json": out / "report.json", "md": out / "report.md"}
+    write_text_atomic(paths["json"], json.dumps(d, indent=2, allow_nan=False) + "\n")
+    pngs = []
+    if plots:
+        from .plots import write_plots
+
+        pngs = write_plots(d, out)
+        paths["plots"] = pngs
+    write_text_atomic(paths["md"], render_markdown(d, [str(p) for p in pngs]))
+    return paths
