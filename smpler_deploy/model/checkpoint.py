@@ -1,0 +1,207 @@
+"""Model construction: official checkpoints (loaded without executing code) or the default untrained model.
+
+The default model is what runs out of the box without licensed files: seeded weights, the generated stand-in
+body model, and BatchNorm statistics re-estimated on public-domain sample photos bundled with scikit-image so
+activations have realistic scale. Everything made with it says so (`model.info`).
+"""
+
+from __future__ import annotations
+
+import functools
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import SmplerError
+from .smpler import VARIANTS, SMPLer
+
+DEFAULT_SEED = 0
+_WIDTH_TO_VARIANT = {w * 8: v for v, w in VARIANTS.items()}  # global_feat_projection input = 8C
+
+
+def read_checkpoint(path) -> dict[str, torch.Tensor]:
+    """Raw state dict or {"model": sd}; strips a DDP `module.` prefix. weights_only: no code runs."""
+    p = Path(path)
+    if not p.is_file():
+        raise SmplerError(f"--checkpoint {p}: file not found")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise SmplerError(f"--checkpoint {p}: not a loadable weights-only checkpoint ({first[:160]})")
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise SmplerError(f"--checkpoint {p}: expected a state dict of tensors (or {{'model': state_dict}})")
+    return {k[7:] if k.startswith("module.") else k: v for k, v in obj.items()}
+
+
+def checkpoint_variant(sd: dict) -> str | None:
+    w = sd.get("global_feat_projection.weight")
+    return _WIDTH_TO_VARIANT.get(int(w.shape[1])) if w is not None and w.dim() == 2 else None
+
+
+def _first(keys, n=4) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
+
+
+def load_checkpoint_into(model: SMPLer, path, fill_body: bool = False) -> None:
+    sd = read_checkpoint(path)
+    found = checkpoint_variant(sd)
+    if found and found != model.variant:
+        raise SmplerError(f"--checkpoint {path}: weights are for --variant {found}, not {model.variant}")
+    own = model.state_dict()
+    missing = set(own) - set(sd)
+    if fill_body:  # a checkpoint stripped of the SMPL arrays, completed from --smpl-model
+        for k in [k for k in missing if k.startswith("smpl_handler.")]:
+            sd[k] = own[k]
+        missing = set(own) - set(sd)
+    if missing:
+        raise SmplerError(f"--checkpoint {path}: {len(missing)} missing keys: {_first(missing)}")
+    unexpected = set(sd) - set(own)
+    if unexpected:
+        raise SmplerError(f"--checkpoint {path}: {len(unexpected)} unexpected keys: {_first(unexpected)}")
+    bad = [k for k in own if tuple(own[k].shape) != tuple(sd[k].shape)]
+    if bad:
+        k = sorted(bad)[0]
+        raise SmplerError(f"--checkpoint {path}: {len(bad)} keys with other shapes, e.g. {k} "
+                          f"{list(sd[k].shape)} (expected {list(own[k].shape)})")
+    model.load_state_dict(sd, strict=True)
+
+
+def init_default_weights(model: SMPLer, seed: int = DEFAULT_SEED) -> None:
+    """Deterministic initialisation in the spirit of the official one (transformer N(0,0.02), SPIN decoders)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=g)
+                if m.bias is not None:
+                    m.bias.zero_()
+            elif isinstance(m, nn.Linear):
+                std = 0.02
+                m.weight.normal_(0, std, generator=g)
+                m.bias.zero_()
+            elif isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)) or type(m).__name__ == "LayerNormChannel":
+                m.weight.fill_(1)
+                m.bias.zero_()
+            elif isinstance(m, nn.Embedding):
+                m.weight.normal_(0, 0.02, generator=g)
+        p = model.SMPL_predictor
+        for lin in (p.decpose, p.decshape, p.deccam):
+            nn.init.xavier_uniform_(lin.weight, gain=0.01, generator=g)
+        for block in model.transformer:
+            block.trans_block.feat_position_embedding.normal_(0, 0.1, generator=g)
+            for unit in block.trans_block.trans_units:
+                # Non-zero (the official init is zeros) so the relative-position path is exercised.
+                unit.local_unit.relative_position_encoding_table[0].normal_(0, 0.5, generator=g)
+            for lin in (block.theta_predictor, block.beta_predictor, block.cam_predictor):
+                lin.weight.normal_(0, 1e-3, generator=g)
+                lin.bias.zero_()
+            block.theta_predictor.bias[[0, 3]] = 0.1  # delta rotation = identity
+        # Mean pose: identity joints, body turned upright in the image frame (y down): R0 = diag(1,-1,-1).
+        pose = torch.tensor([1.0, 0, 0, 1, 0, 0]).repeat(24)
+        pose[:6] = torch.tensor([1.0, 0, 0, -1, 0, 0])
+        p.init_pose.copy_(pose[None])
+        p.init_shape.zero_()
+        p.init_cam.copy_(torch.tensor([[0.9, 0.0, 0.0]]))
+
+
+def calibration_batch(n: int = 16, seed: int = DEFAULT_SEED) -> np.ndarray:
+    """Crops of the bundled sample photos: whole images plus seeded random boxes. float32 [n,3,224,224]."""
+    from ..preprocess import box_transform, crop, normalize, sample_images
+
+    rng = np.random.default_rng(seed)
+    imgs = sample_images()
+    out = []
+    for i in range(n):
+        _, im = imgs[i % len(imgs)]
+        h, w = im.shape[:2]
+        if i < len(imgs):
+            t = box_transform((h, w))
+        else:
+            bw, bh = rng.uniform(0.3, 0.9) * w, rng.uniform(0.3, 0.9) * h
+            t = box_transform((h, w), (rng.uniform(0, w - bw), rng.uniform(0, h - bh), bw, bh), margin=1.0)
+        out.append(normalize(crop(im, t)))
+    return np.stack(out)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: SMPLer, images: np.ndarray) -> None:
+    """Re-estimate BN statistics with one full-batch pass (running stats = that batch's statistics)."""
+    bns = [m for m in model.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    model.backbone(torch.from_numpy(images))
+    for m in bns:
+        m.momentum = 0.1
+        m.eval()
+
+
+@functools.lru_cache(maxsize=2)
+def _default_state(variant: str, seed: int) -> dict:
+    from ..body.standin import make_standin_body_model
+
+    torch.manual_seed(seed)
+    model = SMPLer(variant)
+    init_default_weights(model, seed)
+    model.smpl_handler.set_body_model(make_standin_body_model(seed))
+    recalibrate_batchnorm(model, calibration_batch(seed=seed))
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def build_model(variant: str, checkpoint=None, smpl_model=None, h36m_regressor=None) -> SMPLer:
+    if variant not in VARIANTS:
+        raise SmplerError(f"--variant {variant}: expected one of {', '.join(VARIANTS)}")
+    model = SMPLer(variant)
+    body = None
+    if smpl_model is not None:
+        from ..body.loaders import load_body_model
+
+        body = load_body_model(smpl_model)
+        if h36m_regressor is not None:
+            from dataclasses import replace
+
+            from ..body.loaders import load_h36m_regressor
+
+            body = replace(body, J_regressor_h36m=load_h36m_regressor(h36m_regressor))
+    if checkpoint is not None:
+        if body is not None:
+            model.smpl_handler.set_body_model(body)  # provides the arrays a stripped checkpoint lacks
+        load_checkpoint_into(model, checkpoint, fill_body=body is not None)
+        if body is not None:  # an explicit --smpl-model wins over the checkpoint's arrays
+            if body.J_regressor_h36m is None:
+                from dataclasses import replace
+
+                body = replace(body, J_regressor_h36m=model.smpl_handler.J_regressor_h36m_correct.numpy().copy())
+            model.smpl_handler.set_body_model(body)
+        else:
+            model.smpl_handler.body_standin = False
+            model.smpl_handler.body_source = f"checkpoint {Path(checkpoint).name}"
+        from ..fileio import sha256_file
+
+        model.info.update(untrained=False, checkpoint=str(checkpoint), checkpoint_sha256=sha256_file(checkpoint))
+    else:
+        model.load_state_dict(_default_state(variant, DEFAULT_SEED), strict=True)
+        if body is not None:
+            if body.J_regressor_h36m is None:
+                raise SmplerError(f"--smpl-model {smpl_model}: has no H36M joint regressor; pass "
+                                  "--h36m-regressor J_regressor_h36m_correct.npy (from the SMPLer meta data)")
+            model.smpl_handler.set_body_model(body)
+        else:
+            model.smpl_handler.body_standin = True
+            model.smpl_handler.body_source = "stand-in (generated)"
+    model.info["standin_body"] = model.smpl_handler.body_standin
+    model.info["body_model"] = model.smpl_handler.body_source
+    return model
+
+
+def default_model_info(variant: str = "smpler") -> dict:
+    return {"variant": variant, "untrained": True, "standin_body": True, "checkpoint": None,
+            "body_model": "stand-in (generated)"}

@@ -1,0 +1,210 @@
+"""SMPLer's refinement transformer (official module and parameter names), export-friendly.
+
+Cross-attention uses the folded form of `attention.py` (key/value projections moved onto the query side and
+after the weighted sum); the attention kernels themselves are pluggable (`ops`): PyTorch reference, Triton
+kernels, or ONNX plugin nodes. `standard=True` runs textbook attention (keys projected), the official
+computation, kept for the official-style baseline and as a test oracle.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+
+import torch
+from torch import nn
+
+from . import attention as A
+from ..body.lbs import rot6d_to_rotmat
+
+HIDDEN = 128
+HEADS = 4
+HEAD_DIM = HIDDEN // HEADS
+NUM_TOKENS = 26  # 24 joints + shape + camera
+NUM_JOINTS = 24
+LN_EPS = 1e-12
+FEAT_RES = (56, 28, 14, 7)
+
+TORCH_OPS = types.SimpleNamespace(local_attention=A.local_attention,
+                                  global_attention_multiscale=A.global_attention_multiscale)
+
+
+class _QKV(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.query, self.key, self.value = (nn.Linear(HIDDEN, HIDDEN) for _ in range(3))
+
+
+class TransformerLayer(nn.Module):
+    """Pre-LN layer (official TransformerLayer_v1); BertLayerNorm == nn.LayerNorm(eps=1e-12)."""
+
+    def __init__(self):
+        super().__init__()
+        self.LayerNorm_attn = nn.LayerNorm(HIDDEN, eps=LN_EPS)
+        self.attention = _QKV()
+        self.linear_attn = nn.Linear(HIDDEN, HIDDEN)
+        self.mlp = nn.Sequential(nn.LayerNorm(HIDDEN, eps=LN_EPS), nn.Linear(HIDDEN, 2 * HIDDEN), nn.GELU(),
+                                 nn.Linear(2 * HIDDEN, HIDDEN), nn.Dropout(0.1))
+        self.dropout = nn.Dropout(0.1)
+
+    def _heads(self, x):  # [B,T,128] -> [B,T,NH,1,32]
+        return x.reshape(x.shape[0], x.shape[1], HEADS, 1, HEAD_DIM)
+
+    def fold_query(self, x: torch.Tensor) -> torch.Tensor:
+        """qk [B,T,NH,128]: per-head query mapped through W_k and scaled, so logits = qk . raw_key."""
+        q = self._heads(self.attention.query(self.LayerNorm_attn(x)))
+        wk = self.attention.key.weight.reshape(HEADS, HEAD_DIM, HIDDEN)
+        return torch.matmul(q, wk).squeeze(-2) * (1.0 / math.sqrt(HEAD_DIM))
+
+    def finish(self, x: torch.Tensor, agg: torch.Tensor) -> torch.Tensor:
+        """From agg [B,T,NH,128] (weighted raw keys): value projection, output projection, residual, MLP."""
+        wv_t = self.attention.value.weight.reshape(HEADS, HEAD_DIM, HIDDEN).transpose(1, 2)
+        ctx = torch.matmul(agg.unsqueeze(-2), wv_t).reshape(x.shape[0], x.shape[1], HIDDEN)
+        return self._residual(x, ctx + self.attention.value.bias)
+
+    def _residual(self, x, ctx):
+        a = x + self.dropout(self.linear_attn(ctx))
+        return a + self.mlp(a)
+
+    def standard(self, x, keys, bias=None):
+        """Textbook attention (official): x [B,T,128], keys [B,T,N,128] or [B,N,128], bias [B,T,NH,N]."""
+        h = self.LayerNorm_attn(x)
+        q = self._heads(self.attention.query(h))  # [B,T,NH,1,32]
+        kv = keys if keys.dim() == 4 else keys.unsqueeze(1)  # [B,T|1,N,128]
+        k = self.attention.key(kv).reshape(*kv.shape[:3], HEADS, HEAD_DIM).transpose(2, 3)  # [B,T,NH,N,32]
+        v = self.attention.value(kv).reshape(*kv.shape[:3], HEADS, HEAD_DIM).transpose(2, 3)
+        logits = torch.matmul(q, k.transpose(-1, -2)).squeeze(-2) / math.sqrt(HEAD_DIM)
+        if bias is not None:
+            logits = logits + bias
+        ctx = torch.matmul(torch.softmax(logits, -1).unsqueeze(-2), v).reshape(x.shape[0], x.shape[1], HIDDEN)
+        return self._residual(x, ctx)
+
+    def self_attention(self, x):
+        return self.standard(x, self.LayerNorm_attn(x))
+
+
+class _Wrap(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.transformer_layer = TransformerLayer()
+
+
+class _SelfWrap(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.self_trans_layer = TransformerLayer()
+
+
+class GlobalUnit(nn.Module):
+    """One cross-attention layer per scale; the unit output is the mean of the four residual outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.trans_layer_list = nn.ModuleList(_Wrap() for _ in FEAT_RES)
+
+    def forward(self, x, keys: list[torch.Tensor], ops, standard: bool = False):
+        layers = [w.transformer_layer for w in self.trans_layer_list]
+        if standard:
+            outs = [layer.standard(x, k) for layer, k in zip(layers, keys)]
+        else:
+            qk = torch.stack([layer.fold_query(x) for layer in layers], dim=1)  # [B,4,T,NH,128]
+            agg = ops.global_attention_multiscale(keys, qk)
+            outs = [layer.finish(x, agg[:, s]) for s, layer in enumerate(layers)]
+        return (outs[0] + outs[1] + outs[2] + outs[3]) * 0.25
+
+
+class LocalUnit(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.relative_position_encoding_table = nn.ParameterList([nn.Parameter(torch.zeros(1, HEADS, 9, 9))])
+        self.trans_layer_list = nn.ModuleList([_Wrap()])
+
+    def forward(self, x, feat_nhwc, joints2d, ops, standard: bool = False):
+        layer = self.trans_layer_list[0].transformer_layer
+        table = self.relative_position_encoding_table[0][0]
+        if standard:
+            ix, iy, dx, dy = A.window_coords(joints2d, feat_nhwc.shape[1])
+            keys = A.gather_window(feat_nhwc, ix, iy)
+            return layer.standard(x, keys, A.local_bias(table, dx, dy))
+        agg = ops.local_attention(feat_nhwc, joints2d, layer.fold_query(x), table)
+        return layer.finish(x, agg)
+
+
+class TransformerUnit(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.global_unit = GlobalUnit()
+        self.local_unit = LocalUnit()
+        self.self_trans_layer = _SelfWrap()
+
+    def forward(self, x, keys, feat0, joints2d, ops, standard=False):
+        xg = self.global_unit(x, keys, ops, standard)
+        xl = self.local_unit(x[:, :NUM_JOINTS], feat0, joints2d, ops, standard)
+        # Concat instead of the official in-place row write (which exports as ScatterND).
+        xm = torch.cat([0.5 * (xg[:, :NUM_JOINTS] + xl), xg[:, NUM_JOINTS:]], dim=1)
+        return self.self_trans_layer.self_trans_layer.self_attention(xm)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.early_embedding = nn.Linear(HIDDEN, HIDDEN)
+        self.position_embeddings = nn.Embedding(NUM_TOKENS, HIDDEN)
+        self.feat_position_embedding = nn.Parameter(torch.zeros(1, HIDDEN, FEAT_RES[0], FEAT_RES[0]))
+        self.trans_units = nn.ModuleList(TransformerUnit() for _ in range(2))
+        self.head = nn.Linear(HIDDEN, HIDDEN)
+        self.residual = nn.Linear(HIDDEN, HIDDEN)
+        self.dropout = nn.Dropout(0.1)
+        for s, r in enumerate(FEAT_RES):  # pooled positional tables, derived (hazard #7)
+            self.register_buffer(f"pos_{s}", torch.zeros(1, r * r, HIDDEN), persistent=False)
+
+    @torch.no_grad()
+    def refresh(self):
+        q = self.feat_position_embedding
+        for s in range(len(FEAT_RES)):
+            if s:
+                q = nn.functional.avg_pool2d(q, 2, 2)
+            getattr(self, f"pos_{s}").copy_(q.flatten(2).transpose(1, 2))
+
+    def forward(self, q, feats_nhwc, joints2d, ops, standard=False):
+        x = self.dropout(self.early_embedding(q) + self.position_embeddings.weight)
+        b = q.shape[0]
+        keys = [f.reshape(b, -1, HIDDEN) + getattr(self, f"pos_{s}") for s, f in enumerate(feats_nhwc)]
+        for unit in self.trans_units:
+            x = unit(x, keys, feats_nhwc[0], joints2d, ops, standard)
+        return self.head(x) + self.residual(q)
+
+
+class LayerNormChannel(nn.Module):
+    """LayerNorm over channels of an NCHW map; returns NHWC (what every consumer wants)."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(c))
+        self.bias = nn.Parameter(torch.zeros(c))
+
+    def forward(self, x):
+        return nn.functional.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, LN_EPS)
+
+
+class TransformerBlockWrapped(nn.Module):
+    """One refinement block: projections, joint query injection, transformer, parameter deltas."""
+
+    def __init__(self, widths: list[int]):
+        super().__init__()
+        self.raw_feat_projection_layer = nn.ModuleDict(
+            {str(s): nn.Sequential(nn.Conv2d(c, HIDDEN, 1), LayerNormChannel(HIDDEN)) for s, c in enumerate(widths)}
+        )
+        self.joint_feat_projection_layer = nn.ModuleDict({"0": nn.Linear(HIDDEN, HIDDEN)})
+        self.trans_block = TransformerBlock()
+        self.theta_predictor = nn.Linear(HIDDEN, 6)
+        self.beta_predictor = nn.Linear(HIDDEN, 10)
+        self.cam_predictor = nn.Linear(HIDDEN, 3)
+
+    def forward(self, q, feats, joints2d, ops, standard=False):
+        proj = [self.raw_feat_projection_layer[str(s)](f) for s, f in enumerate(feats)]  # NHWC
+        e = self.joint_feat_projection_layer["0"](A.bilinear_sample_points(proj[0], joints2d))
+        q2 = torch.cat([q[:, :NUM_JOINTS] + e, q[:, NUM_JOINTS:] + e.mean(1, keepdim=True)], dim=1)
+        out = self.trans_block(q2, proj, joints2d, ops, standard)
+        d_rot = rot6d_to_rotmat(self.theta_predictor(out[:, :NUM_JOINTS]))
+        return d_rot, self.beta_predictor(out[:, NUM_JOINTS]), self.cam_predictor(out[:, NUM_JOINTS + 1]), out

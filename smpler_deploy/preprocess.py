@@ -1,0 +1,131 @@
+"""Pre-processing shared by every backend: image + optional person box -> 224x224 normalized crop, and back.
+
+The crop is a square box around the person (aspect kept, padded with black outside the image), resized with
+bilinear filtering, RGB in [0,1] normalized with the ImageNet statistics the official demo uses. The
+`CropTransform` maps crop pixels back to image pixels (for overlays) and is the only place that geometry lives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SmplerError
+from .outputs import CROP_SIZE
+
+MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+STD = np.array([0.229, 0.224, 0.225], np.float32)
+BOX_MARGIN = 1.2  # square side = margin * longer box side (SPIN-style detector boxes)
+
+
+def load_image(src) -> np.ndarray:
+    """Path or array -> uint8 RGB [H,W,3]. Grayscale is replicated, alpha dropped."""
+    if isinstance(src, (str, Path)):
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(src) as im:
+                return np.asarray(im.convert("RGB"))
+        except FileNotFoundError:
+            raise SmplerError(f"{src}: image not found")
+        except (UnidentifiedImageError, OSError) as e:
+            raise SmplerError(f"{src}: cannot read image ({e.__class__.__name__}); expected PNG/JPEG/...")
+    arr = np.asarray(src)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise SmplerError(f"image: expected an RGB array [H,W,3], got shape {list(arr.shape)}")
+    arr = arr[..., :3]
+    if arr.dtype != np.uint8:
+        arr = np.clip(np.rint(arr.astype(np.float32) * (255.0 if arr.max() <= 1.0 else 1.0)), 0, 255).astype(np.uint8)
+    return arr
+
+
+@dataclass(frozen=True)
+class CropTransform:
+    """Square crop: centre (cx, cy) and side in image pixels; crop pixel centres map to image pixel centres."""
+
+    cx: float
+    cy: float
+    side: float
+    size: int = CROP_SIZE
+
+    @property
+    def scale(self) -> float:  # image pixels per crop pixel
+        return self.side / self.size
+
+    def crop_to_image(self, pts) -> np.ndarray:
+        p = np.asarray(pts, np.float64)
+        origin = np.array([self.cx - self.side / 2, self.cy - self.side / 2])
+        return origin + (p + 0.5) * self.scale - 0.5
+
+    def image_to_crop(self, pts) -> np.ndarray:
+        p = np.asarray(pts, np.float64)
+        origin = np.array([self.cx - self.side / 2, self.cy - self.side / 2])
+        return (p + 0.5 - origin) / self.scale - 0.5
+
+
+def norm_to_crop_px(xy) -> np.ndarray:
+    """Model 2D output (normalized crop coords in [-1,1]) -> crop pixels, the dataset convention u = (x+1)*112."""
+    return (np.asarray(xy, np.float64) + 1.0) * (CROP_SIZE / 2)
+
+
+def box_transform(image_hw: tuple[int, int], bbox=None, margin: float = BOX_MARGIN) -> CropTransform:
+    """Square crop around bbox (x, y, w, h in pixels) or the whole image."""
+    h, w = image_hw
+    if bbox is None:
+        return CropTransform(w / 2 - 0.5, h / 2 - 0.5, float(max(h, w)))
+    try:
+        x, y, bw, bh = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        raise SmplerError(f"--bbox {bbox}: expected four numbers x,y,w,h")
+    if bw <= 0 or bh <= 0:
+        raise SmplerError(f"--bbox {x:g},{y:g},{bw:g},{bh:g}: width and height must be positive")
+    if x >= w or y >= h or x + bw <= 0 or y + bh <= 0:
+        raise SmplerError(f"--bbox {x:g},{y:g},{bw:g},{bh:g}: box lies outside the {w}x{h} image")
+    return CropTransform(x + bw / 2 - 0.5, y + bh / 2 - 0.5, max(bw, bh) * margin)
+
+
+def crop(image: np.ndarray, t: CropTransform) -> np.ndarray:
+    """uint8 [H,W,3] -> uint8 [224,224,3] through the crop transform (bilinear, black padding)."""
+    from PIL import Image
+
+    s = t.scale
+    # PIL's affine maps output pixel (u,v) -> input (a u + b v + c, ...), in pixel-edge coordinates.
+    x0 = t.cx + 0.5 - t.side / 2
+    y0 = t.cy + 0.5 - t.side / 2
+    out = Image.fromarray(image).transform(
+        (t.size, t.size), Image.Transform.AFFINE, (s, 0, x0, 0, s, y0), resample=Image.Resampling.BILINEAR,
+        fillcolor=(0, 0, 0),
+    )
+    return np.asarray(out)
+
+
+def normalize(crop_rgb: np.ndarray) -> np.ndarray:
+    """uint8 [...,H,W,3] -> float32 [...,3,H,W], ImageNet-normalized."""
+    x = (crop_rgb.astype(np.float32) / 255.0 - MEAN) / STD
+    return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+
+
+def crop_person(image, bbox=None, margin: float = BOX_MARGIN):
+    """Image (path or array) + optional box -> (float32 [3,224,224] model input, CropTransform)."""
+    img = load_image(image)
+    t = box_transform(img.shape[:2], bbox, margin)
+    return normalize(crop(img, t)), t
+
+
+def prepare_batch(images, bboxes=None) -> tuple[np.ndarray, list[CropTransform]]:
+    bboxes = bboxes if bboxes is not None else [None] * len(images)
+    pairs = [crop_person(im, bb) for im, bb in zip(images, bboxes)]
+    return np.stack([p[0] for p in pairs]), [p[1] for p in pairs]
+
+
+def sample_images() -> list[tuple[str, np.ndarray]]:
+    """Public-domain sample photos shipped inside scikit-image (no download): calibration and benchmark inputs."""
+    from skimage import data
+
+    names = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "cat",
+             "colorwheel")
+    return [(n, load_image(getattr(data, n)())) for n in names]
