@@ -1,0 +1,331 @@
+"""The benchmark matrix: backends × precisions × batches on one fixed input set, plus two baselines.
+
+Baselines always run: the official-style eager forward (torch, fp32, full SMPL mesh four times) and our torch fp32
+reference. Each runnable cell: open a session, warm up, time N calls, record peak host RSS, and compare its
+outputs on the same inputs with the reference (`smpler_deploy.fidelity`). Cells that cannot run here are kept in
+the report as `skipped` with the reason; cells that raise are kept as `failed`.
+"""
+
+from __future__ import annotations
+
+import gc
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import SmplerError
+from ..fidelity import fidelity
+from .report import MODEL_GFLOPS, Cell, Report
+from .stats import latency_stats
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "int8")
+VARIANTS = tuple(MODEL_GFLOPS)
+
+
+# --- argument parsing (shared with the CLI; one-line errors naming the flag) -----------------------------------
+
+def parse_choices(text: str, allowed, flag: str) -> list[str]:
+    items = [t.strip().lower() for t in str(text).split(",") if t.strip()]
+    if not items:
+        raise SmplerError(f"{flag}: empty list; expected some of {','.join(allowed)}")
+    bad = [t for t in items if t not in allowed]
+    if bad:
+        raise SmplerError(f"{flag}: unknown {', '.join(bad)}; expected some of {','.join(allowed)}")
+    return list(dict.fromkeys(items))
+
+
+def parse_batches(text: str, flag: str = "--batch") -> list[int]:
+    try:
+        vals = [int(t) for t in str(text).split(",") if t.strip()]
+    except ValueError:
+        raise SmplerError(f"{flag} {text}: expected comma-separated positive integers, e.g. 1,8")
+    if not vals or any(v < 1 for v in vals):
+        raise SmplerError(f"{flag} {text}: expected comma-separated positive integers, e.g. 1,8")
+    return sorted(set(vals))
+
+
+def parse_artifacts(text: str | None, flag: str) -> dict[str, Path]:
+    """`PREC=PATH,...` or plain paths whose file name names the precision (fp16/int8; otherwise fp32)."""
+    out: dict[str, Path] = {}
+    for item in [t.strip() for t in (text or "").split(",") if t.strip()]:
+        if "=" in item:
+            prec, path = (s.strip() for s in item.split("=", 1))
+            if prec not in PRECISIONS:
+                raise SmplerError(f"{flag} {item}: unknown precision {prec}; expected {','.join(PRECISIONS)}")
+        else:
+            path = item
+            prec = next((p for p in ("int8", "fp16") if p in Path(item).name.lower()), "fp32")
+        p = Path(path)
+        if not p.is_file():
+            raise SmplerError(f"{flag} {p}: file not found")
+        if prec in out:
+            raise SmplerError(f"{flag}: two files for {prec} ({out[prec]}, {p}); write PREC=PATH")
+        out[prec] = p
+    return out
+
+
+# --- measurement helpers -----------------------------------------------------------------------------------------
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's RSS high-water mark (Linux >= 4.0: write 5 to clear_refs) so each cell gets its own."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / (1024.0 * 1024.0) if sys.platform == "darwin" else r / 1024.0  # bytes on macOS, KiB on Linux
+
+
+def bench_inputs(n: int, seed: int = 0) -> tuple[np.ndarray, str]:
+    """n fixed crops from scikit-image's public-domain photos (astronaut whole, others with seeded boxes)."""
+    from ..preprocess import crop_person, sample_images
+
+    rng = np.random.default_rng(seed)
+    imgs = sample_images()
+    crops, names = [], []
+    for i in range(n):
+        name, img = imgs[i % len(imgs)]
+        h, w = img.shape[:2]
+        bbox = None
+        if i > 0:  # the astronaut is person-centred; other photos give varied content through seeded boxes
+            bw, bh = rng.uniform(0.4, 0.9) * w, rng.uniform(0.4, 0.9) * h
+            bbox = (rng.uniform(0, w - bw), rng.uniform(0, h - bh), bw, bh)
+        crops.append(crop_person(img, bbox)[0])
+        names.append(name)
+    desc = f"{n} crops of scikit-image sample photos ({', '.join(dict.fromkeys(names))}), seed {seed}"
+    return np.stack(crops).astype(np.float32), desc
+
+
+def gpu_available() -> bool:
+    from .machine import gpu_info
+
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return True
+    except ImportError:
+        pass
+    return bool(gpu_info())
+
+
+def tensorrt_importable() -> bool:
+    import importlib.util
+
+    return any(importlib.util.find_spec(m) is not None for m in ("tensorrt", "tensorrt_rtx"))
+
+
+# --- the matrix --------------------------------------------------------------------------------------------------
+
+@dataclass
+class BenchConfig:
+    backends: list[str] = field(default_factory=lambda: ["torch", "onnxruntime"])
+    precisions: list[str] = field(default_factory=lambda: ["fp32"])
+    batches: list[int] = field(default_factory=lambda: [1])
+    iters: int = 20
+    warmup: int = 3
+    threads: int | None = None
+    variant: str = "smpler"
+    onnx: dict = field(default_factory=dict)  # precision -> Path
+    engines: dict = field(default_factory=dict)  # precision -> Path
+    cache_dir: Path | None = None  # where missing ONNX files are exported
+    seed: int = 0
+    progress: bool = True
+    measure_gemm: bool = True
+    dataset: object | None = None  # dataset.EvalSet
+    images_root: Path | None = None
+    body_fn: object | None = None
+    j_regressor_h36m: object | None = None
+    session_kw: dict = field(default_factory=dict)  # extra open_session kwargs (checkpoint, smpl_model, ...)
+    command: str = ""
+
+
+@dataclass
+class _Group:
+    """One session spec, timed at every batch size."""
+
+    backend: str
+    precision: str
+    kind: str
+    cells: list[Cell]
+    reason: str | None = None
+    artifact: Path | None = None
+
+
+def plan(cfg: BenchConfig) -> list[_Group]:
+    """All groups in run order (reference first: its outputs are what the others are compared with).
+    Raises SmplerError when the user named artifacts but not one a requested cell needs."""
+    mk = lambda be, pr, kind: _Group(be, pr, kind, [Cell(be, pr, b, kind) for b in cfg.batches])  # noqa: E731
+    groups = [mk("torch", "fp32", "reference"), mk("torch", "fp32", "official")]
+    have_gpu, have_trt = None, None
+    for be in cfg.backends:
+        for pr in cfg.precisions:
+            if be == "torch" and pr == "fp32":
+                continue  # that is the reference cell
+            g = mk(be, pr, "deployed")
+            if be == "torch" and pr == "int8":
+                g.reason = "torch backend has no int8 path (int8 ships as a Q/DQ ONNX graph: use onnxruntime/tensorrt)"
+            elif be == "onnxruntime":
+                if cfg.onnx and pr not in cfg.onnx:
+                    raise SmplerError(f"cell onnxruntime/{pr}: no ONNX file for {pr} in --onnx "
+                                      f"(have {', '.join(sorted(cfg.onnx))}); add {pr}=PATH")
+                g.artifact = cfg.onnx.get(pr)
+            elif be == "tensorrt":
+                have_trt = tensorrt_importable() if have_trt is None else have_trt
+                have_gpu = gpu_available() if have_gpu is None else have_gpu
+                if not have_gpu:
+                    g.reason = "no CUDA GPU on this machine (TensorRT engines run only on a GPU)"
+                elif not have_trt:
+                    g.reason = "TensorRT Python package not installed (pip install smpler-deploy[trt])"
+                elif pr not in cfg.engines:
+                    raise SmplerError(f"cell tensorrt/{pr}: no engine for {pr}; pass --engine {pr}=PATH "
+                                      "(build one with smpler-export --format engine)")
+                else:
+                    g.artifact = cfg.engines[pr]
+            groups.append(g)
+    return groups
+
+
+def _one_line(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()
+    return f"{e.__class__.__name__}: {msg[0] if msg else ''}"[:300]
+
+
+def _ensure_onnx(cfg: BenchConfig, precision: str) -> Path:
+    """Export the ONNX file a cell needs into the cache dir (once per precision)."""
+    from ..export.onnx_export import export_onnx
+
+    if cfg.cache_dir is None:
+        raise SmplerError(f"cell onnxruntime/{precision}: no --onnx file and no cache directory to export into")
+    cfg.cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cfg.cache_dir / f"{cfg.variant}_{precision}.onnx"
+    if not path.is_file():
+        res = export_onnx(path, precision=precision, variant=cfg.variant, **cfg.session_kw)
+        if isinstance(res, (str, Path)):
+            path = Path(res)
+        elif isinstance(res, dict) and precision in res:
+            path = Path(res[precision])
+    cfg.onnx[precision] = path
+    return path
+
+
+def _open(cfg: BenchConfig, g: _Group):
+    from ..runtime import open_session
+
+    kw = dict(cfg.session_kw)
+    if g.kind == "official":
+        kw["official"] = True
+    if g.backend == "onnxruntime" and g.artifact is None:
+        g.artifact = _ensure_onnx(cfg, g.precision)
+    return open_session(g.backend, precision=g.precision, path=str(g.artifact) if g.artifact else None,
+                        variant=cfg.variant, threads=cfg.threads, **kw)
+
+
+def run_benchmark(cfg: BenchConfig) -> Report:
+    from tqdm import tqdm
+
+    from .machine import machine_info
+
+    groups = plan(cfg)
+    inputs, desc = bench_inputs(max(cfg.batches), cfg.seed)
+    try:
+        from ..model.defaults import default_model_info
+
+        info = dict(default_model_info())
+    except Exception as e:  # noqa: BLE001 - the report still runs, and says it could not tell
+        info = {"note": f"default_model_info unavailable ({_one_line(e)})"}
+    model = {"variant": cfg.variant, "untrained": bool(info.get("untrained", True)),
+             "standin_body": bool(info.get("standin_body", True)), "gflops_per_image": MODEL_GFLOPS[cfg.variant],
+             "info": info}
+    settings = {"iters": cfg.iters, "warmup": cfg.warmup, "threads": cfg.threads, "backends": cfg.backends,
+                "precisions": cfg.precisions, "batches": cfg.batches, "seed": cfg.seed,
+                "inputs": {"description": desc, "shape": [max(cfg.batches), 3, 224, 224]},
+                "rss_method": "VmHWM reset per cell" if reset_peak_rss() else "ru_maxrss (process peak)"}
+    rep = Report(model=model, settings=settings, machine=machine_info(cfg.threads, cfg.measure_gemm),
+                 command=cfg.command)
+    if cfg.dataset is not None:
+        ds = cfg.dataset
+        rep.dataset = {"name": ds.name, "file": str(ds.path), "samples": len(ds), "metrics": list(ds.protocol),
+                       "protocol": ("MPJPE (hip-midpoint re-centred) and PA-MPJPE on H36M-14" if ds.name == "h36m"
+                                    else "MPVE (neutral-model GT mesh), MPJPE, PA-MPJPE")}
+    runnable = [g for g in groups if g.reason is None]
+    total = len(cfg.batches) * (cfg.iters + cfg.warmup) * len(runnable)
+    bar = tqdm(total=total, disable=not cfg.progress, unit="it", file=sys.stderr, dynamic_ncols=True)
+    ref_out: dict[int, object] = {}
+    try:
+        for g in groups:
+            rep.cells.extend(g.cells)
+            if g.reason is not None:
+                for c in g.cells:
+                    c.status, c.reason = "skipped", g.reason
+                continue
+            _run_group(cfg, g, inputs, ref_out, bar)
+    finally:
+        bar.close()
+    return rep
+
+
+def _run_group(cfg, g: _Group, inputs, ref_out, bar) -> None:
+    bar.set_description(f"{g.cells[0].id.rsplit('/', 1)[0]}")
+    sess = None
+    try:
+        gc.collect()
+        reset_peak_rss()
+        t0 = time.perf_counter()
+        sess = _open(cfg, g)
+        setup = time.perf_counter() - t0
+    except Exception as e:  # noqa: BLE001 - keep the matrix going; the cell records why
+        for c in g.cells:
+            c.status, c.reason = "failed", f"session: {_one_line(e)}"
+        bar.update(len(g.cells) * (cfg.iters + cfg.warmup))
+        return
+    try:
+        for c in g.cells:
+            c.setup_s, c.artifact = setup, str(g.artifact) if g.artifact else None
+            x = np.ascontiguousarray(inputs[: c.batch])
+            try:
+                reset_peak_rss()
+                out = sess.infer(x)  # first call: outputs for fidelity, also part of warm-up
+                for _ in range(max(cfg.warmup - 1, 0)):
+                    sess.infer(x)
+                bar.update(cfg.warmup)
+                times = []
+                for _ in range(cfg.iters):
+                    t0 = time.perf_counter()
+                    sess.infer(x)
+                    times.append(time.perf_counter() - t0)
+                    bar.update(1)
+                c.latency = latency_stats(times, c.batch).to_dict()
+                c.peak_rss_mb = peak_rss_mb()
+                if g.kind == "reference":
+                    ref_out[c.batch] = out
+                if c.batch in ref_out:
+                    c.fidelity = fidelity(ref_out[c.batch], out)
+                if cfg.dataset is not None and g.kind != "official" and c.batch == max(cfg.batches):
+                    from .dataset import evaluate
+
+                    c.dataset_metrics = evaluate(sess, cfg.dataset, cfg.images_root, batch=c.batch,
+                                                 body_fn=cfg.body_fn, j_regressor_h36m=cfg.j_regressor_h36m)
+            except SmplerError:
+                raise  # user input problem (e.g. dataset): stop with the one-line message
+            except Exception as e:  # noqa: BLE001
+                c.status, c.reason = "failed", _one_line(e)
+    finally:
+        sess.close()

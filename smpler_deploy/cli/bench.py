@@ -1,0 +1,108 @@
+"""smpler-bench: the benchmark matrix -> report.json, report.md and plots.
+
+  smpler-bench --backends torch,onnxruntime,tensorrt --precisions fp32,fp16,int8 --batch 1,8 \
+      --iters 50 --warmup 5 [--threads N] [--onnx PREC=PATH,...] [--engine PREC=PATH,...] \
+      [--dataset FILE.npz --images ROOT [--smpl-model PATH]] --out benchmarks/reports/NAME
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from ..errors import SmplerError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="smpler-bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--backends", default="torch,onnxruntime", help="comma list of torch,onnxruntime,tensorrt")
+    ap.add_argument("--precisions", default="fp32", help="comma list of fp32,fp16,int8")
+    ap.add_argument("--batch", default="1", help="comma list of batch sizes, e.g. 1,8")
+    ap.add_argument("--iters", type=int, default=20, help="timed iterations per cell")
+    ap.add_argument("--warmup", type=int, default=3, help="warm-up iterations per cell")
+    ap.add_argument("--threads", type=int, default=None, help="intra-op threads for torch/onnxruntime")
+    ap.add_argument("--variant", default="smpler", help="smpler (HRNet-W32) or smpler-l (W48)")
+    ap.add_argument("--checkpoint", default=None, help="official SMPLer checkpoint (default: seeded untrained)")
+    ap.add_argument("--smpl-model", default=None, help="SMPL neutral model (.pkl/.npz); needed for 3DPW MPVE")
+    ap.add_argument("--onnx", default=None, help="ONNX files, PREC=PATH or PATH (precision from the file name)")
+    ap.add_argument("--engine", default=None, help="TensorRT engines, PREC=PATH or PATH")
+    ap.add_argument("--cache-dir", default=None, help="where missing ONNX files are exported (default OUT/cache)")
+    ap.add_argument("--dataset", default=None, help="evaluation set FILE.npz (docs/datasets.md)")
+    ap.add_argument("--images", default=None, help="image root for --dataset")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--out", required=True, help="report directory, e.g. benchmarks/reports/NAME")
+    return ap
+
+
+def _config(a, argv):
+    from ..bench import runner as R
+    from ..bench.dataset import body_fn_from_model, load_dataset
+
+    if a.iters < 1 or a.warmup < 0:
+        raise SmplerError(f"--iters {a.iters} / --warmup {a.warmup}: need iters >= 1 and warmup >= 0")
+    if a.threads is not None and a.threads < 1:
+        raise SmplerError(f"--threads {a.threads}: expected a positive integer")
+    if a.variant not in R.VARIANTS:
+        raise SmplerError(f"--variant {a.variant}: expected one of {', '.join(R.VARIANTS)}")
+    out = Path(a.out)
+    if out.exists() and not out.is_dir():
+        raise SmplerError(f"--out {out}: exists and is not a directory")
+    cfg = R.BenchConfig(
+        backends=R.parse_choices(a.backends, R.BACKENDS, "--backends"),
+        precisions=R.parse_choices(a.precisions, R.PRECISIONS, "--precisions"),
+        batches=R.parse_batches(a.batch), iters=a.iters, warmup=a.warmup, threads=a.threads, variant=a.variant,
+        onnx=R.parse_artifacts(a.onnx, "--onnx"), engines=R.parse_artifacts(a.engine, "--engine"),
+        cache_dir=Path(a.cache_dir) if a.cache_dir else out / "cache", seed=a.seed, progress=not a.no_progress,
+        command="smpler-bench " + " ".join(shlex.quote(s) for s in argv))
+    for flag, val, key in (("--checkpoint", a.checkpoint, "checkpoint"), ("--smpl-model", a.smpl_model, "smpl_model")):
+        if val:
+            if not Path(val).is_file():
+                raise SmplerError(f"{flag} {val}: file not found")
+            cfg.session_kw[key] = val
+    if a.images and not a.dataset:
+        raise SmplerError("--images: given without --dataset")
+    if a.dataset:
+        if not a.images:
+            raise SmplerError("--dataset: needs --images ROOT (the directory imgname paths are relative to)")
+        cfg.dataset, cfg.images_root = load_dataset(a.dataset, a.images), Path(a.images)
+        if cfg.dataset.name == "3dpw":
+            from ..body.loaders import load_body_model
+
+            if not a.smpl_model:
+                raise SmplerError("--dataset is 3dpw: pass --smpl-model (neutral SMPL) for the GT mesh (MPVE)")
+            cfg.body_fn, cfg.j_regressor_h36m = body_fn_from_model(load_body_model(a.smpl_model))
+    return cfg, out
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    a = build_parser().parse_args(argv)
+    try:
+        from ..bench.report import write_report
+        from ..bench.runner import run_benchmark
+
+        cfg, out = _config(a, argv)
+        rep = run_benchmark(cfg)
+        paths = write_report(rep, out, plots=not a.no_plots)
+    except SmplerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    n_ok = sum(c.status == "ok" for c in rep.cells)
+    n_skip = sum(c.status == "skipped" for c in rep.cells)
+    n_fail = sum(c.status == "failed" for c in rep.cells)
+    print(f"{n_ok} cells measured, {n_skip} skipped, {n_fail} failed")
+    print(f"wrote {paths['json']}\nwrote {paths['md']}")
+    for p in paths.get("plots", []):
+        print(f"wrote {p}")
+    return 1 if n_fail else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
