@@ -1,0 +1,398 @@
+"""ONNX -> TensorRT / TensorRT-RTX engine, strongly typed, through Polygraphy's loaders, plus its manifest.
+
+Precision lives in the ONNX graph (Casts, Q/DQ), so no precision builder flags are set and the same code builds
+on TensorRT 10.3 (Jetson), 11.x and TensorRT-RTX. Option parsing and validation are plain functions; only
+`build_engine` touches TensorRT.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import time
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+from ..errors import SmplerError
+from ..fileio import atomic_path, check_output_path, sha256_file, write_bytes_atomic
+from ..outputs import INPUT_NAME
+from . import layer_summary
+from .manifest import FLAVOUR_TITLES, SCHEMA, layers_path, manifest_path
+from .plugin_glue import plugin_nodes, register_smpler_plugins
+from .trt_import import import_trt
+
+DEFAULT_SMS = (89,)
+# trtexec --memPoolSize pool names -> trt.MemoryPoolType members.
+MEM_POOLS = {
+    "workspace": "WORKSPACE",
+    "dlasram": "DLA_MANAGED_SRAM",
+    "dlalocaldram": "DLA_LOCAL_DRAM",
+    "dlaglobaldram": "DLA_GLOBAL_DRAM",
+    "tacticsharedmem": "TACTIC_SHARED_MEMORY",
+}
+_UNITS = {"": 1 << 20, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}  # trtexec: bare number = MiB
+HW_COMPAT = ("none", "ampere_plus", "same_compute_capability")
+
+
+# ---------------------------------------------------------------- option parsing (pure)
+
+
+def parse_mem_pool_size(spec: str | None) -> dict[str, int]:
+    """trtexec syntax: "workspace:2G,tacticSharedMem:48K" -> {"WORKSPACE": 2147483648, ...} (bare number = MiB)."""
+    if not spec:
+        return {}
+    out = {}
+    for item in spec.split(","):
+        m = re.fullmatch(r"\s*(\w+)\s*:\s*([0-9]*\.?[0-9]+)\s*([BKMG]?)(?:i?B)?\s*", item, re.IGNORECASE)
+        pool = MEM_POOLS.get(m.group(1).lower()) if m else None
+        if not m or pool is None:
+            raise SmplerError(
+                f"--memPoolSize {spec}: expected POOL:SIZE[B|K|M|G] with POOL in {', '.join(MEM_POOLS)} "
+                "(e.g. workspace:2G)"
+            )
+        out[pool] = int(float(m.group(2)) * _UNITS[m.group(3).upper()])
+    return out
+
+
+def parse_batch(spec) -> tuple[int, int, int]:
+    """"1:4:8", (1, 4, 8), or a single N (= N:N:N) -> (min, opt, max), validated."""
+    if isinstance(spec, int):
+        spec = (spec, spec, spec)
+    if isinstance(spec, str):
+        parts = spec.split(":")
+        if len(parts) == 1:
+            parts = parts * 3
+        try:
+            spec = tuple(int(p) for p in parts)
+        except ValueError:
+            spec = ()
+    b = tuple(spec)
+    if len(b) != 3 or not all(isinstance(x, int) for x in b) or not 1 <= b[0] <= b[1] <= b[2]:
+        raise SmplerError(f"--batch {spec}: expected MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX, e.g. 1:1:8")
+    return b
+
+
+def valid_sms(trt) -> list[int]:
+    """Compute capabilities this TensorRT-RTX can target, e.g. [75, 80, 86, 89, 120, 121]."""
+    return sorted(int(n[2:]) for n in trt.ComputeCapability.__members__ if re.fullmatch(r"SM\d+", n))
+
+
+def check_sms(sms, valid: list[int]) -> list[int]:
+    """Normalize ("89", 8.9, "sm_120", 120) -> ints and refuse unknown targets, listing the valid ones."""
+    out = []
+    for s in sms:
+        txt = str(s).lower().removeprefix("sm").lstrip("_")
+        if re.fullmatch(r"\d+\.\d", txt):
+            txt = txt.replace(".", "")
+        if not txt.isdigit() or int(txt) not in valid:
+            raise SmplerError(f"--sm {s}: not a TensorRT-RTX target; valid: {', '.join(map(str, valid))}")
+        if int(txt) not in out:
+            out.append(int(txt))
+    if not out:
+        raise SmplerError(f"--sm: give at least one target; valid: {', '.join(map(str, valid))}")
+    return out
+
+
+def sm_to_major_minor(sm: int) -> tuple[int, int]:
+    return sm // 10, sm % 10  # 89 -> (8, 9), 120 -> (12, 0)
+
+
+def profile_shapes(onnx_shape: list, batch: tuple[int, int, int], name: str) -> dict[str, list[int]]:
+    """MIN/OPT/MAX shapes from the ONNX input shape (dim 0 = batch; every other dim must be fixed)."""
+    rest = onnx_shape[1:]
+    if not onnx_shape or any(not isinstance(d, int) or d <= 0 for d in rest):
+        raise SmplerError(f"input {name}: only the batch dimension may be dynamic, got {onnx_shape}")
+    if isinstance(onnx_shape[0], int) and onnx_shape[0] > 0 and batch != (onnx_shape[0],) * 3:
+        raise SmplerError(f"--batch {':'.join(map(str, batch))}: the ONNX input {name} has a fixed batch of {onnx_shape[0]}")
+    return {k: [b, *rest] for k, b in zip(("min", "opt", "max"), batch)}
+
+
+def onnx_facts(onnx_path: str | os.PathLike) -> dict:
+    """What the build and the manifest need from the ONNX file, without loading external weights."""
+    import onnx
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as e:
+        raise SmplerError(f"{onnx_path}: not a readable ONNX model ({e.__class__.__name__})")
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if not inputs:
+        raise SmplerError(f"{onnx_path}: the graph has no inputs")
+    if len(inputs) > 1:
+        raise SmplerError(f"{onnx_path}: expected one input ({INPUT_NAME}), got {[i.name for i in inputs]}")
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in inputs[0].type.tensor_type.shape.dim]
+    ext = sorted(
+        {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+    )
+    base = Path(onnx_path).parent
+    meta = {p.key: p.value for p in model.metadata_props}
+    return {
+        "input": inputs[0].name,
+        "shape": dims,
+        "metadata": meta,
+        "plugins": plugin_nodes(model),
+        "sha256": sha256_file(onnx_path),
+        "external_data": {loc: sha256_file(base / loc) for loc in ext if (base / loc).exists()},
+    }
+
+
+# ---------------------------------------------------------------- Polygraphy glue
+
+
+def _polygraphy_for(flavour: str):
+    """Point Polygraphy at the flavour's module. Its loaders bind `tensorrt` or `tensorrt_rtx` at first import
+    (from POLYGRAPHY_USE_TENSORRT_RTX), so a process can only ever build with one flavour through them."""
+    import polygraphy.config as pcfg
+
+    want = flavour == "tensorrt-rtx"
+    if "polygraphy.backend.trt.loader" not in sys.modules:
+        os.environ["POLYGRAPHY_USE_TENSORRT_RTX"] = "1" if want else "0"
+        pcfg.USE_TENSORRT_RTX = want
+    elif pcfg.USE_TENSORRT_RTX != want:
+        other = "tensorrt-rtx" if pcfg.USE_TENSORRT_RTX else "tensorrt"
+        raise SmplerError(f"--trt {flavour}: this process already builds with {other}; use one flavour per process")
+    import polygraphy.backend.trt as ptrt
+
+    return ptrt
+
+
+class _Capture(logging.Handler):
+    """Collects Polygraphy's log records (TensorRT's messages arrive through them)."""
+
+    def __init__(self, log):
+        super().__init__(level=1)
+        self.messages: list[tuple[int, str]] = []
+        self.log = log
+
+    def emit(self, record):
+        msg = record.getMessage()
+        self.messages.append((record.levelno, msg))
+        if record.levelno == logging.WARNING:
+            self.log("  " + msg.strip())
+
+    def errors(self) -> list[str]:
+        return [re.sub(r"^\[[A-Z!]\] ", "", m).strip() for lv, m in self.messages if lv >= logging.ERROR]
+
+
+@contextmanager
+def _captured_polygraphy_logs(log):
+    """Route Polygraphy's logger (and TensorRT's, which it wraps) into a handler, down to VERBOSE TRT messages,
+    so the `Layers:` dump can be read and nothing is printed behind the caller's back."""
+    from polygraphy.logger import G_LOGGER
+
+    plog = logging.getLogger("Polygraphy")
+    saved = (G_LOGGER.module_severity, G_LOGGER.colors, G_LOGGER.use_python_logging_system, plog.propagate, plog.level)
+    handler = _Capture(log)
+    plog.addHandler(handler)
+    plog.propagate, G_LOGGER.colors = False, False
+    plog.setLevel(1)
+    G_LOGGER.use_python_logging_system = True
+    G_LOGGER.module_severity = G_LOGGER.EXTRA_VERBOSE  # TRT VERBOSE -> G_LOGGER.extra_verbose
+    try:
+        yield handler
+    finally:
+        plog.removeHandler(handler)
+        G_LOGGER.module_severity, G_LOGGER.colors = saved[0], saved[1]
+        G_LOGGER.use_python_logging_system = saved[2]
+        plog.propagate = saved[3]
+        plog.setLevel(saved[4])
+
+
+def _first_error(handler: _Capture, default: str) -> str:
+    errs = [e for e in handler.errors() if e]
+    # Parser errors name the node; keep the most specific line, on one line.
+    detail = next((e for e in errs if "node" in e.lower()), errs[0] if errs else "")
+    return f"{default}: {' '.join(detail.split())[:400]}" if detail else default
+
+
+def _dims(d) -> list[int]:
+    return [int(x) for x in d]
+
+
+def _dtype_name(dt) -> str:
+    names = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": "int32", "INT64": "int64",
+             "BOOL": "bool", "UINT8": "uint8", "BF16": "bfloat16", "FP8": "float8e4m3"}  # fmt: skip
+    n = getattr(dt, "name", str(dt).rsplit(".", 1)[-1])
+    return names.get(n, n.lower())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _local_sm() -> int | None:
+    try:
+        from ..runtime import cuda_mem
+
+        return cuda_mem.device_sm()
+    except Exception:
+        return None
+
+
+# ---------------------------------------------------------------- build
+
+
+def build_engine(
+    onnx_path,
+    engine_path,
+    *,
+    flavour: str | None = None,
+    sms=None,
+    batch=(1, 1, 8),
+    timing_cache=None,
+    builder_optimization_level: int | None = None,
+    mem_pool_size: str | None = None,
+    version_compatible: bool = False,
+    hardware_compatibility_level: str | None = None,
+    force: bool = False,
+    log=print,
+) -> dict:
+    """Build `engine_path` from `onnx_path`, write `NAME.engine.json` beside it, return the manifest.
+
+    `sms`: TensorRT-RTX targets (default 89); `tensorrt` always targets the local GPU. `batch`: MIN:OPT:MAX.
+    Nothing is written unless the build succeeds.
+    """
+    t_start = time.perf_counter()
+    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
+    if not onnx_path.is_file():
+        raise SmplerError(f"{onnx_path}: ONNX file not found")
+    check_output_path(engine_path, force=force, flag="-o")
+    batch = parse_batch(batch)
+    pools = parse_mem_pool_size(mem_pool_size)
+    if builder_optimization_level is not None and not 0 <= int(builder_optimization_level) <= 5:
+        raise SmplerError(f"--builderOptimizationLevel {builder_optimization_level}: expected 0..5")
+    hcl = (hardware_compatibility_level or "none").lower().replace("-", "_")
+    if hcl not in HW_COMPAT:
+        raise SmplerError(f"--hardwareCompatibilityLevel {hardware_compatibility_level}: expected {', '.join(HW_COMPAT)}")
+
+    trt, flavour = import_trt(flavour)
+    title = f"{FLAVOUR_TITLES[flavour]} {trt.__version__}"
+    if flavour == "tensorrt-rtx":
+        sms = check_sms(sms if sms is not None else DEFAULT_SMS, valid_sms(trt))
+    elif sms is not None:
+        raise SmplerError("--sm applies to --trt tensorrt-rtx only; --trt tensorrt builds for the local GPU")
+    else:
+        sms = [s] if (s := _local_sm()) else []
+    if hcl != "none" and not hasattr(trt.HardwareCompatibilityLevel, hcl.upper()):
+        raise SmplerError(f"--hardwareCompatibilityLevel {hcl}: not available in {title}")
+
+    facts = onnx_facts(onnx_path)
+    shapes = profile_shapes(facts["shape"], batch, facts["input"])
+    registered = []
+    if facts["plugins"]:
+        registered = register_smpler_plugins(trt, flavour, str(onnx_path), facts["plugins"])
+
+    ptrt = _polygraphy_for(flavour)
+    from polygraphy.exception import PolygraphyException
+
+    cache_in = Path(timing_cache) if timing_cache else None
+    cache_loaded = bool(cache_in and cache_in.is_file() and cache_in.stat().st_size)
+    if timing_cache and flavour == "tensorrt-rtx":
+        log("  note: TensorRT-RTX treats timing caches as no-ops (since 1.2); the file is kept for TensorRT parity")
+    target = f"SM{', SM'.join(map(str, sms))}" if sms else "local GPU"
+    with _captured_polygraphy_logs(log) as cap, ExitStack() as stack:
+        log(f"[1/3] parsing {onnx_path.name} ({title}, strongly typed)")
+        t0 = time.perf_counter()
+        try:
+            builder, network, parser = ptrt.NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)()
+        except PolygraphyException:
+            raise SmplerError(_first_error(cap, f"{onnx_path}: TensorRT could not parse the graph")) from None
+        parse_s = time.perf_counter() - t0
+
+        profile = ptrt.Profile().add(facts["input"], shapes["min"], shapes["opt"], shapes["max"])
+        common = dict(
+            profiles=[profile],
+            profiling_verbosity=trt.ProfilingVerbosity.DETAILED,  # needed for the `Layers:` dump
+            # An open file, not a path: Polygraphy would leave a `.lock` file beside a path.
+            load_timing_cache=stack.enter_context(open(cache_in, "rb")) if cache_loaded else None,
+            builder_optimization_level=builder_optimization_level,
+            memory_pool_limits={getattr(trt.MemoryPoolType, k): v for k, v in pools.items()} or None,
+            version_compatible=version_compatible or None,
+            hardware_compatibility_level=getattr(trt.HardwareCompatibilityLevel, hcl.upper()) if hcl != "none" else None,
+        )
+        try:
+            if flavour == "tensorrt-rtx":
+                from polygraphy.backend.tensorrt_rtx import CreateConfigRTX
+
+                config = CreateConfigRTX(compute_capabilities=[sm_to_major_minor(s) for s in sms], **common)(builder, network)
+            else:
+                config = ptrt.CreateConfig(**common)(builder, network)
+        except PolygraphyException:
+            raise SmplerError(_first_error(cap, f"{title}: could not create the builder config")) from None
+
+        batch_txt = ":".join(map(str, batch))
+        log(f"[2/3] building engine for {target}, batch {batch_txt} (TensorRT-RTX: seconds; TensorRT on a GPU: minutes)")
+        t0 = time.perf_counter()
+        try:
+            plan = ptrt.EngineBytesFromNetwork((builder, network, parser), config=config)()
+        except PolygraphyException:
+            raise SmplerError(_first_error(cap, f"{onnx_path}: engine build failed for {target}")) from None
+        build_s = time.perf_counter() - t0
+        plan = bytes(memoryview(plan))
+        dump = layer_summary.find_layers_dump(m for _, m in cap.messages)
+
+    records = layer_summary.parse_layers(dump)
+    summary = layer_summary.summarize(records)
+    io_tensors = {
+        "inputs": [{"name": t.name, "shape": _dims(t.shape), "dtype": _dtype_name(t.dtype)}
+                   for t in (network.get_input(i) for i in range(network.num_inputs))],
+        "outputs": [{"name": t.name, "shape": _dims(t.shape), "dtype": _dtype_name(t.dtype)}
+                    for t in (network.get_output(i) for i in range(network.num_outputs))],
+    }  # fmt: skip
+    timing_out = None
+    if timing_cache:
+        cache = config.get_timing_cache()
+        data = bytes(memoryview(cache.serialize())) if cache is not None else b""
+        timing_out = str(write_bytes_atomic(timing_cache, data))
+
+    log(f"[3/3] writing {engine_path.name} ({len(plan) / 2**20:.1f} MiB) and {manifest_path(engine_path).name}")
+    import hashlib
+
+    meta = facts["metadata"]
+    manifest = {
+        "schema": SCHEMA,
+        "engine": {"file": engine_path.name, "sha256": hashlib.sha256(plan).hexdigest(), "size": len(plan)},
+        "source": {"onnx": str(onnx_path), "sha256": facts["sha256"], "external_data": facts["external_data"]},
+        "variant": meta.get("variant"),
+        "precision": meta.get("precision"),
+        "trt": {"flavour": flavour, "version": trt.__version__},
+        "target": {"sms": sms, "hardware_compatibility_level": hcl},
+        "profiles": [{facts["input"]: shapes}],
+        **io_tensors,
+        "plugins": [p | {"registered": p["name"] in registered} for p in facts["plugins"]],
+        "build": {
+            "seconds": round(build_s, 3),
+            "parse_seconds": round(parse_s, 3),
+            "total_seconds": None,
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "options": {
+                "batch": list(batch),
+                "strongly_typed": True,
+                "builder_optimization_level": builder_optimization_level,
+                "mem_pool_size": pools,
+                "version_compatible": bool(version_compatible),
+                "hardware_compatibility_level": hcl,
+                "timing_cache": timing_out,
+                "timing_cache_loaded": cache_loaded,
+                "profiling_verbosity": "DETAILED",
+            },
+        },
+        "layers": summary,
+    }
+    manifest["build"]["total_seconds"] = round(time.perf_counter() - t_start, 3)
+    # Engine, manifest and layer records appear together or not at all.
+    with atomic_path(engine_path) as e_tmp, atomic_path(manifest_path(engine_path)) as m_tmp, \
+            atomic_path(layers_path(engine_path)) as l_tmp:  # fmt: skip
+        e_tmp.write_bytes(plan)
+        m_tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+        l_tmp.write_text(json.dumps(layer_summary.records_to_json(records), indent=1) + "\n")
+        for tmp in (e_tmp, m_tmp, l_tmp):  # mkstemp makes 0600 files; engines are shared artifacts
+            os.chmod(tmp, 0o666 & ~_umask())
+    log(f"built {engine_path} in {build_s:.1f} s ({summary['layers']} layers)")
+    return manifest

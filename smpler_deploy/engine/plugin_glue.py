@@ -1,0 +1,52 @@
+"""Find SMPLer plugin nodes in an ONNX graph and register their TensorRT creators (build and runtime side).
+
+Plugins must be registered before parsing a graph with plugin nodes and again before deserializing an engine
+that contains them (Python IPluginV3 creators live only in the process that registered them).
+"""
+
+from __future__ import annotations
+
+from ..errors import SmplerError
+from .trt_import import ensure_rtx_soname, rtx_soname_fix_command
+
+PLUGIN_DOMAIN = "smpler"
+
+
+def _attr(node, name: str, default: str) -> str:
+    for a in node.attribute:
+        if a.name == name:
+            return a.s.decode() if a.s else default
+    return default
+
+
+def plugin_nodes(model) -> list[dict]:
+    """Unique plugins used by an onnx.ModelProto: [{name, namespace, version, count}] (top-level graph)."""
+    found: dict[tuple, dict] = {}
+    for node in model.graph.node:
+        if node.domain != PLUGIN_DOMAIN:
+            continue
+        key = (node.op_type, _attr(node, "plugin_namespace", PLUGIN_DOMAIN), _attr(node, "plugin_version", "1"))
+        entry = found.setdefault(key, {"name": key[0], "namespace": key[1], "version": key[2], "count": 0})
+        entry["count"] += 1
+    return list(found.values())
+
+
+def register_smpler_plugins(trt, flavour: str, what: str, needed: list[dict] = ()) -> list[str]:
+    """Register our plugin creators with `trt`; one-line errors when that is impossible or incomplete."""
+    if flavour == "tensorrt-rtx" and not ensure_rtx_soname():
+        # The TRT-RTX parser dlopens libtensorrt_rtx.so for plugin nodes and aborts the process without it.
+        raise SmplerError(
+            f"{what}: has plugin nodes, and TensorRT-RTX cannot import plugins until this link exists: "
+            f"{rtx_soname_fix_command()} (or export with --no-plugins)"
+        )
+    try:
+        from ..plugins.trt_plugins import register_plugins
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("smpler_deploy.plugins"):
+            raise SmplerError(f"{what}: needs the smpler TensorRT plugins, which this install lacks; use --no-plugins")
+        raise
+    registered = [str(n).split("::")[-1] for n in register_plugins(trt) or []]
+    missing = sorted({p["name"] for p in needed} - set(registered))
+    if registered and missing:
+        raise SmplerError(f"{what}: plugin(s) {', '.join(missing)} are not provided by this smpler-deploy ({registered})")
+    return registered
