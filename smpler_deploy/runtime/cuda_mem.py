@@ -1,0 +1,123 @@
+"""Thin CUDA runtime helpers over cuda-python (`cuda.bindings.runtime`, imported lazily).
+
+Only what the TensorRT session needs: device/pinned buffers, a stream, async copies, graph capture. Every call
+checks the `(err, value)` tuple cuda-python returns and raises with the CUDA error name.
+Not executed in this project's CI (no GPU); the session's call sequence is tested through a recording stand-in.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+
+from ..errors import SmplerError
+
+_rt = None
+
+
+def rt():
+    """`cuda.bindings.runtime` (cuda-python >= 12.6.1; 12.x on JetPack 6, 13.x with CUDA 13)."""
+    global _rt
+    if _rt is None:
+        try:
+            from cuda.bindings import runtime
+        except ImportError as e:
+            raise SmplerError(f"the tensorrt backend needs cuda-python (pip install 'cuda-python>=12.6.1'): {e}")
+        _rt = runtime
+    return _rt
+
+
+class CudaError(RuntimeError):
+    pass
+
+
+def call(result):
+    """Unpack cuda-python's `(err, *values)`; raise on error."""
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if int(err) != 0:
+        _, name = rt().cudaGetErrorName(err)
+        raise CudaError(name.decode() if isinstance(name, bytes) else str(name))
+    return values[0] if len(values) == 1 else (tuple(values) or None)
+
+
+def device_sm(device: int | None = None) -> int:
+    """Compute capability of the current (or given) device as an int: 8.9 -> 89."""
+    r = rt()
+    dev = call(r.cudaGetDevice()) if device is None else device
+    major = call(r.cudaDeviceGetAttribute(r.cudaDeviceAttr.cudaDevAttrComputeCapabilityMajor, dev))
+    minor = call(r.cudaDeviceGetAttribute(r.cudaDeviceAttr.cudaDevAttrComputeCapabilityMinor, dev))
+    return major * 10 + minor
+
+
+def malloc(nbytes: int) -> int:
+    return int(call(rt().cudaMalloc(nbytes)))
+
+
+def free(ptr: int) -> None:
+    call(rt().cudaFree(ptr))
+
+
+def host_alloc(nbytes: int) -> tuple[int, np.ndarray]:
+    """Pinned host buffer: (pointer, uint8 numpy view). Pinned memory makes the async copies truly async."""
+    ptr = int(call(rt().cudaMallocHost(nbytes)))
+    view = np.frombuffer((ctypes.c_uint8 * nbytes).from_address(ptr), dtype=np.uint8)
+    return ptr, view
+
+
+def host_free(ptr: int) -> None:
+    call(rt().cudaFreeHost(ptr))
+
+
+def stream_create():
+    # Non-default stream: graph capture is illegal on the legacy default stream.
+    r = rt()
+    return call(r.cudaStreamCreateWithFlags(r.cudaStreamNonBlocking))
+
+
+def stream_destroy(stream) -> None:
+    call(rt().cudaStreamDestroy(stream))
+
+
+def stream_handle(stream) -> int:
+    return int(stream)
+
+
+def synchronize(stream) -> None:
+    call(rt().cudaStreamSynchronize(stream))
+
+
+def memcpy_htod(dst: int, src: int, nbytes: int, stream) -> None:
+    r = rt()
+    call(r.cudaMemcpyAsync(dst, src, nbytes, r.cudaMemcpyKind.cudaMemcpyHostToDevice, stream))
+
+
+def memcpy_dtoh(dst: int, src: int, nbytes: int, stream) -> None:
+    r = rt()
+    call(r.cudaMemcpyAsync(dst, src, nbytes, r.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream))
+
+
+def begin_capture(stream) -> None:
+    # Thread-local: other threads' CUDA calls (e.g. another session) do not break this capture.
+    r = rt()
+    call(r.cudaStreamBeginCapture(stream, r.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal))
+
+
+def end_capture(stream):
+    """Returns the captured graph (raises if capture was invalidated)."""
+    return call(rt().cudaStreamEndCapture(stream))
+
+
+def graph_instantiate(graph):
+    return call(rt().cudaGraphInstantiate(graph, 0))
+
+
+def graph_launch(graph_exec, stream) -> None:
+    call(rt().cudaGraphLaunch(graph_exec, stream))
+
+
+def graph_destroy(graph, graph_exec) -> None:
+    if graph_exec is not None:
+        call(rt().cudaGraphExecDestroy(graph_exec))
+    if graph is not None:
+        call(rt().cudaGraphDestroy(graph))
