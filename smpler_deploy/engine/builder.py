@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -193,7 +194,10 @@ def _captured_polygraphy_logs(log):
     G_LOGGER.use_python_logging_system = True
     G_LOGGER.module_severity = G_LOGGER.EXTRA_VERBOSE  # TRT VERBOSE -> G_LOGGER.extra_verbose
     try:
-        yield handler
+        with warnings.catch_warnings():
+            # Polygraphy always attaches a timing cache; TRT-RTX flags every cache call as a deprecated no-op.
+            warnings.filterwarnings("ignore", message=".*Timing cache operations are no-ops.*")
+            yield handler
     finally:
         plog.removeHandler(handler)
         G_LOGGER.module_severity, G_LOGGER.colors = saved[0], saved[1]
@@ -203,10 +207,15 @@ def _captured_polygraphy_logs(log):
 
 
 def _first_error(handler: _Capture, default: str) -> str:
-    errs = [e for e in handler.errors() if e]
-    # Parser errors name the node; keep the most specific line, on one line.
-    detail = next((e for e in errs if "node" in e.lower()), errs[0] if errs else "")
-    return f"{default}: {' '.join(detail.split())[:400]}" if detail else default
+    """The most telling TensorRT/Polygraphy error, on one line: the parser's per-node summary
+    ("In node 3 with name: ... and operator: ...: reason"), else an assertion/error-code line, else the first."""
+    errs = [" ".join(e.split()) for e in handler.errors() if e.strip()]
+    errs = [e for e in errs if not e.startswith(("Traceback", "File "))]
+    for pattern in (r"^In node \d+", r"Assertion failed|Error Code|ERROR", r"."):
+        hit = next((e for e in errs if re.search(pattern, e)), None)
+        if hit:
+            return f"{default}: {hit[:400]}"
+    return default
 
 
 def _dims(d) -> list[int]:

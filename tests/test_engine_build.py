@@ -1,0 +1,238 @@
+"""Real TensorRT-RTX ahead-of-time builds (no GPU needed) of small fp32 / fp16 / int8 ONNX graphs.
+
+Until the SMPLer export lands, the graphs are a small conv net with SMPLer's input name and a dynamic batch.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from smpler_deploy.engine.manifest import check_manifest, manifest_path, read_manifest
+from smpler_deploy.errors import SmplerError
+
+trt = pytest.importorskip("tensorrt_rtx")
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+
+from smpler_deploy.engine.builder import build_engine  # noqa: E402
+from smpler_deploy.engine.layer_summary import format_layer_summary  # noqa: E402
+
+HW = 64  # smaller than 224 for speed; the builder takes the shape from the ONNX
+
+
+class ConvNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(3, 16, 3, 2, 1)
+        self.c2 = torch.nn.Conv2d(16, 32, 3, 2, 1)
+        self.fc = torch.nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.c2(torch.relu(self.c1(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+class HalfWithFloatIO(torch.nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m.half()
+
+    def forward(self, x):
+        return self.m(x.half()).float()
+
+
+def _export(model, path, precision):
+    x = torch.randn(2, 3, HW, HW)
+    torch.onnx.export(model, (x,), str(path), input_names=["images"], output_names=["out"],
+                      dynamic_axes={"images": {0: "B"}, "out": {0: "B"}}, dynamo=False, opset_version=17)  # fmt: skip
+    _tag(path, precision)
+
+
+def _tag(path, precision):
+    m = onnx.load(str(path))
+    for k, v in {"variant": "test-convnet", "precision": precision}.items():
+        m.metadata_props.add(key=k, value=v)
+    onnx.save(m, str(path))
+
+
+def _quantize(src, dst, symmetric):
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self.it = iter([{"images": rng.standard_normal((1, 3, HW, HW)).astype(np.float32)} for _ in range(4)])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    # TensorRT: symmetric (zero points 0) and float bias (no int32 bias DQ).
+    opts = {"ActivationSymmetric": symmetric, "WeightSymmetric": True, "QuantizeBias": False}
+    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8, per_channel=True, extra_options=opts)  # fmt: skip
+    _tag(dst, "int8")
+
+
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("onnx")
+    torch.manual_seed(0)
+    model = ConvNet().eval()
+    _export(model, d / "fp32.onnx", "fp32")
+    import copy
+
+    _export(HalfWithFloatIO(copy.deepcopy(model)), d / "fp16.onnx", "fp16")
+    _quantize(d / "fp32.onnx", d / "int8.onnx", symmetric=True)
+    _quantize(d / "fp32.onnx", d / "int8_asym.onnx", symmetric=False)
+    return d
+
+
+def _quiet(*_):
+    pass
+
+
+def _one_line(excinfo):
+    assert "\n" not in str(excinfo.value)
+    return str(excinfo.value)
+
+
+@pytest.mark.parametrize("sm", [89, 86])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_build_precisions(graphs, tmp_path, precision, sm):
+    engine = tmp_path / f"{precision}.engine"
+    lines = []
+    m = build_engine(graphs / f"{precision}.onnx", engine, sms=[sm], batch="1:2:8", log=lines.append)
+    assert any(line.startswith("[2/3] building") for line in lines)
+    data = engine.read_bytes()
+    assert m == read_manifest(engine)
+    assert m["engine"]["size"] == len(data) > 10_000
+    check_manifest(m, engine, trt.__version__, sm, flavour="tensorrt-rtx")  # consistent with itself
+    assert m["precision"] == precision and m["variant"] == "test-convnet"
+    assert m["trt"] == {"flavour": "tensorrt-rtx", "version": trt.__version__}
+    assert m["target"]["sms"] == [sm]
+    assert m["profiles"] == [{"images": {"min": [1, 3, HW, HW], "opt": [2, 3, HW, HW], "max": [8, 3, HW, HW]}}]
+    assert m["inputs"] == [{"name": "images", "shape": [-1, 3, HW, HW], "dtype": "float32"}]
+    assert m["outputs"] == [{"name": "out", "shape": [-1, 10], "dtype": "float32"}]
+    assert m["source"]["sha256"] and m["source"]["onnx"].endswith(f"{precision}.onnx")
+    assert m["plugins"] == [] and m["build"]["seconds"] > 0 and m["build"]["options"]["strongly_typed"]
+    convs = m["layers"]["by_kind"]["conv"]
+    assert convs == {precision: 2}, format_layer_summary(m["layers"])  # both convolutions in the graph's precision
+    if precision == "int8":
+        assert m["layers"]["int8_compute"] == 3  # 2 convs + the gemm
+    records = json.loads((tmp_path / f"{precision}.engine.layers.json").read_text())
+    assert any(name.endswith("c1/Conv") for r in records for name in r["onnx_layers"])
+
+
+def test_multi_sm_and_options(graphs, tmp_path):
+    engine = tmp_path / "multi.engine"
+    m = build_engine(graphs / "fp16.onnx", engine, sms=["89", "120"], builder_optimization_level=0,
+                     mem_pool_size="workspace:1G", log=_quiet)  # fmt: skip
+    assert m["target"]["sms"] == [89, 120]
+    assert m["build"]["options"]["mem_pool_size"] == {"WORKSPACE": 1 << 30}
+    assert m["build"]["options"]["builder_optimization_level"] == 0
+    check_manifest(m, engine, trt.__version__, 120)
+
+
+def test_timing_cache_round_trip(graphs, tmp_path):
+    cache = tmp_path / "timing.cache"
+    m1 = build_engine(graphs / "fp32.onnx", tmp_path / "a.engine", timing_cache=cache, log=_quiet)
+    assert cache.is_file() and cache.stat().st_size > 0
+    assert m1["build"]["options"]["timing_cache_loaded"] is False
+    m2 = build_engine(graphs / "fp32.onnx", tmp_path / "b.engine", timing_cache=cache, log=_quiet)
+    assert m2["build"]["options"]["timing_cache_loaded"] is True and cache.stat().st_size > 0
+    # written atomically: no temp or Polygraphy .lock files left behind
+    assert sorted(p.name for p in tmp_path.iterdir() if "cache" in p.name) == ["timing.cache"]
+
+
+def test_manifest_mismatches(graphs, tmp_path):
+    engine = tmp_path / "m.engine"
+    m = build_engine(graphs / "fp32.onnx", engine, log=_quiet)
+    with pytest.raises(SmplerError) as e:
+        check_manifest(m, engine, "1.8.0.1", 89)
+    assert f"built with TensorRT-RTX {trt.__version__}, this is TensorRT-RTX 1.8.0.1" in _one_line(e)
+    with pytest.raises(SmplerError) as e:
+        check_manifest(m, engine, trt.__version__, 120)
+    assert "built for SM89, this GPU is SM120; rebuild with --sm 120" in _one_line(e)
+    with pytest.raises(SmplerError) as e:
+        check_manifest(m, engine, trt.__version__, 89, flavour="tensorrt")
+    assert "use --trt tensorrt-rtx" in _one_line(e)
+    engine.write_bytes(engine.read_bytes()[:-1000])  # truncated
+    with pytest.raises(SmplerError) as e:
+        check_manifest(m, engine, trt.__version__, 89)
+    assert "sha256 differs from its manifest m.engine.json" in _one_line(e)
+    manifest_path(engine).unlink()
+    with pytest.raises(SmplerError) as e:
+        read_manifest(engine)
+    assert "no manifest m.engine.json" in _one_line(e)
+
+
+def _only(dirpath, names):
+    assert sorted(p.name for p in Path(dirpath).iterdir()) == sorted(names)
+
+
+def test_unknown_sm(graphs, tmp_path):
+    with pytest.raises(SmplerError) as e:
+        build_engine(graphs / "fp32.onnx", tmp_path / "x.engine", sms=[90], log=_quiet)
+    assert "--sm 90: not a TensorRT-RTX target; valid: 75, 80, 86, 89, 120, 121" in _one_line(e)
+    _only(tmp_path, [])
+
+
+def test_flavour_not_installed(graphs, tmp_path):
+    pytest.importorskip("tensorrt", reason=None) if False else None
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("full TensorRT is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(SmplerError) as e:
+        build_engine(graphs / "fp32.onnx", tmp_path / "x.engine", flavour="tensorrt", log=_quiet)
+    assert _one_line(e).startswith("--trt tensorrt: cannot import tensorrt")
+    _only(tmp_path, [])
+
+
+def test_parse_failure_writes_nothing(graphs, tmp_path):
+    """Non-zero zero points (ORT's default asymmetric activations) are refused by the parser: one line, no files."""
+    with pytest.raises(SmplerError) as e:
+        build_engine(graphs / "int8_asym.onnx", tmp_path / "x.engine", timing_cache=tmp_path / "t.cache", log=_quiet)
+    msg = _one_line(e)
+    assert "could not parse" in msg and "zero point" in msg.lower()
+    _only(tmp_path, [])
+
+
+def test_existing_output_needs_force(graphs, tmp_path):
+    engine = tmp_path / "x.engine"
+    engine.write_bytes(b"old")
+    with pytest.raises(SmplerError) as e:
+        build_engine(graphs / "fp32.onnx", engine, log=_quiet)
+    assert "file exists (pass --force to overwrite)" in _one_line(e)
+    build_engine(graphs / "fp32.onnx", engine, force=True, log=_quiet)
+    assert engine.stat().st_size > 1000
+    with pytest.raises(SmplerError, match="--batch"):
+        build_engine(graphs / "fp32.onnx", tmp_path / "y.engine", batch="8:1:1", log=_quiet)
+    with pytest.raises(SmplerError, match="ONNX file not found"):
+        build_engine(tmp_path / "missing.onnx", tmp_path / "y.engine", log=_quiet)
+
+
+def test_plugin_graph_needs_plugins(graphs, tmp_path):
+    """A graph with `smpler` domain nodes registers plugins first; without the plugin module: a clear refusal."""
+    try:
+        import smpler_deploy.plugins.trt_plugins  # noqa: F401
+
+        pytest.skip("plugin module present; plugin builds are tested with the plugins")
+    except ModuleNotFoundError:
+        pass
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("SmplerGlobalAttention", ["images"], ["out"], domain="smpler",
+                            plugin_namespace="smpler", plugin_version="1")  # fmt: skip
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["B", 3, HW, HW])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["B", 3, HW, HW])])  # fmt: skip
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("smpler", 1)]),
+              tmp_path / "p.onnx")  # fmt: skip
+    with pytest.raises(SmplerError) as e:
+        build_engine(tmp_path / "p.onnx", tmp_path / "p.engine", log=_quiet)
+    assert "needs the smpler TensorRT plugins" in _one_line(e) and "--no-plugins" in str(e.value)
+    _only(tmp_path, ["p.onnx"])

@@ -1,0 +1,125 @@
+"""Plain runtime and build decisions: shapes, buffers, graph policy, dtypes, option parsing, layer dump parsing."""
+
+import numpy as np
+import pytest
+
+from smpler_deploy.engine.builder import check_sms, parse_batch, parse_mem_pool_size, profile_shapes, sm_to_major_minor
+from smpler_deploy.engine.layer_summary import (
+    find_layers_dump,
+    format_layer_summary,
+    parse_layers,
+    precision_warning,
+    summarize,
+)
+from smpler_deploy.errors import SmplerError
+from smpler_deploy.runtime.trt_plan import (
+    GraphPolicy,
+    Profile,
+    TensorSpec,
+    buffers_to_grow,
+    nbytes,
+    np_dtype,
+    plan_input_shape,
+)
+
+SPEC = TensorSpec("images", True, np.dtype(np.float32), (-1, 3, 224, 224))
+PROFILE = Profile((1, 3, 224, 224), (2, 3, 224, 224), (8, 3, 224, 224))
+
+
+def test_dtype_mapping():
+    assert np_dtype("FLOAT") == np.float32 and np_dtype("DataType.HALF") == np.float16
+    assert np_dtype("INT8") == np.int8 and np_dtype("INT64") == np.int64 and np_dtype("BOOL") == np.bool_
+    with pytest.raises(SmplerError, match="BF16 has no numpy equivalent"):
+        np_dtype("BF16")
+
+
+def test_input_shape_planning():
+    assert plan_input_shape((8, 3, 224, 224), SPEC, PROFILE) == (8, 3, 224, 224)
+    with pytest.raises(SmplerError, match=r"outside the engine's profile \(batch min 1, opt 2, max 8\)"):
+        plan_input_shape((9, 3, 224, 224), SPEC, PROFILE, "a.engine")
+    with pytest.raises(SmplerError, match=r"expects shape \[-1, 3, 224, 224\]"):
+        plan_input_shape((1, 3, 256, 256), SPEC, PROFILE)
+
+
+def test_buffer_plan_grow_only():
+    assert nbytes((2, 3, 224, 224), np.float32) == 2 * 3 * 224 * 224 * 4
+    needed = {"images": 100, "vertices": 50}
+    assert buffers_to_grow({}, needed) == needed
+    assert buffers_to_grow({"images": 100, "vertices": 80}, needed) == {}  # smaller batch: reuse
+    assert buffers_to_grow({"images": 60, "vertices": 80}, needed) == {"images": 100}
+
+
+def test_graph_policy():
+    p = GraphPolicy(warmup=2)
+    k1, k2 = ((1,), (("a", 1),)), ((2,), (("a", 1),))
+    for _ in range(2):
+        assert p.decide(k1).action == "run"
+        p.ran(k1)
+    assert p.decide(k1).action == "capture"
+    p.captured(k1)
+    assert p.decide(k1) == ("replay", False)
+    d = p.decide(k2)  # shape change: release, restart warm-up
+    assert d == ("run", True)
+    p.ran(k2)
+    assert p.decide(k2) == ("run", False)
+    p.ran(k2)
+    assert p.decide(k2).action == "capture"
+    p.failed("capture unsupported")
+    assert p.decide(k2) == ("run", False) and p.decide(k1) == ("run", False)
+    assert GraphPolicy(enabled=False).decide(k1).action == "run"
+    with pytest.raises(ValueError):
+        GraphPolicy(warmup=0)
+
+
+def test_option_parsing():
+    assert parse_mem_pool_size("workspace:2G") == {"WORKSPACE": 2 << 30}
+    assert parse_mem_pool_size("workspace:1024,tacticSharedMem:48K") == {"WORKSPACE": 1 << 30,
+                                                                          "TACTIC_SHARED_MEMORY": 48 << 10}  # fmt: skip
+    assert parse_mem_pool_size(None) == {}
+    with pytest.raises(SmplerError, match="--memPoolSize gpu:2G: expected POOL:SIZE"):
+        parse_mem_pool_size("gpu:2G")
+    assert parse_batch("1:4:8") == (1, 4, 8) and parse_batch(4) == (4, 4, 4) and parse_batch((1, 1, 8)) == (1, 1, 8)
+    for bad in ("8:1:1", "0:1:1", "a:b:c", "1:2"):
+        with pytest.raises(SmplerError, match="--batch"):
+            parse_batch(bad)
+    valid = [75, 80, 86, 89, 120, 121]
+    assert check_sms(["89", 8.6, "sm_120", 89], valid) == [89, 86, 120]
+    with pytest.raises(SmplerError, match=r"--sm 90: not a TensorRT-RTX target; valid: 75, 80, 86, 89, 120, 121"):
+        check_sms([90], valid)
+    assert sm_to_major_minor(89) == (8, 9) and sm_to_major_minor(120) == (12, 0)
+    assert profile_shapes(["B", 3, 224, 224], (1, 2, 8), "images")["max"] == [8, 3, 224, 224]
+    with pytest.raises(SmplerError, match="fixed batch of 1"):
+        profile_shapes([1, 3, 224, 224], (1, 2, 8), "images")
+    with pytest.raises(SmplerError, match="only the batch dimension may be dynamic"):
+        profile_shapes(["B", 3, "H", "W"], (1, 1, 1), "images")
+
+
+# Trimmed lines of a real TensorRT-RTX 1.7 `Layers:` dump (int8 Q/DQ conv net, SM89), as Polygraphy relays it.
+DUMP = """[X] Layers:
+    Name: __mye235_0_myl0_0, LayerType: shape_call, Inputs: [], Constants: [], Outputs: [], TacticName: , StreamId: 0, Metadata:
+    Name: /c1/Conv_myl0_2, LayerType: correlation, Inputs: [ { Name: a, Dimensions: [-1,4,64,64], Strides: [16384,1,256,4], StrideOrder: [3,0,2,1], Datatype: Int8, Format: (NHWC) Channel major format }], Constants: [ { Name: w, Dimensions: [16,4,3,3], Strides: [36,1,12,4], StrideOrder: [3,0,2,1], Datatype: Int8, Format: (NHWC) Channel major format }, { Name: s, Dimensions: [1,16,1,1], Strides: [16,1,16,16], StrideOrder: [3,0,2,1], Datatype: Float, Format: (NHWC) Channel major format }], Outputs: [ { Name: o, Dimensions: [-1,16,32,32], Strides: [16384,1,512,16], StrideOrder: [3,0,2,1], Datatype: Float, Format: (NHWC) Channel major format }], TacticName: __myelin_CASK_STUB, StreamId: 0, Metadata: [ONNX Layer: /c1/Conv][ONNX Layer: images_DequantizeLinear][ONNX Layer: c1.weight_DequantizeLinear]
+    Name: __myl_MulAddRelu_myl0_3, LayerType: kgen, Inputs: [ { Name: o, Dimensions: [-1,16,32,32], Strides: [16384,1,512,16], StrideOrder: [3,0,2,1], Datatype: Float, Format: (NHWC) Channel major format }], Constants: [], Outputs: [ { Name: q, Dimensions: [-1,16,32,32], Strides: [16384,1,512,16], StrideOrder: [3,0,2,1], Datatype: Int8, Format: (NHWC) Channel major format }], TacticName: __myl_MulAddRelu_0x1, StreamId: 0, Metadata: [ONNX Layer: /Relu]
+    Name: attn_0, LayerType: custom_layer, Inputs: [ { Name: q, Dimensions: [-1,16], Strides: [16,1], StrideOrder: [1,0], Datatype: Half, Format: (Linear) Row major linear format }], Constants: [], Outputs: [ { Name: y, Dimensions: [-1,16], Strides: [16,1], StrideOrder: [1,0], Datatype: Half, Format: (Linear) Row major linear format }], TacticName: attn_0_7, StreamId: 0, Metadata: [ONNX Layer: attn_0]
+
+    I/O Tensors:
+     Name: images, IOMode: Input, DataType: Float, Dimensions: [-1,3,64,64], Location: Device
+"""
+
+
+def test_layers_dump_parsing():
+    assert find_layers_dump(["[V] something", DUMP, "[X] Engine generation completed"]) == DUMP
+    assert find_layers_dump(["no dump here"]) is None
+    recs = parse_layers(DUMP)
+    assert [r.kind for r in recs] == ["shape_call", "conv", "kgen", "plugin"]
+    conv = recs[1]
+    assert conv.inputs == ["int8"] and conv.constants == ["int8", "fp32"] and conv.outputs == ["fp32"]
+    assert conv.onnx_layers == ["/c1/Conv", "images_DequantizeLinear", "c1.weight_DequantizeLinear"]
+    assert [r.precision for r in recs] == ["none", "int8", "fp32", "fp16"]
+    s = summarize(recs)
+    assert s["by_kind"]["conv"] == {"int8": 1} and s["by_kind"]["plugin"] == {"fp16": 1} and s["int8_compute"] == 1
+    table = format_layer_summary(s)
+    assert "conv" in table and "int8" in table and "plugin" in table
+    assert precision_warning(s, "int8") is None
+    no_int8 = summarize([recs[2]])
+    assert "no convolution/GEMM runs in int8" in precision_warning(no_int8, "int8")
+    assert "not available" in format_layer_summary(summarize(parse_layers(None)))
