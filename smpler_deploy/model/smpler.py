@@ -70,6 +70,7 @@ class SMPLer(nn.Module):
         self.ops = TORCH_OPS
         self.attention = "torch"
         self.official_style = False
+        self.compute_dtype = torch.float32
         self.info = {"variant": variant, "untrained": True, "standin_body": True, "checkpoint": None,
                      "checkpoint_sha256": None}
         # Derived constants follow any state-dict load.
@@ -80,6 +81,29 @@ class SMPLer(nn.Module):
         self.smpl_handler.refresh()
         for block in self.transformer:
             block.trans_block.refresh()
+
+    def set_precision(self, precision: str) -> "SMPLer":
+        """Mixed precision in the graph. 'fp16': backbone, projections, attention and MLP matmuls in fp16;
+        LayerNorm statistics, softmax, the HMR regressor, SMPL, rotation/camera math and the
+        joints -> sampling-coordinate path stay float32 (a window that moves by a pixel changes the result)."""
+        if precision not in ("fp32", "fp16"):
+            from ..errors import SmplerError
+
+            raise SmplerError(f"precision {precision!r}: the PyTorch model runs fp32 or fp16")
+        dt = torch.float16 if precision == "fp16" else torch.float32
+        self.backbone.to(dt)
+        for block in self.transformer:
+            for m in block.modules():
+                if isinstance(m, (nn.Linear, nn.Conv2d)) and m not in (
+                        block.theta_predictor, block.beta_predictor, block.cam_predictor):
+                    m.to(dt)
+            block.trans_block.feat_position_embedding.data = block.trans_block.feat_position_embedding.data.to(dt)
+            block.trans_block.position_embeddings.to(dt)
+            for s in range(4):
+                buf = getattr(block.trans_block, f"pos_{s}")
+                setattr(block.trans_block, f"pos_{s}", buf.to(dt))
+        self.compute_dtype = dt
+        return self
 
     def set_attention(self, kind: str) -> "SMPLer":
         """'torch' (reference), 'triton' (fused kernels; CPU via the interpreter), 'plugin' (ONNX custom nodes)."""
@@ -105,8 +129,8 @@ class SMPLer(nn.Module):
     def forward(self, images: torch.Tensor) -> SMPLOutput:
         if not torch.jit.is_tracing() and not torch.compiler.is_compiling():
             _check_input(images)
-        feats = self.backbone(images)
-        g = feats[3].mean(dim=(2, 3))
+        feats = self.backbone(images.to(self.compute_dtype))
+        g = feats[3].float().mean(dim=(2, 3))
         rot, betas, cam = self.SMPL_predictor(g)
         handler = self.smpl_handler
         full = self.official_style

@@ -29,6 +29,14 @@ TORCH_OPS = types.SimpleNamespace(local_attention=A.local_attention,
                                   global_attention_multiscale=A.global_attention_multiscale)
 
 
+class LayerNorm32(nn.LayerNorm):
+    """nn.LayerNorm whose statistics are always float32 (eps 1e-12 is 0 in fp16; squares overflow)."""
+
+    def forward(self, x):
+        w = self.weight.float()
+        return nn.functional.layer_norm(x.float(), self.normalized_shape, w, self.bias.float(), self.eps).to(x.dtype)
+
+
 class _QKV(nn.Module):
     def __init__(self):
         super().__init__()
@@ -40,10 +48,10 @@ class TransformerLayer(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.LayerNorm_attn = nn.LayerNorm(HIDDEN, eps=LN_EPS)
+        self.LayerNorm_attn = LayerNorm32(HIDDEN, eps=LN_EPS)
         self.attention = _QKV()
         self.linear_attn = nn.Linear(HIDDEN, HIDDEN)
-        self.mlp = nn.Sequential(nn.LayerNorm(HIDDEN, eps=LN_EPS), nn.Linear(HIDDEN, 2 * HIDDEN), nn.GELU(),
+        self.mlp = nn.Sequential(LayerNorm32(HIDDEN, eps=LN_EPS), nn.Linear(HIDDEN, 2 * HIDDEN), nn.GELU(),
                                  nn.Linear(2 * HIDDEN, HIDDEN), nn.Dropout(0.1))
         self.dropout = nn.Dropout(0.1)
 
@@ -73,10 +81,10 @@ class TransformerLayer(nn.Module):
         kv = keys if keys.dim() == 4 else keys.unsqueeze(1)  # [B,T|1,N,128]
         k = self.attention.key(kv).reshape(*kv.shape[:3], HEADS, HEAD_DIM).transpose(2, 3)  # [B,T,NH,N,32]
         v = self.attention.value(kv).reshape(*kv.shape[:3], HEADS, HEAD_DIM).transpose(2, 3)
-        logits = torch.matmul(q, k.transpose(-1, -2)).squeeze(-2) / math.sqrt(HEAD_DIM)
+        logits = (torch.matmul(q, k.transpose(-1, -2)).squeeze(-2) / math.sqrt(HEAD_DIM)).float()
         if bias is not None:
             logits = logits + bias
-        ctx = torch.matmul(torch.softmax(logits, -1).unsqueeze(-2), v).reshape(x.shape[0], x.shape[1], HIDDEN)
+        ctx = torch.matmul(torch.softmax(logits, -1).to(v.dtype).unsqueeze(-2), v).reshape(x.shape[0], x.shape[1], HIDDEN)
         return self._residual(x, ctx)
 
     def self_attention(self, x):
@@ -182,9 +190,12 @@ class LayerNormChannel(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(c))
         self.bias = nn.Parameter(torch.zeros(c))
+        self.channels = c  # a Python int: traced shapes would become graph values
 
     def forward(self, x):
-        return nn.functional.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, LN_EPS)
+        y = nn.functional.layer_norm(x.permute(0, 2, 3, 1).float(), (self.channels,), self.weight.float(),
+                                     self.bias.float(), LN_EPS)
+        return y.to(x.dtype)
 
 
 class TransformerBlockWrapped(nn.Module):
@@ -202,9 +213,13 @@ class TransformerBlockWrapped(nn.Module):
         self.cam_predictor = nn.Linear(HIDDEN, 3)
 
     def forward(self, q, feats, joints2d, ops, standard=False):
+        """q [B,26,128] float32; feats in the compute dtype; joints2d float32. Deltas come back float32."""
+        cdt = feats[0].dtype
+        q = q.to(cdt)
         proj = [self.raw_feat_projection_layer[str(s)](f) for s, f in enumerate(feats)]  # NHWC
-        e = self.joint_feat_projection_layer["0"](A.bilinear_sample_points(proj[0], joints2d))
+        e = self.joint_feat_projection_layer["0"](A.bilinear_sample_points(proj[0], joints2d).to(cdt))
         q2 = torch.cat([q[:, :NUM_JOINTS] + e, q[:, NUM_JOINTS:] + e.mean(1, keepdim=True)], dim=1)
         out = self.trans_block(q2, proj, joints2d, ops, standard)
-        d_rot = rot6d_to_rotmat(self.theta_predictor(out[:, :NUM_JOINTS]))
-        return d_rot, self.beta_predictor(out[:, NUM_JOINTS]), self.cam_predictor(out[:, NUM_JOINTS + 1]), out
+        out32 = out.float()  # the predictors and rotation math run in float32 (fp32 islands)
+        d_rot = rot6d_to_rotmat(self.theta_predictor(out32[:, :NUM_JOINTS]))
+        return d_rot, self.beta_predictor(out32[:, NUM_JOINTS]), self.cam_predictor(out32[:, NUM_JOINTS + 1]), out32

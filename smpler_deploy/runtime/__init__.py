@@ -1,0 +1,4 @@
+"""One `Session` protocol over torch, onnxruntime and tensorrt (see `base.py`)."""
+
+from .base import Session, check_images  # noqa: F401
+from .factory import BACKENDS, open_session  # noqa: F401

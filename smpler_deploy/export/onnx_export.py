@@ -1,0 +1,116 @@
+"""PyTorch -> ONNX at fp32 and fp16 (precision set per module before export), plus graph checks and metadata.
+
+Legacy TorchScript exporter, opset 19 (Q/DQ with fp16 scales needs >= 19; TensorRT 10.3's parser takes 9-20).
+Batch is dynamic; the crop is fixed at 224. The written file is the one ONNX Runtime evaluates here and
+TensorRT builds, so every precision is measured on exactly the graph that ships.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..errors import SmplerError
+from ..fileio import atomic_path
+from ..outputs import CROP_SIZE, INPUT_NAME, OUTPUT_NAMES
+
+OPSET = 19
+FORBIDDEN_OPS = ("ScatterND", "If", "Einsum", "Range", "Loop")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+class _Flat(torch.nn.Module):
+    """Outputs as a flat tuple in OUTPUT_NAMES order."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images):
+        return tuple(self.model(images))
+
+
+def parse_batch(spec: str | None) -> tuple[int, int, int]:
+    """'MIN:OPT:MAX' (or a single N) -> (min, opt, max)."""
+    if spec is None:
+        return (1, 1, 8)
+    parts = str(spec).split(":")
+    try:
+        vals = [int(p) for p in parts]
+    except ValueError:
+        raise SmplerError(f"--batch {spec}: expected MIN:OPT:MAX with positive integers, e.g. 1:1:8")
+    if len(vals) == 1:
+        vals = vals * 3
+    if len(vals) != 3 or min(vals) < 1:
+        raise SmplerError(f"--batch {spec}: expected MIN:OPT:MAX with positive integers, e.g. 1:1:8")
+    if not vals[0] <= vals[1] <= vals[2]:
+        raise SmplerError(f"--batch {spec}: need MIN <= OPT <= MAX")
+    return tuple(vals)
+
+
+def graph_report(model) -> dict:
+    """Op histogram and the properties the issue asks to hold."""
+    ops: dict[str, int] = {}
+    for n in model.graph.node:
+        ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    return {"nodes": len(model.graph.node), "ops": dict(sorted(ops.items())),
+            "forbidden": {op: ops[op] for op in FORBIDDEN_OPS if op in ops}}
+
+
+def set_metadata(model, meta: dict) -> None:
+    del model.metadata_props[:]
+    for k, v in meta.items():
+        p = model.metadata_props.add()
+        p.key, p.value = k, v if isinstance(v, str) else json.dumps(v)
+
+
+def base_metadata(smpler, precision: str, batch, plugins: bool) -> dict:
+    info = smpler.info
+    return {
+        "producer": f"smpler-deploy {__version__}", "package_version": __version__, "variant": smpler.variant,
+        "precision": precision, "opset": str(OPSET), "batch_profile": ":".join(map(str, batch)),
+        "checkpoint": str(info.get("checkpoint") or "none (default untrained model)"),
+        "checkpoint_sha256": str(info.get("checkpoint_sha256") or ""),
+        "untrained": str(bool(info.get("untrained"))).lower(),
+        "body_model_standin": str(bool(info.get("standin_body"))).lower(),
+        "body_model": str(info.get("body_model", "")),
+        "plugins": str(bool(plugins)).lower(),
+    }
+
+
+def export_torch_graph(smpler, path, *, precision: str = "fp32", plugins: bool = False, batch=(1, 1, 8)) -> dict:
+    """Trace `smpler` (eval) at the given precision and write a checked ONNX file atomically."""
+    import onnx
+
+    if precision not in ("fp32", "fp16"):
+        raise SmplerError(f"--precision {precision}: traced precisions are fp32 and fp16 (int8 is calibrated)")
+    t0 = time.perf_counter()
+    m = copy.deepcopy(smpler).eval()
+    if precision == "fp16":
+        m.set_precision("fp16")
+    m.set_attention("plugin" if plugins else "torch")
+    example = torch.zeros(2, 3, CROP_SIZE, CROP_SIZE)  # batch 2: batch 1 would specialize
+    dyn = {INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in OUTPUT_NAMES}}
+    path = Path(path)
+    with atomic_path(path, suffix=".onnx") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.no_grad():
+            torch.onnx.export(_Flat(m), (example,), str(tmp), dynamo=False, opset_version=OPSET,
+                              input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), dynamic_axes=dyn,
+                              do_constant_folding=True)
+        model = onnx.load(str(tmp))
+        rep = graph_report(model)
+        if rep["forbidden"]:
+            raise SmplerError(f"export produced unsupported nodes {rep['forbidden']} (internal error)")
+        set_metadata(model, base_metadata(smpler, precision, batch, plugins))
+        if not plugins:  # custom-domain nodes have no schema for the checker
+            onnx.checker.check_model(model, full_check=True)
+        onnx.save(model, str(tmp))
+    rep["seconds"] = time.perf_counter() - t0
+    return rep
