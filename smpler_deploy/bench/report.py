@@ -119,7 +119,9 @@ def validate_report(d: dict) -> dict:
 # --- markdown ----------------------------------------------------------------------------------------------------
 
 def _n(v, fmt="{:.2f}", none="–"):
-    return none if v is None else fmt.format(v)
+    if v is None:
+        return none
+    return "0" if fmt == "{:.3g}" and abs(v) < 5e-7 else fmt.format(v)  # float64 round-off reads as exact
 
 
 def banner(model: dict) -> str:

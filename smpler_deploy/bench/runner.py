@@ -180,8 +180,9 @@ def plan(cfg: BenchConfig) -> list[_Group]:
             if be == "torch" and pr == "fp32":
                 continue  # that is the reference cell
             g = mk(be, pr, "deployed")
-            if be == "torch" and pr == "int8":
-                g.reason = "torch backend has no int8 path (int8 ships as a Q/DQ ONNX graph: use onnxruntime/tensorrt)"
+            if be == "torch":
+                g.reason = (f"the torch backend runs fp32 only ({pr} is a graph precision: the exported ONNX "
+                            "carries it; measure it with onnxruntime or tensorrt)")
             elif be == "onnxruntime":
                 if cfg.onnx and pr not in cfg.onnx:
                     raise SmplerError(f"cell onnxruntime/{pr}: no ONNX file for {pr} in --onnx "
@@ -229,7 +230,7 @@ def _ensure_onnx(cfg: BenchConfig, precision: str) -> Path:
 def _open(cfg: BenchConfig, g: _Group):
     from ..runtime import open_session
 
-    kw = dict(cfg.session_kw)
+    kw = dict(cfg.session_kw) if g.backend == "torch" else {}  # checkpoint/body model are baked into artifacts
     if g.kind == "official":
         kw["official"] = True
     if g.backend == "onnxruntime" and g.artifact is None:
@@ -246,9 +247,12 @@ def run_benchmark(cfg: BenchConfig) -> Report:
     groups = plan(cfg)
     inputs, desc = bench_inputs(max(cfg.batches), cfg.seed)
     try:
-        from ..model.defaults import default_model_info
+        try:
+            from ..model.defaults import default_model_info
+        except ImportError:
+            from ..model.checkpoint import default_model_info
 
-        info = dict(default_model_info())
+        info = dict(default_model_info(cfg.variant))
     except Exception as e:  # noqa: BLE001 - the report still runs, and says it could not tell
         info = {"note": f"default_model_info unavailable ({_one_line(e)})"}
     model = {"variant": cfg.variant, "untrained": bool(info.get("untrained", True)),
@@ -276,13 +280,15 @@ def run_benchmark(cfg: BenchConfig) -> Report:
                 for c in g.cells:
                     c.status, c.reason = "skipped", g.reason
                 continue
-            _run_group(cfg, g, inputs, ref_out, bar)
+            _run_group(cfg, g, inputs, ref_out, bar, rep.model)
     finally:
         bar.close()
+    rank = {k: i for i, k in enumerate(("official", "reference", "deployed"))}
+    rep.cells.sort(key=lambda c: rank[c.kind])  # stable: baselines first, then the matrix in request order
     return rep
 
 
-def _run_group(cfg, g: _Group, inputs, ref_out, bar) -> None:
+def _run_group(cfg, g: _Group, inputs, ref_out, bar, model: dict | None = None) -> None:
     bar.set_description(f"{g.cells[0].id.rsplit('/', 1)[0]}")
     sess = None
     try:
@@ -291,7 +297,13 @@ def _run_group(cfg, g: _Group, inputs, ref_out, bar) -> None:
         t0 = time.perf_counter()
         sess = _open(cfg, g)
         setup = time.perf_counter() - t0
+        got = getattr(sess, "precision", g.precision)
+        if got != g.precision:
+            raise SmplerError(f"{g.artifact} carries precision {got}, but the cell is {g.precision}; "
+                              f"pass it as --onnx {got}=PATH")
     except Exception as e:  # noqa: BLE001 - keep the matrix going; the cell records why
+        if sess is not None:
+            sess.close()
         for c in g.cells:
             c.status, c.reason = "failed", f"session: {_one_line(e)}"
         bar.update(len(g.cells) * (cfg.iters + cfg.warmup))
@@ -316,6 +328,11 @@ def _run_group(cfg, g: _Group, inputs, ref_out, bar) -> None:
                 c.peak_rss_mb = peak_rss_mb()
                 if g.kind == "reference":
                     ref_out[c.batch] = out
+                    info = getattr(sess, "info", None)
+                    if isinstance(info, dict) and model is not None:  # what was actually loaded wins
+                        for k in ("untrained", "standin_body", "checkpoint", "body_model"):
+                            if k in info:
+                                model[k] = info[k]
                 if c.batch in ref_out:
                     c.fidelity = fidelity(ref_out[c.batch], out)
                 if cfg.dataset is not None and g.kind != "official" and c.batch == max(cfg.batches):

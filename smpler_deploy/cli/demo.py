@@ -1,0 +1,110 @@
+"""smpler-demo: one image -> SMPLer mesh drawn over it (PNG) plus the mesh as OBJ and PLY.
+
+  smpler-demo IMAGE [--bbox x,y,w,h] [--backend torch|onnxruntime|tensorrt] [--onnx PATH | --engine PATH] \
+      --out overlay.png        # also writes overlay.obj and overlay.ply
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import SmplerError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="smpler-demo", description=__doc__.split("\n\n")[0])
+    ap.add_argument("image", help="input image (PNG/JPEG)")
+    ap.add_argument("--bbox", default=None, help="person box x,y,w,h in pixels (default: the whole image)")
+    ap.add_argument("--backend", default="torch", help="torch, onnxruntime or tensorrt")
+    ap.add_argument("--onnx", default=None, help="ONNX file (onnxruntime backend)")
+    ap.add_argument("--engine", default=None, help="engine file (tensorrt backend)")
+    ap.add_argument("--variant", default="smpler", help="smpler or smpler-l (torch backend)")
+    ap.add_argument("--checkpoint", default=None, help="official checkpoint (torch backend; faces for others)")
+    ap.add_argument("--smpl-model", default=None, help="SMPL model file (body model; mesh faces)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-joints", action="store_true", help="do not draw the 24 SMPL joints")
+    ap.add_argument("--out", required=True, help="overlay PNG path; .obj/.ply are written beside it")
+    return ap
+
+
+def parse_bbox(text: str | None):
+    if text is None:
+        return None
+    try:
+        vals = [float(t) for t in text.split(",")]
+    except ValueError:
+        vals = []
+    if len(vals) != 4:
+        raise SmplerError(f"--bbox {text}: expected four numbers x,y,w,h")
+    return tuple(vals)
+
+
+def _truthy(v) -> bool:
+    return str(v).strip().lower() in ("1", "true", "yes")
+
+
+def _faces(sess, a):
+    """Mesh faces: the torch model's own, else the body model the user names, else the generated stand-in."""
+    model = getattr(sess, "model", None)
+    if model is not None and hasattr(model, "smpl_handler"):
+        return model.smpl_handler.faces
+    src = a.smpl_model or a.checkpoint
+    if src:
+        from ..body.loaders import load_body_model
+
+        return load_body_model(src).faces
+    from ..body.standin import make_standin_body_model
+
+    return make_standin_body_model(0).faces
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        from ..preprocess import crop_person, load_image
+        from ..render import model_label, render_overlay, save_png, write_obj, write_ply
+        from ..runtime import BACKENDS, open_session
+
+        if a.backend not in BACKENDS:
+            raise SmplerError(f"--backend {a.backend}: expected one of {', '.join(BACKENDS)}")
+        out = Path(a.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix.lower() != ".png":
+            raise SmplerError(f"--out {out}: expected a .png path")
+        for flag, val in (("--onnx", a.onnx), ("--engine", a.engine), ("--checkpoint", a.checkpoint),
+                          ("--smpl-model", a.smpl_model)):
+            if val and not Path(val).is_file():
+                raise SmplerError(f"{flag} {val}: file not found")
+        image = load_image(a.image)
+        x, transform = crop_person(image, parse_bbox(a.bbox))  # raises on a box outside the image
+        path = {"onnxruntime": a.onnx, "tensorrt": a.engine}.get(a.backend)
+        kw = {"checkpoint": a.checkpoint, "smpl_model": a.smpl_model} if a.backend == "torch" else {}
+        sess = open_session(a.backend, path=path, variant=a.variant, threads=a.threads, **kw)
+        try:
+            o = sess.infer(x[None]).numpy()
+            faces = _faces(sess, a)
+            info = dict(getattr(sess, "info", {}) or {})
+        finally:
+            sess.close()
+        standin = _truthy(info.get("standin_body", not (a.smpl_model or a.checkpoint)))
+        untrained = _truthy(info.get("untrained", a.checkpoint is None))
+        label = model_label(untrained, standin)
+        overlay = render_overlay(image, o.vertices[0], faces, o.cam[0], transform,
+                                 joints2d=None if a.no_joints else o.smpl_joints2d[0], label=label)
+        note = f"smpler-demo {Path(a.image).name} ({a.backend})" + (f"; {label}" if label else "")
+        written = [save_png(overlay, out), write_obj(out.with_suffix(".obj"), o.vertices[0], faces, note),
+                   write_ply(out.with_suffix(".ply"), o.vertices[0], faces, comment=note)]
+    except SmplerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for p in written:
+        print(f"wrote {p}")
+    if label:
+        print(f"note: {label}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
