@@ -356,8 +356,10 @@ def build_engine(
     }  # fmt: skip
     timing_out = None
     if timing_cache:
-        cache = config.get_timing_cache()
-        data = bytes(memoryview(cache.serialize())) if cache is not None else b""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*Timing cache operations are no-ops.*")
+            cache = config.get_timing_cache()
+            data = bytes(memoryview(cache.serialize())) if cache is not None else b""
         timing_out = str(write_bytes_atomic(timing_cache, data))
 
     log(f"[3/3] writing {engine_path.name} ({len(plan) / 2**20:.1f} MiB) and {manifest_path(engine_path).name}")
