@@ -4,6 +4,7 @@ Until the SMPLer export lands, the graphs are a small conv net with SMPLer's inp
 """
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -180,7 +181,6 @@ def test_unknown_sm(graphs, tmp_path):
 
 
 def test_flavour_not_installed(graphs, tmp_path):
-    pytest.importorskip("tensorrt", reason=None) if False else None
     try:
         import tensorrt  # noqa: F401
 
@@ -216,23 +216,41 @@ def test_existing_output_needs_force(graphs, tmp_path):
         build_engine(tmp_path / "missing.onnx", tmp_path / "y.engine", log=_quiet)
 
 
-def test_plugin_graph_needs_plugins(graphs, tmp_path):
-    """A graph with `smpler` domain nodes registers plugins first; without the plugin module: a clear refusal."""
-    try:
-        import smpler_deploy.plugins.trt_plugins  # noqa: F401
+def _plugin_graph(path):
+    """Conv + one SmplerGlobalAttention node, with the channel/head counts the compiled kernels expect."""
+    from smpler_deploy.plugins import aot
+    from smpler_deploy.plugins.onnx_nodes import global_attention_multiscale_plugin
 
-        pytest.skip("plugin module present; plugin builds are tested with the plugins")
-    except ModuleNotFoundError:
-        pass
-    from onnx import TensorProto, helper
+    c, nh = aot.CHANNELS, aot.HEADS
 
-    node = helper.make_node("SmplerGlobalAttention", ["images"], ["out"], domain="smpler",
-                            plugin_namespace="smpler", plugin_version="1")  # fmt: skip
-    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["B", 3, HW, HW])],
-                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["B", 3, HW, HW])])  # fmt: skip
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("smpler", 1)]),
-              tmp_path / "p.onnx")  # fmt: skip
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.q = torch.nn.Conv2d(3, c, 3, 2, 1), torch.nn.Linear(c, 4 * 2 * nh * c)
+
+        def forward(self, x):
+            f = self.conv(x)
+            tokens = f.flatten(2).transpose(1, 2)
+            keys = [tokens[:, : 64 // 2**i] for i in range(4)]
+            return global_attention_multiscale_plugin(keys, self.q(f.mean((2, 3))).reshape(-1, 4, 2, nh, c))
+
+    torch.onnx.export(M().eval(), (torch.randn(2, 3, 16, 16),), str(path), input_names=["images"],
+                      output_names=["out"], dynamic_axes={"images": {0: "B"}, "out": {0: "B"}}, dynamo=False,
+                      opset_version=19)  # fmt: skip
+
+
+def test_plugin_graph(tmp_path, monkeypatch):
+    """Plugin nodes: creators registered before parsing, plugin listed in the manifest and the layer summary;
+    without the plugin module, a clear refusal and no files."""
+    pytest.importorskip("smpler_deploy.plugins.trt_plugins")
+    _plugin_graph(tmp_path / "p.onnx")
+    m = build_engine(tmp_path / "p.onnx", tmp_path / "p.engine", log=_quiet)
+    assert [(p["name"], p["namespace"], p["registered"]) for p in m["plugins"]] == [
+        ("SmplerGlobalAttention", "smpler", True)
+    ]
+    assert m["layers"]["by_kind"]["plugin"] == {"fp32": 1}
+    monkeypatch.setitem(sys.modules, "smpler_deploy.plugins.trt_plugins", None)  # as if not installed
     with pytest.raises(SmplerError) as e:
-        build_engine(tmp_path / "p.onnx", tmp_path / "p.engine", log=_quiet)
+        build_engine(tmp_path / "p.onnx", tmp_path / "q.engine", log=_quiet)
     assert "needs the smpler TensorRT plugins" in _one_line(e) and "--no-plugins" in str(e.value)
-    _only(tmp_path, ["p.onnx"])
+    assert not (tmp_path / "q.engine").exists() and not manifest_path(tmp_path / "q.engine").exists()

@@ -20,9 +20,9 @@ def _attr(node, name: str, default: str) -> str:
 
 
 def plugin_nodes(model) -> list[dict]:
-    """Unique plugins used by an onnx.ModelProto: [{name, namespace, version, count}] (top-level graph)."""
+    """Unique plugins used by an onnx.ModelProto: [{name, namespace, version, count}] (graph and functions)."""
     found: dict[tuple, dict] = {}
-    for node in model.graph.node:
+    for node in [*model.graph.node, *(n for f in model.functions for n in f.node)]:
         if node.domain != PLUGIN_DOMAIN:
             continue
         key = (node.op_type, _attr(node, "plugin_namespace", PLUGIN_DOMAIN), _attr(node, "plugin_version", "1"))
