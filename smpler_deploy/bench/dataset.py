@@ -113,6 +113,9 @@ def evaluate(session, ds: EvalSet, images_root, batch: int = 8, body_fn=None, j_
 
     if ds.name == "3dpw" and body_fn is None:
         raise SmplerError("3dpw evaluation needs the neutral body model for the GT mesh (pass --smpl-model)")
+    if ds.joints3d is None and j_regressor_h36m is None:
+        raise SmplerError(f"--dataset {ds.path}: no joints3d, and the body model has no H36M joint regressor to "
+                          "derive GT joints from the GT mesh (use a model file that carries one)")
     paths = ds.image_paths(images_root)
     per = {k: [] for k in ds.protocol}
     for s in range(0, len(ds), batch):

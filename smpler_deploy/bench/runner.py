@@ -188,6 +188,8 @@ def plan(cfg: BenchConfig) -> list[_Group]:
                     raise SmplerError(f"cell onnxruntime/{pr}: no ONNX file for {pr} in --onnx "
                                       f"(have {', '.join(sorted(cfg.onnx))}); add {pr}=PATH")
                 g.artifact = cfg.onnx.get(pr)
+                if g.artifact is None and pr == "int8" and not _can_export_int8():
+                    g.reason = "no int8 ONNX given and this build has no int8 exporter; pass --onnx int8=PATH"
             elif be == "tensorrt":
                 have_trt = tensorrt_importable() if have_trt is None else have_trt
                 have_gpu = gpu_available() if have_gpu is None else have_gpu
@@ -204,25 +206,40 @@ def plan(cfg: BenchConfig) -> list[_Group]:
     return groups
 
 
+def _can_export_int8() -> bool:
+    try:
+        from ..export import onnx_export
+    except ImportError:
+        return False
+    return hasattr(onnx_export, "export_onnx")
+
+
 def _one_line(e: BaseException) -> str:
     msg = str(e).strip().splitlines()
     return f"{e.__class__.__name__}: {msg[0] if msg else ''}"[:300]
 
 
 def _ensure_onnx(cfg: BenchConfig, precision: str) -> Path:
-    """Export the ONNX file a cell needs into the cache dir (once per precision)."""
-    from ..export.onnx_export import export_onnx
-
+    """Export the ONNX file a cell needs into the cache dir (once per precision; reused across runs)."""
     if cfg.cache_dir is None:
         raise SmplerError(f"cell onnxruntime/{precision}: no --onnx file and no cache directory to export into")
     cfg.cache_dir.mkdir(parents=True, exist_ok=True)
     path = cfg.cache_dir / f"{cfg.variant}_{precision}.onnx"
     if not path.is_file():
-        res = export_onnx(path, precision=precision, variant=cfg.variant, **cfg.session_kw)
-        if isinstance(res, (str, Path)):
-            path = Path(res)
-        elif isinstance(res, dict) and precision in res:
-            path = Path(res[precision])
+        from ..export import onnx_export as E
+
+        if precision in ("fp32", "fp16"):
+            from ..model.smpler import load_model
+
+            model = load_model(cfg.variant, cfg.session_kw.get("checkpoint"), cfg.session_kw.get("smpl_model"))
+            E.export_torch_graph(model, path, precision=precision, batch=(1, max(cfg.batches), max(8, *cfg.batches)))
+        elif hasattr(E, "export_onnx"):
+            res = E.export_onnx(path, precision=precision, variant=cfg.variant, **cfg.session_kw)
+            if isinstance(res, (str, Path)):
+                path = Path(res)
+        else:
+            raise SmplerError(f"cell onnxruntime/{precision}: this build cannot export {precision} here; "
+                              f"pass --onnx {precision}=PATH (smpler-export --precision {precision})")
     cfg.onnx[precision] = path
     return path
 
