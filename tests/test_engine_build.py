@@ -249,6 +249,13 @@ def test_plugin_graph(tmp_path, monkeypatch):
         ("SmplerGlobalAttention", "smpler", True)
     ]
     assert m["layers"]["by_kind"]["plugin"] == {"fp32": 1}
+    from smpler_deploy.engine import plugin_glue
+
+    with monkeypatch.context() as mp:  # soname link missing and site-packages read-only: refuse, never abort
+        mp.setattr(plugin_glue, "ensure_rtx_soname", lambda: False)
+        with pytest.raises(SmplerError) as e:
+            build_engine(tmp_path / "p.onnx", tmp_path / "q.engine", log=_quiet)
+        assert "ln -s libtensorrt_rtx.so.1" in _one_line(e)
     monkeypatch.setitem(sys.modules, "smpler_deploy.plugins.trt_plugins", None)  # as if not installed
     with pytest.raises(SmplerError) as e:
         build_engine(tmp_path / "p.onnx", tmp_path / "q.engine", log=_quiet)

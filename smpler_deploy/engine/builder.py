@@ -336,7 +336,7 @@ def build_engine(
             raise SmplerError(_first_error(cap, f"{title}: could not create the builder config")) from None
 
         batch_txt = ":".join(map(str, batch))
-        log(f"[2/3] building engine for {target}, batch {batch_txt} (TensorRT-RTX: seconds; TensorRT on a GPU: minutes)")
+        log(f"[2/3] building engine for {target}, batch {batch_txt} (the slow step)")
         t0 = time.perf_counter()
         try:
             plan = ptrt.EngineBytesFromNetwork((builder, network, parser), config=config)()
