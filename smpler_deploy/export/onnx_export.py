@@ -13,6 +13,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .. import __version__
@@ -114,3 +115,93 @@ def export_torch_graph(smpler, path, *, precision: str = "fp32", plugins: bool =
         onnx.save(model, str(tmp))
     rep["seconds"] = time.perf_counter() - t0
     return rep
+
+
+def fidelity_inputs(n: int = 4) -> np.ndarray:
+    """The fixed inputs export measures fidelity on: sample-photo crops not used for calibration."""
+    from ..model.checkpoint import calibration_batch
+
+    return calibration_batch(16 + n)[16:]
+
+
+def measure_fidelity(smpler, onnx_path, images=None) -> dict:
+    """Run the written graph in ONNX Runtime and compare with the PyTorch fp32 model on the same inputs."""
+    from ..fidelity import fidelity
+    from ..runtime.ort_session import OnnxRuntimeSession
+
+    x = fidelity_inputs() if images is None else images
+    with torch.no_grad():
+        ref = copy.deepcopy(smpler).set_attention("torch").set_precision("fp32")(torch.from_numpy(x)).numpy()
+    sess = OnnxRuntimeSession(onnx_path)
+    try:
+        return fidelity(ref, sess.infer(x))
+    finally:
+        sess.close()
+
+
+def export_onnx(path, *, precision: str = "fp32", variant: str = "smpler", checkpoint=None, smpl_model=None,
+                h36m_regressor=None, model=None, target: str = "trt", calib=None, plugins: bool = False,
+                batch=(1, 1, 8), log=None) -> dict:
+    """Write the ONNX graph of one precision; int8 is calibrated on `calib` (a directory) or the built-in set.
+
+    Returns a summary: path, graph report, seconds, quantized nodes (int8).
+    """
+    from ..model.smpler import load_model
+
+    if precision not in PRECISIONS:
+        raise SmplerError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
+    log = log or (lambda msg: None)
+    calib_images = None
+    if precision == "int8":
+        from .int8 import TARGETS, load_calibration_dir
+
+        if target not in TARGETS:
+            raise SmplerError(f"--target {target}: expected one of {', '.join(TARGETS)}")
+        if plugins:
+            raise SmplerError("--plugins with --precision int8: the int8 graph is calibrated with ONNX Runtime, "
+                              "which cannot run plugin nodes; use fp32/fp16 with --plugins")
+        calib_images = load_calibration_dir(calib) if calib else None
+    if model is None:
+        model = load_model(variant, checkpoint, smpl_model, h36m_regressor=h36m_regressor)
+    t0 = time.perf_counter()
+    path = Path(path)
+    if precision != "int8":
+        log(f"exporting {precision} graph (torch.onnx, opset {OPSET}) ...")
+        rep = export_torch_graph(model, path, precision=precision, plugins=plugins, batch=batch)
+        return {"path": str(path), "report": rep, "seconds": time.perf_counter() - t0}
+    import tempfile
+
+    from ..model.checkpoint import calibration_batch
+    from .int8 import quantize
+
+    if calib_images is None:
+        calib_images = calibration_batch(16)
+        source = "built-in set: 16 crops of scikit-image sample photos (use --calib DIR with a few hundred person crops)"
+    else:
+        source = f"{len(calib_images)} images from {calib}"
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        log(f"exporting fp32 graph to calibrate from ...")
+        rep = export_torch_graph(model, fp32, precision="fp32", batch=batch)
+        import onnx
+
+        meta = {p.key: p.value for p in onnx.load(str(fp32), load_external_data=False).metadata_props}
+        meta["calibration_set"] = source
+        log(f"calibrating int8 (--target {target}) on {source} ...")
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(calib_images), desc="calibration", unit="img", leave=False)
+
+        def progress(i, n):
+            bar.n = i
+            bar.refresh()
+
+        try:
+            q = quantize(fp32, path, calib_images, target=target, meta=meta, progress=progress)
+        finally:
+            bar.close()
+    import onnx
+
+    rep = graph_report(onnx.load(str(path), load_external_data=False))
+    return {"path": str(path), "report": rep, "seconds": time.perf_counter() - t0,
+            "quantized_nodes": q["quantized_nodes"], "calibration_set": source, "target": target}
