@@ -1,0 +1,61 @@
+"""Session-wide artifacts: the default model and its ONNX graphs are built once per test run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # test oracles (official_ops)
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    from smpler_deploy import load_model
+
+    return load_model("smpler")
+
+
+@pytest.fixture(scope="session")
+def onnx_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("onnx")
+
+
+def _export(default_model, onnx_dir, name, **kw):
+    from smpler_deploy.export.onnx_export import export_onnx
+
+    path = onnx_dir / name
+    if not path.exists():
+        export_onnx(path, model=default_model, **kw)
+    return path
+
+
+@pytest.fixture(scope="session")
+def onnx_fp32(default_model, onnx_dir):
+    return _export(default_model, onnx_dir, "smpler_fp32.onnx", precision="fp32")
+
+
+@pytest.fixture(scope="session")
+def onnx_fp16(default_model, onnx_dir):
+    return _export(default_model, onnx_dir, "smpler_fp16.onnx", precision="fp16")
+
+
+@pytest.fixture(scope="session")
+def onnx_int8_trt(default_model, onnx_dir):
+    return _export(default_model, onnx_dir, "smpler_int8_trt.onnx", precision="int8", target="trt")
+
+
+@pytest.fixture(scope="session")
+def onnx_int8_cpu(default_model, onnx_dir):
+    return _export(default_model, onnx_dir, "smpler_int8_cpu.onnx", precision="int8", target="cpu")
+
+
+@pytest.fixture(scope="session")
+def onnx_plugins_fp32(default_model, onnx_dir):
+    return _export(default_model, onnx_dir, "smpler_plugins_fp32.onnx", precision="fp32", plugins=True)
+
+
+@pytest.fixture(scope="session")
+def onnx_plugins_fp16(default_model, onnx_dir):
+    return _export(default_model, onnx_dir, "smpler_plugins_fp16.onnx", precision="fp16", plugins=True)
