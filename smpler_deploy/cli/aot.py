@@ -7,9 +7,6 @@ import os
 import sys
 import time
 
-# Triton fixes interpreter vs compiler at import time (see plugins/kernels.py); AOT needs the compiler.
-os.environ["TRITON_INTERPRET"] = "0"
-
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, like every smpler-* command
@@ -18,6 +15,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> int:
+    if "triton" not in sys.modules:
+        # Triton fixes interpreter vs compiler when first imported (see plugins/kernels.py); AOT needs the
+        # compiler. If triton is already loaded in interpreter mode, aot.build moves to a child process.
+        os.environ["TRITON_INTERPRET"] = "0"
     from ..errors import SmplerError
     from ..plugins import aot
 

@@ -215,6 +215,8 @@ def local_attention(
     if c2 != c or qk.shape[0] != b or joints2d.shape != (b, j, 2):
         raise SmplerError(f"local_attention: shapes feat {tuple(feat_nhwc.shape)}, joints {tuple(joints2d.shape)}, "
                           f"qk {tuple(qk.shape)} do not match [B,H,W,C], [B,J,2], [B,J,NH,C]")
+    if radius < 1 or radius & (radius - 1):  # tl.arange needs a power-of-two window (SMPLer: r=4, 64 keys)
+        raise SmplerError(f"radius {radius}: the kernel supports powers of two (1, 2, 4, 8)")
     if table.shape != (nh, 2 * radius + 1, 2 * radius + 1):
         raise SmplerError(f"table: shape {tuple(table.shape)}, expected ({nh}, {2 * radius + 1}, {2 * radius + 1})")
     _check_storage("feat_nhwc", feat_nhwc)

@@ -112,8 +112,9 @@ def assert_no_plugins(onnx_path: str | os.PathLike) -> None:
     except Exception as e:  # onnx's DecodeError and friends
         raise SmplerError(f"{path}: not a readable ONNX model ({e.__class__.__name__})") from None
     if nodes:
-        kinds = sorted({op for _, op in nodes})
+        ops = {op for _, op in nodes}
+        kinds = [op for op in PLUGIN_OPS if op in ops] + sorted(ops - set(PLUGIN_OPS))
         raise SmplerError(
-            f"{path}: graph contains TensorRT plugin nodes ({', '.join(kinds)}: {len(nodes)} nodes); "
+            f"{path}: graph contains TensorRT plugin nodes ({', '.join(kinds)}); "
             "ONNX Runtime cannot run them — export without --plugins"
         )

@@ -87,9 +87,13 @@ def fields_from_collection(op: str, fc) -> dict:
     return fields
 
 
-def _field_collection(trt, fields: dict):
+def _field_collection(trt, fields: dict, keep: list):
+    # PluginField does not own its buffer: the arrays must outlive the collection (kept by the plugin), or
+    # TensorRT serializes freed memory (seen here: radius 4 read back as 1).
+    arrays = [np.array([v], dtype=np.int32) for v in fields.values()]
+    keep[:] = arrays
     return trt.PluginFieldCollection(
-        [trt.PluginField(k, np.array([v], dtype=np.int32), trt.PluginFieldType.INT32) for k, v in fields.items()]
+        [trt.PluginField(k, a, trt.PluginFieldType.INT32) for k, a in zip(fields, arrays)]
     )
 
 
@@ -153,6 +157,7 @@ def _make_classes(trt):
             self.plugin_namespace = PLUGIN_NAMESPACE
             self.plugin_version = PLUGIN_VERSION
             self.dtype = None
+            self._field_arrays: list = []
 
         # -- core / build (no CUDA here: TensorRT-RTX calls these on GPU-less machines)
         def get_capability_interface(self, type):
@@ -194,17 +199,17 @@ def _make_classes(trt):
             self._check_static(dims)
 
         def _check_static(self, dims):
+            c_ok = lambda c: 0 < c <= aot.CHANNELS and c % 16 == 0  # noqa: E731  (BLOCK_C, 16-divisible hint)
             if self.op == LOCAL_OP:
-                c, nh, table = dims[0][3], dims[2][2], dims[3]
-                r = self.fields["radius"]
-                ok = (c, nh, r, table) == (aot.CHANNELS, aot.HEADS, aot.RADIUS, (aot.HEADS, 2 * r + 1, 2 * r + 1))
+                c, nh, r = dims[0][3], dims[2][2], self.fields["radius"]
+                ok = c_ok(c) and (nh, r, dims[3]) == (aot.HEADS, aot.RADIUS, (aot.HEADS, 2 * r + 1, 2 * r + 1))
                 ok = ok and dims[0][1] == dims[0][2] and dims[1][2] == 2 and dims[2][3] == c
             else:
                 c = dims[0][4]
-                ok = dims[0][1] == 4 and c == aot.CHANNELS and all(d[2] == c for d in dims[1:5])
+                ok = dims[0][1] == 4 and c_ok(c) and all(d[2] == c for d in dims[1:5])
             if not ok:
                 raise SmplerError(f"{self.layer} ({self.op}): shapes {dims} do not match the compiled kernels "
-                                  f"(C={aot.CHANNELS}, NH={aot.HEADS}, radius={aot.RADIUS})")
+                                  f"(C<={aot.CHANNELS} and a multiple of 16, NH={aot.HEADS}, radius={aot.RADIUS})")
 
         def get_workspace_size(self, inp, out):
             return 0
@@ -223,7 +228,7 @@ def _make_classes(trt):
             return self.clone()
 
         def get_fields_to_serialize(self):
-            return _field_collection(trt, self.fields)
+            return _field_collection(trt, self.fields, self._field_arrays)
 
         @_reported
         def enqueue(self, input_desc, output_desc, inputs, outputs, workspace, stream):
@@ -240,9 +245,9 @@ def _make_classes(trt):
             self.plugin_version = PLUGIN_VERSION
             # Only ONNX attributes are listed (the parser warns about listed fields a node lacks);
             # kernel_abi is added on serialization and read back on deserialization.
+            self._name_arrays = [np.array([], dtype=np.int32) for _ in SPECS[op]["attrs"]]  # see _field_collection
             self.field_names = trt.PluginFieldCollection(
-                [trt.PluginField(k, np.array([], dtype=np.int32), trt.PluginFieldType.INT32)
-                 for k in SPECS[op]["attrs"]])
+                [trt.PluginField(k, a, trt.PluginFieldType.INT32) for k, a in zip(SPECS[op]["attrs"], self._name_arrays)])
 
         def create_plugin(self, name, fc, phase):
             return AttentionPlugin(self.name, name, fields_from_collection(self.name, fc), phase)

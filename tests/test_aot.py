@@ -1,0 +1,118 @@
+"""Ahead-of-time compilation without a GPU: binaries, index.json, PTX ISA for JetPack 6, launch planning."""
+
+import hashlib
+import json
+import re
+
+import pytest
+
+from smpler_deploy.errors import SmplerError
+from smpler_deploy.plugins import aot
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("kernels")
+    index = aot.build(out, [87, 89])  # in a child process when this one runs the Triton interpreter
+    return out, index
+
+
+def test_index_and_files(built):
+    out, index = built
+    assert index == json.loads((out / "index.json").read_text())
+    assert index["triton_version"] == "3.9.0" and index["kernel_abi"] == 1
+    keys = {(e["kernel"], e["dtype"], e["sm"]) for e in index["kernels"]}
+    assert keys == {(k, d, s) for k in aot.KERNEL_NAMES for d in aot.DTYPES for s in (87, 89)}
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporaries left behind
+    for e in index["kernels"]:
+        stem = f"{e['kernel']}_{e['dtype']}_sm{e['sm']}"
+        cubin = (out / f"{stem}.cubin").read_bytes()
+        assert cubin[:4] == b"\x7fELF" and hashlib.sha256(cubin).hexdigest() == e["cubin_sha256"]
+        assert e["entry_name"] == f"{e['kernel']}_kernel"
+        assert e["num_warps"] == aot.NUM_WARPS[e["kernel"]] and e["threads_per_block"] == 32 * e["num_warps"]
+        assert 0 < e["shared"] <= 99 * 1024  # fits sm_86/89 (99 KiB opt-in) and Orin (163 KiB)
+        assert e["args"][-2:] == [{"name": "global_scratch", "type": "*i8"}, {"name": "profile_scratch", "type": "*i8"}]
+        ptx = (out / f"{stem}.ptx").read_text()
+        version = re.search(r"^\.version (\d+)\.(\d+)", ptx, re.M)
+        assert (int(version[1]), int(version[2])) <= (8, 5), "JetPack 6 (CUDA 12.6) JITs PTX ISA <= 8.5"
+        assert re.search(rf"^\.target sm_{e['sm']}\b", ptx, re.M)
+        assert e["ptx_version"] == "8.5" and e["ptx_target"] == f"sm_{e['sm']}"
+        assert f".entry {e['entry_name']}(" in ptx
+        # every parameter the index lists is a kernel parameter, in order
+        assert len(re.findall(rf"\.param \S+(?: \.ptr \.global \.align \d+)? {e['entry_name']}_param_\d+", ptx)) \
+            == len(e["args"])
+    local = {e["dtype"]: e for e in index["kernels"] if e["kernel"] == "local_attention" and e["sm"] == 87}
+    assert local["fp16"]["args"][0]["type"] == "*fp16" and local["fp16"]["args"][1]["type"] == "*fp32"
+
+
+def test_sm87_ptx_target(built):
+    out, _ = built
+    ptx = (out / "local_attention_fp16_sm87.ptx").read_text()
+    assert ".target sm_87" in ptx and ".version 8.5" in ptx
+
+
+def test_rebuild_merges_index(built, tmp_path):
+    out, index = built
+    # A second run for another SM keeps the first run's entries (index merge), checked without compiling:
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    assert aot.load_index(tmp_path)["kernels"] == index["kernels"]
+
+
+def test_ptx_isa_rule():
+    assert [aot.ptx_isa_for(s) for s in (75, 87, 89, 90, 120)] == [85, 85, 85, 85, 87]
+
+
+def test_parse_sms():
+    assert aot.parse_sms(None) == list(aot.SUPPORTED_SMS)
+    assert aot.parse_sms(["89", "87,sm_90", "8.6"]) == [86, 87, 89, 90]
+    with pytest.raises(SmplerError, match="--sm 88"):
+        aot.parse_sms(["88"])
+
+
+def test_cli_errors(capsys):
+    from smpler_deploy.cli.aot import main
+
+    assert main(["--sm", "88", "-o", "/nonexistent/x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --sm 88: expected one of 75, 80, 86, 87, 89, 90, 120"]
+    with pytest.raises(SystemExit) as e:
+        main(["--bogus"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def _entry(kernel, dtype="fp16", sm=87):
+    spec = aot.variant_spec(kernel, dtype)
+    return {"kernel": kernel, "dtype": dtype, "sm": sm, "threads_per_block": 128, "shared": 1024,
+            "constexprs": spec["constexprs"], "entry_name": f"{kernel}_kernel", "cubin": "x.cubin",
+            "args": [{"name": n, "type": t} for n, t in spec["args"]]
+            + [{"name": n, "type": "*i8"} for n in aot.HIDDEN_ARGS]}
+
+
+def test_plan_local():
+    plan = aot.plan_launch(_entry("local_attention"),
+                           [(3, 56, 56, 128), (3, 24, 2), (3, 24, 4, 128), (4, 9, 9)], [10, 20, 30, 40, 50])
+    assert plan.grid == (72, 1, 1) and plan.block == (128, 1, 1) and plan.shared == 1024
+    assert plan.args == (("*fp16", 10), ("*fp32", 20), ("*fp16", 30), ("*fp32", 40), ("*fp16", 50),
+                         ("i32", 24), ("i32", 56), ("i32", 128), ("*i8", 0), ("*i8", 0))
+    with pytest.raises(SmplerError, match="compiled for C=128"):
+        aot.plan_launch(_entry("local_attention"),
+                        [(1, 56, 56, 256), (1, 24, 2), (1, 24, 4, 256), (4, 9, 9)], [1, 2, 3, 4, 5])
+
+
+def test_plan_global():
+    shapes = [(2, 4, 26, 4, 128), (2, 3136, 128), (2, 784, 128), (2, 196, 128), (2, 49, 128)]
+    plan = aot.plan_launch(_entry("global_attention", "fp32"), shapes, list(range(1, 7)))
+    assert plan.grid == (4, 2, 4)  # cdiv(26*4, 32), batch, scales
+    assert [v for _, v in plan.args[6:12]] == [104, 128, 3136, 784, 196, 49]
+    with pytest.raises(SmplerError, match="buffers"):
+        aot.plan_launch(_entry("global_attention"), shapes, [1, 2, 3])
+
+
+def test_missing_sm_names_command(built):
+    out, index = built
+    with pytest.raises(SmplerError, match=r"no cubin for sm_86 .*smpler-aot --sm 86"):
+        aot.find_entry(index, "local_attention", "fp16", 86, out)
+    with pytest.raises(SmplerError, match="smpler-aot"):
+        aot.load_index(out / "missing")
