@@ -88,7 +88,8 @@ def main(argv=None) -> int:
             info = dict(getattr(sess, "info", {}) or {})
         finally:
             sess.close()
-        standin = _truthy(info.get("standin_body", not (a.smpl_model or a.checkpoint)))
+        # torch sessions say standin_body; ONNX/engine metadata says body_model_standin
+        standin = _truthy(info.get("standin_body", info.get("body_model_standin", not (a.smpl_model or a.checkpoint))))
         untrained = _truthy(info.get("untrained", a.checkpoint is None))
         label = model_label(untrained, standin)
         overlay = render_overlay(image, o.vertices[0], faces, o.cam[0], transform,
