@@ -229,10 +229,6 @@ def _dtype_name(dt) -> str:
     return names.get(n, n.lower())
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _local_sm() -> int | None:
@@ -403,7 +399,5 @@ def build_engine(
         e_tmp.write_bytes(plan)
         m_tmp.write_text(json.dumps(manifest, indent=2) + "\n")
         l_tmp.write_text(json.dumps(layer_summary.records_to_json(records), indent=1) + "\n")
-        for tmp in (e_tmp, m_tmp, l_tmp):  # mkstemp makes 0600 files; engines are shared artifacts
-            os.chmod(tmp, 0o666 & ~_umask())
     log(f"built {engine_path} in {build_s:.1f} s ({summary['layers']} layers)")
     return manifest

@@ -26,18 +26,14 @@ class TorchSession:
         self.precision = precision
         self.official = bool(model.official_style)
         self.threads = threads
+        if threads:  # process-wide in torch; set once (re-setting per call rebuilds the pool)
+            torch.set_num_threads(int(threads))
         self.info = dict(model.info)
 
     def infer(self, images) -> SMPLOutput:
         x = torch.from_numpy(check_images(images))
-        prev = torch.get_num_threads()
-        if self.threads:
-            torch.set_num_threads(self.threads)
-        try:
-            with torch.inference_mode():
-                return self.model(x).numpy()
-        finally:
-            torch.set_num_threads(prev)
+        with torch.inference_mode():
+            return self.model(x).numpy()
 
     def close(self) -> None:
         self.model = None
