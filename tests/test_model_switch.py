@@ -1,0 +1,64 @@
+"""The whole model with its attention swapped: Triton kernels (CPU: through the interpreter) and the plugin-mode
+ops (eager = reference) give the torch path's outputs, fp32, on a fixed batch of real crops."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+# Must come before anything imports triton: sets TRITON_INTERPRET=1 when there is no CUDA device.
+from smpler_deploy.plugins import kernels  # noqa: F401
+from smpler_deploy.model.checkpoint import calibration_batch
+from smpler_deploy.outputs import SMPLOutput
+
+VERTS_TOL = 1e-4  # metres
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.from_numpy(calibration_batch(2))
+
+
+@pytest.fixture(scope="module")
+def reference(default_model, images):
+    assert default_model.attention == "torch"
+    with torch.inference_mode():
+        return default_model(images)
+
+
+def _run(default_model, kind, images):
+    model = copy.deepcopy(default_model).set_attention(kind)
+    assert model.attention == kind
+    with torch.inference_mode():
+        out = model(images)
+    assert default_model.attention == "torch"  # the shared fixture is untouched
+    return out
+
+
+def _compare(out, ref, verts_tol):
+    assert isinstance(out, SMPLOutput)
+    for name, a, b in zip(SMPLOutput._fields, out, ref):
+        assert a.shape == b.shape and a.dtype == b.dtype == torch.float32, name
+        assert torch.isfinite(a).all(), name
+    err = (out.vertices - ref.vertices).abs().max().item()
+    assert err < verts_tol, f"vertices differ by {err:.3g} m"
+    assert (out.joints - ref.joints).abs().max().item() < verts_tol
+    assert (out.cam - ref.cam).abs().max().item() < 1e-4
+    assert (out.betas - ref.betas).abs().max().item() < 1e-3
+    assert (out.rotmat - ref.rotmat).abs().max().item() < 1e-3
+    return err
+
+
+# ~23 s on 2 shared CPU cores (every attention call runs through the Triton interpreter): not marked slow
+def test_triton_attention_matches_torch(default_model, images, reference):
+    out = _run(default_model, "triton", images)
+    err = _compare(out, reference, VERTS_TOL)
+    print(f"\ntriton vs torch: max |dv| = {err:.3g} m")
+
+
+def test_plugin_attention_eager_matches_torch(default_model, images, reference):
+    out = _run(default_model, "plugin", images)
+    err = _compare(out, reference, VERTS_TOL)
+    assert err < 1e-6  # eager plugin ops are the reference functions
