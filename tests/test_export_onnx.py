@@ -1,0 +1,276 @@
+"""The exported ONNX graphs (session fixtures from conftest: each precision is exported once per run).
+
+Fidelity thresholds are ~2x what was measured on the default untrained model, batch 4 of `fidelity_inputs()`,
+against PyTorch fp32 (measured values in the comments).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from smpler_deploy import OUTPUT_NAMES, SmplerError, __version__
+from smpler_deploy.export.int8 import check_trt_compatible, quantized_nodes
+from smpler_deploy.export.onnx_export import FORBIDDEN_OPS, OPSET, fidelity_inputs, graph_report, measure_fidelity
+from smpler_deploy.fidelity import fidelity
+from smpler_deploy.outputs import CROP_SIZE, INPUT_NAME
+from smpler_deploy.runtime.ort_session import OnnxRuntimeSession, graph_traits
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+_LOADED: dict = {}
+
+
+def load(path):
+    """Each graph is parsed once per run (they are ~100 MB)."""
+    key = str(path)
+    if key not in _LOADED:
+        _LOADED[key] = onnx.load(key)
+    return _LOADED[key]
+
+
+def meta(model) -> dict:
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def opset(model) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+# ---------------------------------------------------------------- structure, checker, I/O, metadata
+
+@pytest.mark.parametrize("fixture", ["onnx_fp32", "onnx_fp16", "onnx_int8_trt", "onnx_int8_cpu"])
+def test_opset_io_forbidden_ops_and_metadata(fixture, request):
+    path = request.getfixturevalue(fixture)
+    m = load(path)
+    assert opset(m) >= 19 and OPSET >= 19
+    assert [i.name for i in m.graph.input] == [INPUT_NAME]
+    assert [o.name for o in m.graph.output] == list(OUTPUT_NAMES)
+    for v in list(m.graph.input) + list(m.graph.output):  # I/O stay float32 at every precision
+        assert v.type.tensor_type.elem_type == TensorProto.FLOAT, v.name
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and not dims[0].HasField("dim_value")  # batch is symbolic
+    assert [d.dim_value for d in dims[1:]] == [3, CROP_SIZE, CROP_SIZE]
+    for o in m.graph.output:
+        assert o.type.tensor_type.shape.dim[0].dim_param, o.name
+    ops = {n.op_type for n in m.graph.node}
+    assert not ops & set(FORBIDDEN_OPS), ops & set(FORBIDDEN_OPS)
+    assert graph_report(m)["forbidden"] == {}
+    md = meta(m)
+    precision = {"onnx_fp32": "fp32", "onnx_fp16": "fp16"}.get(fixture, "int8")
+    assert md["variant"] == "smpler"
+    assert md["precision"] == precision
+    assert md["opset"] == str(OPSET)
+    assert "checkpoint_sha256" in md and md["checkpoint"].startswith("none")  # default model: no checkpoint hash
+    assert md["body_model_standin"] == "true"
+    assert md["package_version"] == __version__
+    assert md["plugins"] == "false"
+
+
+@pytest.mark.parametrize("fixture", ["onnx_fp32", "onnx_fp16"])
+def test_checker_and_shape_inference(fixture, request):
+    path = request.getfixturevalue(fixture)
+    onnx.checker.check_model(str(path), full_check=True)
+    inferred = onnx.shape_inference.infer_shapes(load(path), check_type=True, strict_mode=True)
+    assert len(inferred.graph.value_info) > 0
+
+
+def _elem_types(model) -> dict:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    g = inferred.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in list(g.value_info) + list(g.input) + list(g.output)}
+    types.update({t.name: t.data_type for t in g.initializer})
+    for n in g.node:  # Constant nodes carry their own type
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    types[n.output[0]] = a.t.data_type
+    return types
+
+
+def test_fp16_graph_mixed_precision(onnx_fp16):
+    m = load(onnx_fp16)
+    inits = {t.name: t for t in m.graph.initializer}
+    convs = [n for n in m.graph.node if n.op_type == "Conv"]
+    assert convs
+    conv_w = [inits[n.input[1]].data_type for n in convs if n.input[1] in inits]
+    assert conv_w and all(t == TensorProto.FLOAT16 for t in conv_w), "conv weights must be fp16 initializers"
+    assert graph_traits(m)["fp16"]
+    types = _elem_types(m)
+    norm_soft = [n for n in m.graph.node if n.op_type in ("LayerNormalization", "Softmax")]
+    assert norm_soft, "expected LayerNormalization/Softmax nodes"
+    for n in norm_soft:
+        assert types.get(n.input[0]) == TensorProto.FLOAT, f"{n.op_type} {n.name} input is not float32"
+    assert any(t == TensorProto.FLOAT16 for t in types.values())
+
+
+# ---------------------------------------------------------------- int8
+
+def test_int8_trt_layout_and_policy(onnx_int8_trt):
+    m = load(onnx_int8_trt)
+    check_trt_compatible(m)
+    inits = {t.name: t for t in m.graph.initializer}
+    qdq = [n for n in m.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert qdq
+    for n in qdq:
+        if len(n.input) > 2 and n.input[2]:
+            zp = numpy_helper.to_array(inits[n.input[2]])
+            assert zp.dtype != np.int32 and not np.any(zp != 0), n.name
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits:  # no int32 bias DQ
+            assert inits[n.input[0]].data_type != TensorProto.INT32, n.name
+    _check_quantized_policy(m, "trt")
+
+
+def test_int8_cpu_quantized_backbone_convs(onnx_int8_cpu):
+    _check_quantized_policy(load(onnx_int8_cpu), "cpu")
+
+
+def _weight_quantized(m) -> list:
+    """Nodes that compute on int8 weights: an input is a DequantizeLinear of an initializer."""
+    inits = {t.name for t in m.graph.initializer}
+    dq_w = {n.output[0] for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+    return [n for n in m.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+            and any(i in dq_w for i in n.input)]
+
+
+def _check_quantized_policy(m, target):
+    md = meta(m)
+    assert md["precision"] == "int8" and md["int8_target"] == target
+    recorded = json.loads(md["quantized_nodes"])
+    assert recorded == quantized_nodes(m)
+    assert int(md["quantized_node_count"]) == len(recorded) > 0
+    assert not [n for n in recorded if "/transformer/" in n]  # policy: the decoder stays float
+    wq = _weight_quantized(m)
+    backbone_convs = {n.name for n in m.graph.node if n.op_type == "Conv" and "/backbone/" in n.name}
+    assert wq and {n.name for n in wq} == backbone_convs  # exactly the backbone convolutions run int8
+    assert all(n.op_type == "Conv" for n in wq)
+    assert set(backbone_convs) <= set(recorded)
+    assert not any("/transformer/" in n.input[0] for n in m.graph.node if n.op_type == "QuantizeLinear")
+
+
+@pytest.mark.xfail(strict=True, reason="int8.quantized_nodes records every consumer of a DequantizeLinear output "
+                   "(Add/Relu/Resize/Shape reading activations: 439 trt / 618 cpu entries for 305 quantized "
+                   "backbone convs), while the metadata and smpler-export describe them as backbone convolutions")
+@pytest.mark.parametrize("fixture", ["onnx_int8_trt", "onnx_int8_cpu"])
+def test_int8_metadata_lists_only_backbone_convs(fixture, request):
+    m = load(request.getfixturevalue(fixture))
+    ops = {n.name: n.op_type for n in m.graph.node}
+    recorded = json.loads(meta(m)["quantized_nodes"])
+    extra = [n for n in recorded if ops[n] != "Conv" or "/backbone/" not in n]
+    assert not extra, f"{len(extra)} non-conv entries, e.g. {extra[:3]}"
+
+
+# ---------------------------------------------------------------- fidelity (batch 4, vs PyTorch fp32)
+
+# (mean, max) vertex mm. Measured here: fp32 0.00048 / 0.0023; fp16 0.96 / 5.3 (earlier run 1.35 / 4.2);
+# int8 trt 9.9 / 41.9; int8 cpu 9.0 / 50.0 (earlier runs quoted max ~90-100 mm; the threshold keeps ~2x of ours).
+THRESHOLDS = {
+    "onnx_fp32": (0.005, 0.01),
+    "onnx_fp16": (3.0, 11.0),
+    "onnx_int8_trt": (20.0, 100.0),
+    "onnx_int8_cpu": (20.0, 100.0),
+}
+
+
+@pytest.mark.parametrize("fixture", list(THRESHOLDS))
+def test_fidelity_within_thresholds(fixture, request, default_model):
+    path = request.getfixturevalue(fixture)
+    fid = measure_fidelity(default_model, path)
+    v = fid["vertices"]
+    print(f"{fixture}: vertices mean {v['mean_mm']:.4g} mm max {v['max_mm']:.4g} mm, "
+          f"joints max {fid['joints']['max_mm']:.4g} mm, rotmat max {fid['rotmat']['max_deg']:.4g} deg")
+    assert fid["finite"] and fid["batch"] == 4
+    mean_lim, max_lim = THRESHOLDS[fixture]
+    assert v["mean_mm"] < mean_lim and v["max_mm"] < max_lim, v
+    assert fid["joints"]["max_mm"] < max_lim
+
+
+def test_dynamic_batch_matches_pytorch_per_sample(onnx_fp32, default_model):
+    x = fidelity_inputs(3)
+    with torch.no_grad():
+        ref = default_model(torch.from_numpy(x)).numpy()
+    sess = OnnxRuntimeSession(onnx_fp32, threads=2)
+    try:
+        out3 = sess.infer(x)
+        f3 = fidelity(ref, out3)
+        assert f3["batch"] == 3 and f3["vertices"]["max_mm"] < 0.01
+        for i in range(3):
+            out1 = sess.infer(x[i: i + 1])
+            assert out1.vertices.shape == (1, 6890, 3)
+            ref_i = type(ref)(*(r[i: i + 1] for r in ref))
+            fi = fidelity(ref_i, out1)
+            assert fi["vertices"]["max_mm"] < 0.01 and fi["joints"]["max_mm"] < 0.01
+            assert fi["rotmat"]["max_deg"] < 0.01 and fi["cam"]["max_abs"] < 1e-4
+    finally:
+        sess.close()
+
+
+# ---------------------------------------------------------------- ORT session guards (tiny synthetic graphs)
+
+def _save(model, path):
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return path
+
+
+def _smpler_like(path, *, qdq: bool, fp16: bool):
+    """images [B,3,224,224] -> (Q/DQ) -> (+ fp16 constant) -> the 7 output names (Identity)."""
+    nodes, inits, cur = [], [], INPUT_NAME
+    if qdq:
+        inits += [numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+                  numpy_helper.from_array(np.array(0, np.int8), "zp")]
+        nodes += [helper.make_node("QuantizeLinear", [cur, "s", "zp"], ["q"], name="q"),
+                  helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["dq"], name="dq")]
+        cur = "dq"
+    if fp16:
+        inits.append(numpy_helper.from_array(np.array([1.0], np.float16), "c16"))
+        nodes += [helper.make_node("Cast", ["c16"], ["c32"], to=TensorProto.FLOAT, name="cast"),
+                  helper.make_node("Add", [cur, "c32"], ["sum"], name="add")]
+        cur = "sum"
+    nodes += [helper.make_node("Identity", [cur], [o], name=f"id_{o}") for o in OUTPUT_NAMES]
+    x = helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", 3, CROP_SIZE, CROP_SIZE])
+    outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in OUTPUT_NAMES]
+    g = helper.make_graph(nodes, "tiny", [x], outs, initializer=inits)
+    return _save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)]), path)
+
+
+def test_session_refuses_mismatched_inputs(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])
+    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "wrong_io", [x], [y])
+    path = _save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)]), tmp_path / "wrong_io.onnx")
+    with pytest.raises(SmplerError) as ei:
+        OnnxRuntimeSession(path)
+    msg = str(ei.value)
+    assert "\n" not in msg and str(path) in msg and "inputs do not match" in msg and "x tensor(float)" in msg
+
+
+def test_session_refuses_plugin_domain_nodes(tmp_path):
+    x = helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", 3, CROP_SIZE, CROP_SIZE])
+    y = helper.make_tensor_value_info("vertices", TensorProto.FLOAT, None)
+    node = helper.make_node("FusedAttention", [INPUT_NAME], ["vertices"], domain="smpler", name="attn")
+    g = helper.make_graph([node], "plugins", [x], [y])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 19), helper.make_opsetid("smpler", 1)])
+    path = _save(model, tmp_path / "plugins.onnx")
+    with pytest.raises(SmplerError) as ei:
+        OnnxRuntimeSession(path)
+    msg = str(ei.value)
+    assert "\n" not in msg and str(path) in msg and "export without --plugins" in msg
+
+
+def test_session_disables_optimizer_for_int8_plus_fp16(tmp_path):
+    both = _smpler_like(tmp_path / "qdq_fp16.onnx", qdq=True, fp16=True)
+    t = graph_traits(onnx.load(str(both)))
+    assert t["qdq"] and t["fp16"] and not t["plugins"]
+    s = OnnxRuntimeSession(both)
+    assert s.optimization == "disable"
+    out = s.infer(np.zeros((1, 3, CROP_SIZE, CROP_SIZE), np.float32))
+    assert np.allclose(out.vertices, 1.0)  # 0 through Q/DQ, + 1 from the fp16 constant
+    assert OnnxRuntimeSession(both, optimization="basic").optimization == "basic"  # explicit choice wins
+    for qdq, fp16 in ((True, False), (False, True)):
+        p = _smpler_like(tmp_path / f"q{int(qdq)}_h{int(fp16)}.onnx", qdq=qdq, fp16=fp16)
+        assert OnnxRuntimeSession(p).optimization == "all"
