@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from .errors import SmplerError
+
 # Order of the ONNX/engine outputs; the graph's output names are exactly these.
 OUTPUT_NAMES = ("vertices", "joints", "smpl_joints", "smpl_joints2d", "rotmat", "betas", "cam")
 INPUT_NAME = "images"
@@ -29,3 +31,21 @@ class SMPLOutput(NamedTuple):
             return np.asarray(x, dtype=np.float32)
 
         return SMPLOutput(*(conv(x) for x in self))
+
+
+def parse_batch(spec) -> tuple[int, int, int]:
+    """"1:4:8", (1, 4, 8), or a single N (= N:N:N) -> (min, opt, max), validated."""
+    if isinstance(spec, int):
+        spec = (spec, spec, spec)
+    if isinstance(spec, str):
+        parts = spec.split(":")
+        if len(parts) == 1:
+            parts = parts * 3
+        try:
+            spec = tuple(int(p) for p in parts)
+        except ValueError:
+            spec = ()
+    b = tuple(spec)
+    if len(b) != 3 or not all(isinstance(x, int) for x in b) or not 1 <= b[0] <= b[1] <= b[2]:
+        raise SmplerError(f"--batch {spec}: expected MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX, e.g. 1:1:8")
+    return b

@@ -13,23 +13,20 @@ from pathlib import Path
 
 import numpy as np
 
+from .body.data import SMPL_PARENTS
 from .errors import SmplerError
 from .fileio import atomic_path, write_text_atomic
+from .preprocess import norm_to_crop_px
 
 MESH_RGB = np.array([140, 180, 235], np.float64)  # light blue
 LIGHT = np.array([0.3, -0.4, -1.0]) / np.linalg.norm([0.3, -0.4, -1.0])  # towards the camera, from above-right
-SMPL_PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21)
-
-
-def _norm_to_crop_px(xy):
-    return (np.asarray(xy, np.float64) + 1.0) * 112.0
 
 
 def project(points, cam, transform=None) -> np.ndarray:
     """[N,3] metres + cam (s, tx, ty) -> [N,2] image pixels (crop pixels when transform is None)."""
     p = np.asarray(points, np.float64)
     s, tx, ty = (float(v) for v in np.asarray(cam, np.float64).reshape(3))
-    px = _norm_to_crop_px(s * (p[:, :2] + [tx, ty]))
+    px = norm_to_crop_px(s * (p[:, :2] + [tx, ty]))
     return transform.crop_to_image(px) if transform is not None else px
 
 
@@ -84,7 +81,7 @@ def render_overlay(image, vertices, faces, cam, transform=None, joints2d=None, l
     layer.putalpha(a)
     out = Image.alpha_composite(base.convert("RGBA"), layer).convert("RGB")
     if joints2d is not None:
-        j = _norm_to_crop_px(np.asarray(joints2d, np.float64).reshape(-1, 2))
+        j = norm_to_crop_px(np.asarray(joints2d, np.float64).reshape(-1, 2))
         j = transform.crop_to_image(j) if transform is not None else j
         d = ImageDraw.Draw(out)
         r = max(2, round(min(h, w) / 150))

@@ -7,6 +7,8 @@ import os
 import sys
 import time
 
+from .common import cli_main
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, like every smpler-* command
@@ -14,12 +16,12 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     if "triton" not in sys.modules:
         # Triton fixes interpreter vs compiler when first imported (see plugins/kernels.py); AOT needs the
         # compiler. If triton is already loaded in interpreter mode, aot.build moves to a child process.
         os.environ["TRITON_INTERPRET"] = "0"
-    from ..errors import SmplerError
     from ..plugins import aot
 
     p = _Parser(prog="smpler-aot", description=__doc__)
@@ -32,18 +34,11 @@ def main(argv: list[str] | None = None) -> int:
                    "~/.cache/smpler_deploy/kernels-triton<pin>, where the plugins look)")
     p.add_argument("-q", "--quiet", action="store_true")
     a = p.parse_args(argv)
-    try:
-        sms = aot.parse_sms(a.sm)
-        out = a.output or aot.default_kernel_dir()
-        t0 = time.perf_counter()
-        index = aot.build(out, sms, kernels=a.kernel or aot.KERNEL_NAMES, dtypes=a.dtype or aot.DTYPES,
-                          progress=None if a.quiet else (lambda m: print(f"  {m}", flush=True)))
-    except SmplerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    sms = aot.parse_sms(a.sm)
+    out = a.output or aot.default_kernel_dir()
+    t0 = time.perf_counter()
+    index = aot.build(out, sms, kernels=a.kernel or aot.KERNEL_NAMES, dtypes=a.dtype or aot.DTYPES,
+                      progress=None if a.quiet else (lambda m: print(f"  {m}", flush=True)))
     print(f"wrote {out}/index.json ({len(index['kernels'])} variants, sm {', '.join(map(str, sms))}) "
           f"in {time.perf_counter() - t0:.1f}s")
     return 0

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from ..errors import SmplerError
+from .common import cli_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,22 +79,16 @@ def _config(a, argv):
     return cfg, out
 
 
+@cli_main
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     a = build_parser().parse_args(argv)
-    try:
-        from ..bench.report import write_report
-        from ..bench.runner import run_benchmark
+    from ..bench.report import write_report
+    from ..bench.runner import run_benchmark
 
-        cfg, out = _config(a, argv)
-        rep = run_benchmark(cfg)
-        paths = write_report(rep, out, plots=not a.no_plots)
-    except SmplerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    cfg, out = _config(a, argv)
+    rep = run_benchmark(cfg)
+    paths = write_report(rep, out, plots=not a.no_plots)
     n_ok = sum(c.status == "ok" for c in rep.cells)
     n_skip = sum(c.status == "skipped" for c in rep.cells)
     n_fail = sum(c.status == "failed" for c in rep.cells)

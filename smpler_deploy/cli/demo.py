@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from ..errors import SmplerError
+from .common import cli_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,46 +61,43 @@ def _faces(sess, a):
     return make_standin_body_model(0).faces
 
 
+@cli_main
 def main(argv=None) -> int:
     a = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        from ..preprocess import crop_person, load_image
-        from ..render import model_label, render_overlay, save_png, write_obj, write_ply
-        from ..runtime import BACKENDS, open_session
+    from ..preprocess import crop_person, load_image
+    from ..render import model_label, render_overlay, save_png, write_obj, write_ply
+    from ..runtime import BACKENDS, open_session
 
-        if a.backend not in BACKENDS:
-            raise SmplerError(f"--backend {a.backend}: expected one of {', '.join(BACKENDS)}")
-        out = Path(a.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.suffix.lower() != ".png":
-            raise SmplerError(f"--out {out}: expected a .png path")
-        for flag, val in (("--onnx", a.onnx), ("--engine", a.engine), ("--checkpoint", a.checkpoint),
-                          ("--smpl-model", a.smpl_model)):
-            if val and not Path(val).is_file():
-                raise SmplerError(f"{flag} {val}: file not found")
-        image = load_image(a.image)
-        x, transform = crop_person(image, parse_bbox(a.bbox))  # raises on a box outside the image
-        path = {"onnxruntime": a.onnx, "tensorrt": a.engine}.get(a.backend)
-        kw = {"checkpoint": a.checkpoint, "smpl_model": a.smpl_model} if a.backend == "torch" else {}
-        sess = open_session(a.backend, path=path, variant=a.variant, threads=a.threads, **kw)
-        try:
-            o = sess.infer(x[None]).numpy()
-            faces = _faces(sess, a)
-            info = dict(getattr(sess, "info", {}) or {})
-        finally:
-            sess.close()
-        # torch sessions say standin_body; ONNX/engine metadata says body_model_standin
-        standin = _truthy(info.get("standin_body", info.get("body_model_standin", not (a.smpl_model or a.checkpoint))))
-        untrained = _truthy(info.get("untrained", a.checkpoint is None))
-        label = model_label(untrained, standin)
-        overlay = render_overlay(image, o.vertices[0], faces, o.cam[0], transform,
-                                 joints2d=None if a.no_joints else o.smpl_joints2d[0], label=label)
-        note = f"smpler-demo {Path(a.image).name} ({a.backend})" + (f"; {label}" if label else "")
-        written = [save_png(overlay, out), write_obj(out.with_suffix(".obj"), o.vertices[0], faces, note),
-                   write_ply(out.with_suffix(".ply"), o.vertices[0], faces, comment=note)]
-    except SmplerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if a.backend not in BACKENDS:
+        raise SmplerError(f"--backend {a.backend}: expected one of {', '.join(BACKENDS)}")
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() != ".png":
+        raise SmplerError(f"--out {out}: expected a .png path")
+    for flag, val in (("--onnx", a.onnx), ("--engine", a.engine), ("--checkpoint", a.checkpoint),
+                      ("--smpl-model", a.smpl_model)):
+        if val and not Path(val).is_file():
+            raise SmplerError(f"{flag} {val}: file not found")
+    image = load_image(a.image)
+    x, transform = crop_person(image, parse_bbox(a.bbox))  # raises on a box outside the image
+    path = {"onnxruntime": a.onnx, "tensorrt": a.engine}.get(a.backend)
+    kw = {"checkpoint": a.checkpoint, "smpl_model": a.smpl_model} if a.backend == "torch" else {}
+    sess = open_session(a.backend, path=path, variant=a.variant, threads=a.threads, **kw)
+    try:
+        o = sess.infer(x[None]).numpy()
+        faces = _faces(sess, a)
+        info = dict(getattr(sess, "info", {}) or {})
+    finally:
+        sess.close()
+    # torch sessions say standin_body; ONNX/engine metadata says body_model_standin
+    standin = _truthy(info.get("standin_body", info.get("body_model_standin", not (a.smpl_model or a.checkpoint))))
+    untrained = _truthy(info.get("untrained", a.checkpoint is None))
+    label = model_label(untrained, standin)
+    overlay = render_overlay(image, o.vertices[0], faces, o.cam[0], transform,
+                             joints2d=None if a.no_joints else o.smpl_joints2d[0], label=label)
+    note = f"smpler-demo {Path(a.image).name} ({a.backend})" + (f"; {label}" if label else "")
+    written = [save_png(overlay, out), write_obj(out.with_suffix(".obj"), o.vertices[0], faces, note),
+               write_ply(out.with_suffix(".ply"), o.vertices[0], faces, comment=note)]
     for p in written:
         print(f"wrote {p}")
     if label:

@@ -22,6 +22,7 @@ from ..fileio import atomic_path, check_output_path, sha256_file, write_bytes_at
 from ..outputs import INPUT_NAME
 from . import layer_summary
 from .manifest import FLAVOUR_TITLES, SCHEMA, layers_path, manifest_path
+from ..outputs import parse_batch  # noqa: F401  (re-exported)
 from .plugin_glue import plugin_nodes, register_smpler_plugins
 from .trt_import import import_trt
 
@@ -56,24 +57,6 @@ def parse_mem_pool_size(spec: str | None) -> dict[str, int]:
             )
         out[pool] = int(float(m.group(2)) * _UNITS[m.group(3).upper()])
     return out
-
-
-def parse_batch(spec) -> tuple[int, int, int]:
-    """"1:4:8", (1, 4, 8), or a single N (= N:N:N) -> (min, opt, max), validated."""
-    if isinstance(spec, int):
-        spec = (spec, spec, spec)
-    if isinstance(spec, str):
-        parts = spec.split(":")
-        if len(parts) == 1:
-            parts = parts * 3
-        try:
-            spec = tuple(int(p) for p in parts)
-        except ValueError:
-            spec = ()
-    b = tuple(spec)
-    if len(b) != 3 or not all(isinstance(x, int) for x in b) or not 1 <= b[0] <= b[1] <= b[2]:
-        raise SmplerError(f"--batch {spec}: expected MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX, e.g. 1:1:8")
-    return b
 
 
 def valid_sms(trt) -> list[int]:

@@ -9,26 +9,8 @@ from __future__ import annotations
 from ..errors import SmplerError
 from .trt_import import ensure_rtx_soname, rtx_soname_fix_command
 
-PLUGIN_DOMAIN = "smpler"
-
-
-def _attr(node, name: str, default: str) -> str:
-    for a in node.attribute:
-        if a.name == name:
-            return a.s.decode() if a.s else default
-    return default
-
-
-def plugin_nodes(model) -> list[dict]:
-    """Unique plugins used by an onnx.ModelProto: [{name, namespace, version, count}] (graph and functions)."""
-    found: dict[tuple, dict] = {}
-    for node in [*model.graph.node, *(n for f in model.functions for n in f.node)]:
-        if node.domain != PLUGIN_DOMAIN:
-            continue
-        key = (node.op_type, _attr(node, "plugin_namespace", PLUGIN_DOMAIN), _attr(node, "plugin_version", "1"))
-        entry = found.setdefault(key, {"name": key[0], "namespace": key[1], "version": key[2], "count": 0})
-        entry["count"] += 1
-    return list(found.values())
+from ..plugins.graph import DOMAIN as PLUGIN_DOMAIN  # noqa: F401
+from ..plugins.graph import plugin_summary as plugin_nodes  # noqa: F401  (unique plugins with counts)
 
 
 def register_smpler_plugins(trt, flavour: str, what: str, needed: list[dict] = ()) -> list[str]:

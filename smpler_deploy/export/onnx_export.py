@@ -19,7 +19,7 @@ import torch
 from .. import __version__
 from ..errors import SmplerError
 from ..fileio import atomic_path
-from ..outputs import CROP_SIZE, INPUT_NAME, OUTPUT_NAMES
+from ..outputs import CROP_SIZE, INPUT_NAME, OUTPUT_NAMES, parse_batch  # noqa: F401
 
 OPSET = 19
 FORBIDDEN_OPS = ("ScatterND", "If", "Einsum", "Range", "Loop")
@@ -35,24 +35,6 @@ class _Flat(torch.nn.Module):
 
     def forward(self, images):
         return tuple(self.model(images))
-
-
-def parse_batch(spec: str | None) -> tuple[int, int, int]:
-    """'MIN:OPT:MAX' (or a single N) -> (min, opt, max)."""
-    if spec is None:
-        return (1, 1, 8)
-    parts = str(spec).split(":")
-    try:
-        vals = [int(p) for p in parts]
-    except ValueError:
-        raise SmplerError(f"--batch {spec}: expected MIN:OPT:MAX with positive integers, e.g. 1:1:8")
-    if len(vals) == 1:
-        vals = vals * 3
-    if len(vals) != 3 or min(vals) < 1:
-        raise SmplerError(f"--batch {spec}: expected MIN:OPT:MAX with positive integers, e.g. 1:1:8")
-    if not vals[0] <= vals[1] <= vals[2]:
-        raise SmplerError(f"--batch {spec}: need MIN <= OPT <= MAX")
-    return tuple(vals)
 
 
 def graph_report(model) -> dict:

@@ -22,12 +22,9 @@ import torch
 from ..errors import SmplerError
 from ..model import attention as ref
 
-DOMAIN = "smpler"
-PLUGIN_NAMESPACE = "smpler"
-PLUGIN_VERSION = "1"
-LOCAL_OP = "SmplerLocalAttention"
-GLOBAL_OP = "SmplerGlobalAttention"
-PLUGIN_OPS = (LOCAL_OP, GLOBAL_OP)
+from .graph import (  # noqa: F401  (re-exported: node names and inspection live in the torch-free module)
+    DOMAIN, GLOBAL_OP, LOCAL_OP, PLUGIN_NAMESPACE, PLUGIN_OPS, PLUGIN_VERSION, assert_no_plugins, plugin_nodes,
+)
 CUSTOM_OPSETS = {DOMAIN: 1}  # pass to torch.onnx.export(custom_opsets=...)
 
 
@@ -74,47 +71,3 @@ def global_attention_multiscale_plugin(keys, qk):
     if len(keys) != 4:
         raise SmplerError(f"keys: 4 scales expected, got {len(keys)}")
     return _GlobalAttention.apply(qk, *keys)
-
-
-# ------------------------------------------------------------------------------------------------ inspection
-
-def _all_nodes(graph):
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:  # If/Loop/Scan bodies
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                yield from _all_nodes(sub)
-
-
-def plugin_nodes(model) -> list[tuple[str, str]]:
-    """(node name, op_type) of every TensorRT plugin node in an ONNX model (ModelProto or path), functions too."""
-    import onnx
-
-    if isinstance(model, (str, os.PathLike)):
-        model = onnx.load(str(model), load_external_data=False)
-    found = []
-    graphs = [model.graph] + [f for f in model.functions]
-    for g in graphs:
-        for node in _all_nodes(g):
-            attrs = {a.name for a in node.attribute}
-            if node.op_type in PLUGIN_OPS or node.domain == DOMAIN or "plugin_namespace" in attrs:
-                found.append((node.name, node.op_type))
-    return found
-
-
-def assert_no_plugins(onnx_path: str | os.PathLike) -> None:
-    """For the ONNX Runtime backend: refuse graphs that only TensorRT (with our plugins registered) can run."""
-    path = Path(onnx_path)
-    try:
-        nodes = plugin_nodes(path)
-    except FileNotFoundError:
-        raise SmplerError(f"{path}: file not found") from None
-    except Exception as e:  # onnx's DecodeError and friends
-        raise SmplerError(f"{path}: not a readable ONNX model ({e.__class__.__name__})") from None
-    if nodes:
-        ops = {op for _, op in nodes}
-        kinds = [op for op in PLUGIN_OPS if op in ops] + sorted(ops - set(PLUGIN_OPS))
-        raise SmplerError(
-            f"{path}: graph contains TensorRT plugin nodes ({', '.join(kinds)}); "
-            "ONNX Runtime cannot run them — export without --plugins"
-        )

@@ -15,13 +15,12 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
 def graph_traits(model) -> dict:
-    """What decides how ORT may run a graph: plugin nodes, Q/DQ, fp16 tensors."""
+    """What decides how ORT may run a graph: Q/DQ and fp16 tensors."""
     import onnx
 
     ops = {n.op_type for n in model.graph.node}
-    domains = {n.domain for n in model.graph.node}
     fp16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
-    return {"plugins": "smpler" in domains, "qdq": "QuantizeLinear" in ops or "DequantizeLinear" in ops,
+    return {"qdq": "QuantizeLinear" in ops or "DequantizeLinear" in ops,
             "fp16": fp16, "meta": {p.key: p.value for p in model.metadata_props}}
 
 
@@ -53,10 +52,10 @@ class OnnxRuntimeSession:
             header = onnx.load(str(path), load_external_data=False)
         except Exception as e:
             raise SmplerError(f"--onnx {path}: not a readable ONNX model ({e.__class__.__name__})")
+        from ..plugins.graph import assert_no_plugins
+
+        assert_no_plugins(header, where=path)
         traits = graph_traits(header)
-        if traits["plugins"]:
-            raise SmplerError(f"--onnx {path}: graph contains TensorRT plugin nodes (domain 'smpler'); ONNX Runtime "
-                              "cannot run them - export without --plugins")
         if provider not in PROVIDERS:
             raise SmplerError(f"--provider {provider}: expected one of {', '.join(PROVIDERS)}")
         if PROVIDERS[provider] not in ort.get_available_providers():
