@@ -129,3 +129,36 @@ def sample_images() -> list[tuple[str, np.ndarray]]:
     names = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "cat",
              "colorwheel")
     return [(n, load_image(getattr(data, n)())) for n in names]
+
+
+CALIBRATION_CROPS = 16  # the first crops of the stream calibrate; later ones are held out for evaluation
+
+
+def sample_crops(n: int, seed: int = 0, skip: int = 0) -> tuple[np.ndarray, str]:
+    """A fixed, seeded stream of crops of the bundled sample photos: each photo whole first, then random boxes.
+
+    Items [skip, skip+n) as float32 [n,3,224,224], with a description. BatchNorm re-estimation and int8
+    calibration take the first CALIBRATION_CROPS; fidelity checks and benchmarks use `skip=CALIBRATION_CROPS`.
+    """
+    rng = np.random.default_rng(seed)
+    imgs = sample_images()
+    out, names = [], []
+    for i in range(skip + n):
+        name, im = imgs[i % len(imgs)]
+        h, w = im.shape[:2]
+        if i < len(imgs):
+            t = box_transform((h, w))
+        else:
+            bw, bh = rng.uniform(0.3, 0.9) * w, rng.uniform(0.3, 0.9) * h
+            t = box_transform((h, w), (rng.uniform(0, w - bw), rng.uniform(0, h - bh), bw, bh), margin=1.0)
+        if i >= skip:
+            out.append(normalize(crop(im, t)))
+            names.append(name)
+    desc = (f"crops {skip}..{skip + n - 1} of the seeded stream (seed {seed}) over scikit-image sample photos "
+            f"({', '.join(dict.fromkeys(names))})")
+    return np.stack(out), desc
+
+
+def heldout_crops(n: int, seed: int = 0) -> tuple[np.ndarray, str]:
+    """Evaluation crops that calibration never saw."""
+    return sample_crops(n, seed, skip=CALIBRATION_CROPS)

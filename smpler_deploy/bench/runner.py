@@ -94,23 +94,10 @@ def peak_rss_mb() -> float:
 
 
 def bench_inputs(n: int, seed: int = 0) -> tuple[np.ndarray, str]:
-    """n fixed crops from scikit-image's public-domain photos (astronaut whole, others with seeded boxes)."""
-    from ..preprocess import crop_person, sample_images
+    """n fixed crops of scikit-image's public-domain photos, held out from calibration."""
+    from ..preprocess import heldout_crops
 
-    rng = np.random.default_rng(seed)
-    imgs = sample_images()
-    crops, names = [], []
-    for i in range(n):
-        name, img = imgs[i % len(imgs)]
-        h, w = img.shape[:2]
-        bbox = None
-        if i > 0:  # the astronaut is person-centred; other photos give varied content through seeded boxes
-            bw, bh = rng.uniform(0.4, 0.9) * w, rng.uniform(0.4, 0.9) * h
-            bbox = (rng.uniform(0, w - bw), rng.uniform(0, h - bh), bw, bh)
-        crops.append(crop_person(img, bbox)[0])
-        names.append(name)
-    desc = f"{n} crops of scikit-image sample photos ({', '.join(dict.fromkeys(names))}), seed {seed}"
-    return np.stack(crops).astype(np.float32), desc
+    return heldout_crops(n, seed)
 
 
 def gpu_available() -> bool:

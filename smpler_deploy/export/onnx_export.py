@@ -101,9 +101,9 @@ def export_torch_graph(smpler, path, *, precision: str = "fp32", plugins: bool =
 
 def fidelity_inputs(n: int = 4) -> np.ndarray:
     """The fixed inputs export measures fidelity on: sample-photo crops not used for calibration."""
-    from ..model.checkpoint import calibration_batch
+    from ..preprocess import heldout_crops
 
-    return calibration_batch(16 + n)[16:]
+    return heldout_crops(n)[0]
 
 
 def measure_fidelity(smpler, onnx_path, images=None) -> dict:

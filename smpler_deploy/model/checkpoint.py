@@ -112,22 +112,10 @@ def init_default_weights(model: SMPLer, seed: int = DEFAULT_SEED) -> None:
 
 
 def calibration_batch(n: int = 16, seed: int = DEFAULT_SEED) -> np.ndarray:
-    """Crops of the bundled sample photos: whole images plus seeded random boxes. float32 [n,3,224,224]."""
-    from ..preprocess import box_transform, crop, normalize, sample_images
+    """The first n crops of the fixed sample-photo stream (BatchNorm re-estimation, built-in int8 set)."""
+    from ..preprocess import sample_crops
 
-    rng = np.random.default_rng(seed)
-    imgs = sample_images()
-    out = []
-    for i in range(n):
-        _, im = imgs[i % len(imgs)]
-        h, w = im.shape[:2]
-        if i < len(imgs):
-            t = box_transform((h, w))
-        else:
-            bw, bh = rng.uniform(0.3, 0.9) * w, rng.uniform(0.3, 0.9) * h
-            t = box_transform((h, w), (rng.uniform(0, w - bw), rng.uniform(0, h - bh), bw, bh), margin=1.0)
-        out.append(normalize(crop(im, t)))
-    return np.stack(out)
+    return sample_crops(n, seed)[0]
 
 
 @torch.no_grad()
