@@ -34,18 +34,20 @@ class SMPLOutput(NamedTuple):
 
 
 def parse_batch(spec) -> tuple[int, int, int]:
-    """"1:4:8", (1, 4, 8), or a single N (= N:N:N) -> (min, opt, max), validated."""
+    """"1:4:8", (1, 4, 8), or a single N (= N:N:N) -> (min, opt, max), validated; errors echo what was given."""
+    shown = spec if isinstance(spec, str) else ":".join(map(str, spec)) if isinstance(spec, (tuple, list)) else spec
+    vals = spec
     if isinstance(spec, int):
-        spec = (spec, spec, spec)
-    if isinstance(spec, str):
+        vals = (spec, spec, spec)
+    elif isinstance(spec, str):
         parts = spec.split(":")
-        if len(parts) == 1:
-            parts = parts * 3
         try:
-            spec = tuple(int(p) for p in parts)
+            vals = tuple(int(p) for p in (parts * 3 if len(parts) == 1 else parts))
         except ValueError:
-            spec = ()
-    b = tuple(spec)
-    if len(b) != 3 or not all(isinstance(x, int) for x in b) or not 1 <= b[0] <= b[1] <= b[2]:
-        raise SmplerError(f"--batch {spec}: expected MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX, e.g. 1:1:8")
-    return b
+            vals = ()
+    vals = tuple(vals)
+    if len(vals) != 3 or not all(isinstance(x, int) and x >= 1 for x in vals):
+        raise SmplerError(f"--batch {shown}: expected MIN:OPT:MAX with positive integers, e.g. 1:1:8")
+    if not vals[0] <= vals[1] <= vals[2]:
+        raise SmplerError(f"--batch {shown}: need MIN <= OPT <= MAX")
+    return vals

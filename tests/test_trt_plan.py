@@ -76,7 +76,7 @@ def test_option_parsing():
     assert parse_mem_pool_size("workspace:1024,tacticSharedMem:48K") == {"WORKSPACE": 1 << 30,
                                                                           "TACTIC_SHARED_MEMORY": 48 << 10}  # fmt: skip
     assert parse_mem_pool_size(None) == {}
-    with pytest.raises(SmplerError, match="--memPoolSize gpu:2G: expected POOL:SIZE"):
+    with pytest.raises(SmplerError, match="--mem-pool-size gpu:2G: expected POOL:SIZE"):
         parse_mem_pool_size("gpu:2G")
     assert parse_batch("1:4:8") == (1, 4, 8) and parse_batch(4) == (4, 4, 4) and parse_batch((1, 1, 8)) == (1, 1, 8)
     for bad in ("8:1:1", "0:1:1", "a:b:c", "1:2"):

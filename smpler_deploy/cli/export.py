@@ -51,10 +51,13 @@ def main(argv=None) -> int:
 
     out = check_output_path(a.output, a.force)
     batch = parse_batch(a.batch)
-    if a.calib and not Path(a.calib).is_dir():
-        raise SmplerError(f"--calib {a.calib}: not a directory")
     if a.precision != "int8" and a.calib:
         raise SmplerError("--calib applies to --precision int8 only")
+    calib_images = None
+    if a.calib:  # read the images now: a bad directory fails before the model is built
+        from ..export.int8 import load_calibration_dir
+
+        calib_images = load_calibration_dir(a.calib)
     if a.format == "engine":
         from ..engine.trt_import import import_trt
 
@@ -80,6 +83,7 @@ def main(argv=None) -> int:
         check_output_path(onnx_path, a.force, flag="-o (ONNX beside the engine)")
     if not a.onnx:
         res = export_onnx(onnx_path, precision=a.precision, model=model, target=a.target, calib=a.calib,
+                          calib_images=calib_images,
                           plugins=a.plugins, batch=batch, log=say)
         rep = res["report"]
         print(f"wrote {onnx_path} ({onnx_path.stat().st_size / 2**20:.1f} MiB, {rep['nodes']} nodes, "

@@ -27,7 +27,7 @@ from .plugin_glue import plugin_nodes, register_smpler_plugins
 from .trt_import import import_trt
 
 DEFAULT_SMS = (89,)
-# trtexec --memPoolSize pool names -> trt.MemoryPoolType members.
+# trtexec --mem-pool-size pool names -> trt.MemoryPoolType members.
 MEM_POOLS = {
     "workspace": "WORKSPACE",
     "dlasram": "DLA_MANAGED_SRAM",
@@ -52,7 +52,7 @@ def parse_mem_pool_size(spec: str | None) -> dict[str, int]:
         pool = MEM_POOLS.get(m.group(1).lower()) if m else None
         if not m or pool is None:
             raise SmplerError(
-                f"--memPoolSize {spec}: expected POOL:SIZE[B|K|M|G] with POOL in {', '.join(MEM_POOLS)} "
+                f"--mem-pool-size {spec}: expected POOL:SIZE[B|K|M|G] with POOL in {', '.join(MEM_POOLS)} "
                 "(e.g. workspace:2G)"
             )
         out[pool] = int(float(m.group(2)) * _UNITS[m.group(3).upper()])

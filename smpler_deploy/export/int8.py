@@ -67,10 +67,12 @@ class _Reader:
 
 
 def quantized_nodes(model) -> list[str]:
-    """Nodes whose inputs come through DequantizeLinear (what actually runs on int8 data)."""
-    dq_out = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
-    return [n.name for n in model.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
-            and any(i in dq_out for i in n.input)]
+    """Layers that run in int8: those whose weight comes through a DequantizeLinear of an int8 initializer.
+
+    (Activation DQ outputs also feed Add/Relu/Resize/Shape, which stay float; they are not counted.)"""
+    inits = {t.name for t in model.graph.initializer}
+    weight_dq = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+    return [n.name for n in model.graph.node if len(n.input) > 1 and n.input[1] in weight_dq]
 
 
 def check_trt_compatible(model) -> None:

@@ -122,9 +122,10 @@ def measure_fidelity(smpler, onnx_path, images=None) -> dict:
 
 
 def export_onnx(path, *, precision: str = "fp32", variant: str = "smpler", checkpoint=None, smpl_model=None,
-                h36m_regressor=None, model=None, target: str = "trt", calib=None, plugins: bool = False,
-                batch=(1, 1, 8), log=None) -> dict:
-    """Write the ONNX graph of one precision; int8 is calibrated on `calib` (a directory) or the built-in set.
+                h36m_regressor=None, model=None, target: str = "trt", calib=None, calib_images=None,
+                plugins: bool = False, batch=(1, 1, 8), log=None) -> dict:
+    """Write the ONNX graph of one precision; int8 is calibrated on `calib` (a directory; or `calib_images`,
+    already loaded) or the built-in set.
 
     Returns a summary: path, graph report, seconds, quantized nodes (int8).
     """
@@ -133,7 +134,6 @@ def export_onnx(path, *, precision: str = "fp32", variant: str = "smpler", check
     if precision not in PRECISIONS:
         raise SmplerError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
     log = log or (lambda msg: None)
-    calib_images = None
     if precision == "int8":
         from .int8 import TARGETS, load_calibration_dir
 
@@ -142,7 +142,8 @@ def export_onnx(path, *, precision: str = "fp32", variant: str = "smpler", check
         if plugins:
             raise SmplerError("--plugins with --precision int8: the int8 graph is calibrated with ONNX Runtime, "
                               "which cannot run plugin nodes; use fp32/fp16 with --plugins")
-        calib_images = load_calibration_dir(calib) if calib else None
+        if calib_images is None and calib:
+            calib_images = load_calibration_dir(calib)
     if model is None:
         model = load_model(variant, checkpoint, smpl_model, h36m_regressor=h36m_regressor)
     t0 = time.perf_counter()
