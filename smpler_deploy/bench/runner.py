@@ -23,7 +23,9 @@ from .report import MODEL_GFLOPS, Cell, Report
 from .stats import latency_stats
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
+# "int8" is the TensorRT layout (symmetric Q/DQ; fake-quantized on ONNX Runtime: its fidelity is the engine's),
+# "int8-cpu" ONNX Runtime's own fused layout (what CPU users run for speed; TensorRT refuses its zero points).
+PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu")
 VARIANTS = tuple(MODEL_GFLOPS)
 
 
@@ -175,8 +177,8 @@ def plan(cfg: BenchConfig) -> list[_Group]:
                     raise SmplerError(f"cell onnxruntime/{pr}: no ONNX file for {pr} in --onnx "
                                       f"(have {', '.join(sorted(cfg.onnx))}); add {pr}=PATH")
                 g.artifact = cfg.onnx.get(pr)
-                if g.artifact is None and pr == "int8" and not _can_export_int8():
-                    g.reason = "no int8 ONNX given and this build has no int8 exporter; pass --onnx int8=PATH"
+            elif be == "tensorrt" and pr == "int8-cpu":
+                g.reason = "int8-cpu is ONNX Runtime's layout (non-zero zero points TensorRT refuses); use int8"
             elif be == "tensorrt":
                 have_trt = tensorrt_importable() if have_trt is None else have_trt
                 have_gpu = gpu_available() if have_gpu is None else have_gpu
@@ -193,14 +195,6 @@ def plan(cfg: BenchConfig) -> list[_Group]:
     return groups
 
 
-def _can_export_int8() -> bool:
-    try:
-        from ..export import onnx_export
-    except ImportError:
-        return False
-    return hasattr(onnx_export, "export_onnx")
-
-
 def _one_line(e: BaseException) -> str:
     msg = str(e).strip().splitlines()
     return f"{e.__class__.__name__}: {msg[0] if msg else ''}"[:300]
@@ -215,18 +209,10 @@ def _ensure_onnx(cfg: BenchConfig, precision: str) -> Path:
     if not path.is_file():
         from ..export import onnx_export as E
 
-        if precision in ("fp32", "fp16"):
-            from ..model.smpler import load_model
-
-            model = load_model(cfg.variant, cfg.session_kw.get("checkpoint"), cfg.session_kw.get("smpl_model"))
-            E.export_torch_graph(model, path, precision=precision, batch=(1, max(cfg.batches), max(8, *cfg.batches)))
-        elif hasattr(E, "export_onnx"):
-            res = E.export_onnx(path, precision=precision, variant=cfg.variant, **cfg.session_kw)
-            if isinstance(res, (str, Path)):
-                path = Path(res)
-        else:
-            raise SmplerError(f"cell onnxruntime/{precision}: this build cannot export {precision} here; "
-                              f"pass --onnx {precision}=PATH (smpler-export --precision {precision})")
+        prec, target = ("int8", "cpu") if precision == "int8-cpu" else (precision, "trt")
+        E.export_onnx(path, precision=prec, target=target, variant=cfg.variant,
+                      checkpoint=cfg.session_kw.get("checkpoint"), smpl_model=cfg.session_kw.get("smpl_model"),
+                      batch=(1, max(cfg.batches), max(8, *cfg.batches)))
     cfg.onnx[precision] = path
     return path
 

@@ -27,7 +27,7 @@ from .plugin_glue import plugin_nodes, register_smpler_plugins
 from .trt_import import import_trt
 
 DEFAULT_SMS = (89,)
-# trtexec --mem-pool-size pool names -> trt.MemoryPoolType members.
+# trtexec --memPoolSize pool names -> trt.MemoryPoolType members.
 MEM_POOLS = {
     "workspace": "WORKSPACE",
     "dlasram": "DLA_MANAGED_SRAM",
