@@ -138,6 +138,23 @@ class RecordingCudaStandIn:
         self._rec("graph_instantiate", graph)
         return graph + "_exec"
 
+    def event_create(self):
+        self._rec("event_create")
+        return f"event{self.names().count('event_create')}"
+
+    def event_record(self, event, stream):
+        self._rec("event_record", event)
+
+    def event_elapsed_ms(self, start, end):
+        self._rec("event_elapsed_ms", start, end)
+        return 1.5
+
+    def event_destroy(self, event):
+        self._rec("event_destroy", event)
+
+    def device_memory_used_mb(self):
+        return 512.0
+
     def graph_launch(self, graph_exec, stream):
         self._rec("graph_launch", graph_exec)
 
@@ -174,7 +191,7 @@ def test_session_protocol_and_call_order(engine):
     api = RecordingCudaStandIn()
     s = TensorRTSession(engine, api=api)
     assert isinstance(s, Session) and s.backend == "tensorrt" and s.precision == "fp16"
-    assert api.names()[:3] == ["deserialize", "create_context", "stream_create"]
+    assert api.names()[:3] == ["deserialize", "create_context", "stream_create"] and api.names().count("event_create") == 2
     api.calls.clear()
     out = s.infer(images(2))
     assert isinstance(out, SMPLOutput)
@@ -185,11 +202,16 @@ def test_session_protocol_and_call_order(engine):
     # shape first, then buffers bound by name, input copied, enqueue, outputs copied, one sync at the end
     assert names[0] == "set_input_shape"
     assert names.index("set_tensor_address") < names.index("memcpy_htod") < names.index("execute_async")
-    assert names.index("execute_async") < names.index("memcpy_dtoh") and names[-1] == "synchronize"
+    assert names.index("execute_async") < names.index("memcpy_dtoh") and names[-2:] == ["synchronize", "event_elapsed_ms"]
+    # device time brackets exactly the engine launch (trtexec's GPU compute), not the copies
+    rec = [i for i, n in enumerate(names) if n == "event_record"]
+    assert names.index("memcpy_htod") < rec[0] < names.index("execute_async") < rec[1] < names.index("memcpy_dtoh")
+    assert s.last_device_ms == 1.5 and s.device_memory_mb == 512.0
     bound = {c[1] for c in api.calls if c[0] == "set_tensor_address"}
     assert bound == {"images", *OUTPUT_NAMES}
     s.close()
     assert not api.live_device and not api.live_host and api.names()[-1] == "release"
+    assert api.names().count("event_destroy") == 2
     s.close()  # idempotent
 
 

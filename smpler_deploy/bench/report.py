@@ -32,7 +32,9 @@ class Cell:
     artifact: str | None = None  # ONNX/engine path, when the cell ran one
     setup_s: float | None = None  # session open (+ export) time
     latency: dict | None = None  # LatencyStats.to_dict()
+    device_latency: dict | None = None  # GPU backends: engine time alone (CUDA events), LatencyStats.to_dict()
     peak_rss_mb: float | None = None
+    device_memory_mb: float | None = None  # GPU backends: device memory in use after the cell
     fidelity: dict | None = None  # fidelity.fidelity() vs the torch fp32 reference, same inputs
     speedup_vs_official: float | None = None  # throughput ratio vs the official eager fp32 cell, same batch
     achieved_gflops: float | None = None  # nominal model GFLOPs × images/s
@@ -167,6 +169,12 @@ def render_markdown(rep: dict, plots: list[str] | None = None) -> str:
                  f"{_n(c.get('speedup_vs_official'), '{:.2f}×')} | {_n(gfs, '{:.1f}')}{pct} | "
                  f"{_n(v.get('mean_mm'), '{:.3g}')} / {_n(v.get('max_mm'), '{:.3g}')} | {_n(j.get('pa_mean_mm'), '{:.3g}')} | "
                  f"{_n(c.get('peak_rss_mb'), '{:.0f}')} |")
+    dev = [c for c in ok if c.get("device_latency")]
+    if dev:
+        L += ["", "### GPU compute (engine time alone, CUDA events) vs host latency", "",
+              "| cell | device p50 | device p99 | host p50 | device memory (MB) |", "|---|---:|---:|---:|---:|"]
+        L += [f"| {c['id']} | {_n(c['device_latency']['p50_ms'])} | {_n(c['device_latency']['p99_ms'])} | "
+              f"{_n(c['latency']['p50_ms'])} | {_n(c.get('device_memory_mb'), '{:.0f}')} |" for c in dev]
     bad = [c for c in rep["cells"] if c["status"] != "ok"]
     if bad:
         L += ["", "## Skipped and failed cells", "", "| cell | status | reason |", "|---|---|---|"]

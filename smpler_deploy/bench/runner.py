@@ -308,13 +308,18 @@ def _run_group(cfg, g: _Group, inputs, ref_out, bar, model: dict | None = None) 
                 for _ in range(max(cfg.warmup - 1, 0)):
                     sess.infer(x)
                 bar.update(cfg.warmup)
-                times = []
+                times, device = [], []
                 for _ in range(cfg.iters):
                     t0 = time.perf_counter()
                     sess.infer(x)
                     times.append(time.perf_counter() - t0)
+                    if getattr(sess, "last_device_ms", None) is not None:  # GPU sessions time the engine alone
+                        device.append(sess.last_device_ms / 1000)
                     bar.update(1)
                 c.latency = latency_stats(times, c.batch).to_dict()
+                if device:
+                    c.device_latency = latency_stats(device, c.batch).to_dict()
+                    c.device_memory_mb = getattr(sess, "device_memory_mb", None)
                 c.peak_rss_mb = peak_rss_mb()
                 if g.kind == "reference":
                     ref_out[c.batch] = out

@@ -121,3 +121,25 @@ def graph_destroy(graph, graph_exec) -> None:
         call(rt().cudaGraphExecDestroy(graph_exec))
     if graph is not None:
         call(rt().cudaGraphDestroy(graph))
+
+
+def event_create():
+    return call(rt().cudaEventCreate())
+
+
+def event_record(event, stream) -> None:
+    call(rt().cudaEventRecord(event, stream))
+
+
+def event_elapsed_ms(start, end) -> float:
+    return float(call(rt().cudaEventElapsedTime(start, end)))
+
+
+def event_destroy(event) -> None:
+    call(rt().cudaEventDestroy(event))
+
+
+def device_memory_used_mb() -> float:
+    """Device memory in use (all processes), from cudaMemGetInfo."""
+    free, total = call(rt().cudaMemGetInfo())
+    return (int(total) - int(free)) / 2**20

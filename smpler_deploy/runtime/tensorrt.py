@@ -123,6 +123,21 @@ class TrtCudaApi:
     def graph_destroy(self, graph, graph_exec):
         self.cuda.graph_destroy(graph, graph_exec)
 
+    def event_create(self):
+        return self.cuda.event_create()
+
+    def event_record(self, event, stream):
+        self.cuda.event_record(event, stream)
+
+    def event_elapsed_ms(self, start, end) -> float:
+        return self.cuda.event_elapsed_ms(start, end)
+
+    def event_destroy(self, event):
+        self.cuda.event_destroy(event)
+
+    def device_memory_used_mb(self) -> float:
+        return self.cuda.device_memory_used_mb()
+
 
 class TensorRTSession:
     """`Session` over a TensorRT / TensorRT-RTX engine built by `smpler_deploy.engine.builder`."""
@@ -164,6 +179,9 @@ class TensorRTSession:
         self.input = inputs[0]
         self.profile = api.profile(self.engine, self.input.name)
         self.stream = api.stream_create()
+        # Device time of the engine alone (trtexec's "GPU Compute"), apart from host latency and copies.
+        self.events = (api.event_create(), api.event_create())
+        self.last_device_ms: float | None = None
         self.dev: dict[str, tuple[int, int]] = {}  # name -> (device ptr, bytes)
         self.host: dict[str, tuple[int, np.ndarray]] = {}  # name -> (pinned ptr, uint8 view)
         self.policy = GraphPolicy(enabled=cuda_graphs, warmup=warmup)
@@ -238,6 +256,7 @@ class TensorRTSession:
 
         key = (shape, tuple(sorted((n, p) for n, (p, _) in self.dev.items())))
         decision = self.policy.decide(key)
+        api.event_record(self.events[0], self.stream)
         if decision.release_graph:
             self._drop_graph()
         if decision.action == "replay":
@@ -247,15 +266,21 @@ class TensorRTSession:
         else:
             self._enqueue()
             self.policy.ran(key)
+        api.event_record(self.events[1], self.stream)
 
         for o in self.outputs:
             api.memcpy_dtoh(self.host[o.name][0], self.dev[o.name][0], needed[o.name], self.stream)
         api.synchronize(self.stream)
+        self.last_device_ms = api.event_elapsed_ms(*self.events)
         outs = {
             o.name: self.host[o.name][1][: needed[o.name]].view(o.dtype).reshape(out_shapes[o.name]).astype(np.float32)
             for o in self.outputs
         }  # astype copies: the pinned buffers are reused by the next call
         return SMPLOutput(*(outs[n] for n in OUTPUT_NAMES))
+
+    @property
+    def device_memory_mb(self) -> float:
+        return self.api.device_memory_used_mb()
 
     def close(self) -> None:
         if self.closed:
@@ -266,6 +291,8 @@ class TensorRTSession:
         for name in list(self.dev):
             api.free(self.dev.pop(name)[0])
             api.host_free(self.host.pop(name)[0])
+        for ev in self.events:
+            api.event_destroy(ev)
         api.stream_destroy(self.stream)
         api.release(self.ctx, self.engine)
         self.ctx = self.engine = None
