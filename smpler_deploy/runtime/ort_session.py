@@ -80,7 +80,10 @@ class OnnxRuntimeSession:
         check_graph_io(path, self.sess.get_inputs(), self.sess.get_outputs())
         self.path = path
         self.provider = provider
-        self.precision = traits["meta"].get("precision", "fp32")
+        meta = traits["meta"]
+        self.precision = meta.get("precision", "fp32")
+        if self.precision == "int8" and meta.get("int8_target") == "cpu":
+            self.precision = "int8-cpu"  # ONNX Runtime's layout; "int8" is TensorRT's
         self.info = traits["meta"]
         self.io_binding = provider != "cpu" if io_binding is None else io_binding
 
