@@ -13,6 +13,7 @@ fidelity report of the untrained model shows the attention path does not hold at
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -47,6 +48,14 @@ def load_calibration_dir(path, limit: int = 512) -> np.ndarray:
 
 def backbone_convs(model) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type == "Conv" and "/backbone/" in n.name]
+
+
+class _DropPreprocessHint(logging.Filter):
+    """ORT's quantizer logs 'Please consider pre-processing before quantization' at WARNING on every call; our
+    graphs come straight from the exporter with shapes inferred, so the hint is noise for our users."""
+
+    def filter(self, record):
+        return "pre-processing before quantization" not in record.getMessage()
 
 
 class _Reader:
@@ -104,22 +113,27 @@ def quantize(fp32_path, out_path, images: np.ndarray, *, target: str = "trt", me
     else:
         extra = {"WeightSymmetric": True}
         act = QuantType.QUInt8
-    with atomic_path(out_path, suffix=".onnx") as tmp:
-        extra["CalibTensorRangeSymmetric"] = target == "trt"
-        quantize_static(str(fp32_path), str(tmp), _Reader(images, progress), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=["Conv"], nodes_to_quantize=nodes, per_channel=True,
-                        activation_type=act, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                        extra_options=extra)
-        model = onnx.load(str(tmp))
-        if target == "trt":
-            check_trt_compatible(model)
-        qnodes = quantized_nodes(model)
-        from .onnx_export import set_metadata
+    hint_filter = _DropPreprocessHint()
+    logging.getLogger().addFilter(hint_filter)
+    try:
+        with atomic_path(out_path, suffix=".onnx") as tmp:
+            extra["CalibTensorRangeSymmetric"] = target == "trt"
+            quantize_static(str(fp32_path), str(tmp), _Reader(images, progress), quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=["Conv"], nodes_to_quantize=nodes, per_channel=True,
+                            activation_type=act, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                            extra_options=extra)
+            model = onnx.load(str(tmp))
+            if target == "trt":
+                check_trt_compatible(model)
+            qnodes = quantized_nodes(model)
+            from .onnx_export import set_metadata
 
-        info = dict(meta or {})
-        info.update(precision="int8", int8_target=target, calibration_images=str(len(images)),
-                    calibration_method="minmax", quantized_node_count=str(len(qnodes)),
-                    quantized_nodes=json.dumps(qnodes))
-        set_metadata(model, info)
-        onnx.save(model, str(tmp))
+            info = dict(meta or {})
+            info.update(precision="int8", int8_target=target, calibration_images=str(len(images)),
+                        calibration_method="minmax", quantized_node_count=str(len(qnodes)),
+                        quantized_nodes=json.dumps(qnodes))
+            set_metadata(model, info)
+            onnx.save(model, str(tmp))
+    finally:
+        logging.getLogger().removeFilter(hint_filter)
     return {"quantized_nodes": qnodes, "seconds": time.perf_counter() - t0, "target": target}

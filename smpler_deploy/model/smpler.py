@@ -70,6 +70,7 @@ class SMPLer(nn.Module):
         self.ops = TORCH_OPS
         self.attention = "torch"
         self.official_style = False
+        self.full_mesh_stages = False  # mesh at every stage but folded attention: isolates joints-only's saving
         self.compute_dtype = torch.float32
         self.info = {"variant": variant, "untrained": True, "standin_body": True, "checkpoint": None,
                      "checkpoint_sha256": None}
@@ -134,7 +135,8 @@ class SMPLer(nn.Module):
         rot, betas, cam = self.SMPL_predictor(g)
         handler = self.smpl_handler
         full = self.official_style
-        j2d = handler(rot, betas, cam)[3] if full else handler.joints2d(rot, betas, cam)
+        mesh = full or self.full_mesh_stages
+        j2d = handler(rot, betas, cam)[3] if mesh else handler.joints2d(rot, betas, cam)
         b = images.shape[0]
         q = torch.cat([
             self.init_query_layer_theta(rot.reshape(b, NUM_JOINTS, 9)),
@@ -148,7 +150,7 @@ class SMPLer(nn.Module):
             cam = cam + d_cam
             rot = torch.matmul(rot, d_rot)
             if i < last:
-                j2d = handler(rot, betas, cam)[3] if full else handler.joints2d(rot, betas, cam)
+                j2d = handler(rot, betas, cam)[3] if mesh else handler.joints2d(rot, betas, cam)
         verts, joints, smpl_joints, smpl_j2d = handler(rot, betas, cam)
         return SMPLOutput(verts, joints, smpl_joints, smpl_j2d, rot, betas, cam)
 
