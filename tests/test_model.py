@@ -4,7 +4,6 @@ refinement, pre-processing, and the bad inputs of the foundation issue."""
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 
 import numpy as np
