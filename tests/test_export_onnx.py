@@ -163,13 +163,13 @@ def test_int8_metadata_lists_only_backbone_convs(fixture, request):
 
 # ---------------------------------------------------------------- fidelity (batch 4, vs PyTorch fp32)
 
-# (mean, max) vertex mm. Measured here: fp32 0.00048 / 0.0023; fp16 0.96 / 5.3 (earlier run 1.35 / 4.2);
-# int8 trt 9.9 / 41.9; int8 cpu 9.0 / 50.0 (earlier runs quoted max ~90-100 mm; the threshold keeps ~2x of ours).
+# (mean, max) vertex mm, ~2x what was measured on the default model (residual gain 0.2): fp32 0.00008 / 0.0004
+# (the limit is the 0.01 mm target); fp16 0.12 / 0.84; int8 trt 5.2 / 25.6; int8 cpu 5.3 / 24.6.
 THRESHOLDS = {
     "onnx_fp32": (0.005, 0.01),
-    "onnx_fp16": (3.0, 11.0),
-    "onnx_int8_trt": (20.0, 100.0),
-    "onnx_int8_cpu": (20.0, 100.0),
+    "onnx_fp16": (0.3, 2.0),
+    "onnx_int8_trt": (11.0, 50.0),
+    "onnx_int8_cpu": (11.0, 50.0),
 }
 
 
