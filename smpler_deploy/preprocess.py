@@ -116,12 +116,6 @@ def crop_person(image, bbox=None, margin: float = BOX_MARGIN):
     return normalize(crop(img, t)), t
 
 
-def prepare_batch(images, bboxes=None) -> tuple[np.ndarray, list[CropTransform]]:
-    bboxes = bboxes if bboxes is not None else [None] * len(images)
-    pairs = [crop_person(im, bb) for im, bb in zip(images, bboxes)]
-    return np.stack([p[0] for p in pairs]), [p[1] for p in pairs]
-
-
 def sample_images() -> list[tuple[str, np.ndarray]]:
     """Public-domain sample photos shipped inside scikit-image (no download): calibration and benchmark inputs."""
     from skimage import data

@@ -122,11 +122,6 @@ def gemm_rates(threads: int | None = None, n: int = 2048, seconds: float = 0.6) 
     return rates
 
 
-def gemm_peak_gflops(threads: int | None = None, n: int = 2048, seconds: float = 0.6) -> float:
-    """The practical fp32 ceiling: the best GEMM rate any installed library reaches (not a vendor peak)."""
-    return max(gemm_rates(threads, n, seconds).values())
-
-
 def machine_info(threads: int | None = None, measure_gemm: bool = True) -> dict:
     """The `machine` block of report.json."""
     return {

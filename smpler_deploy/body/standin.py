@@ -91,10 +91,6 @@ def _sdf_grad(p: np.ndarray, prims, k: float = 0.012):
     return m - k * np.log(es), np.einsum("nv,nvc->vc", e / es, g)
 
 
-def _sdf(p, prims):
-    return _sdf_grad(p, prims)[0]
-
-
 def _project(p, prims, steps=2):
     for _ in range(steps):
         f, g = _sdf_grad(p, prims)

@@ -62,17 +62,6 @@ def _has_builder(mod) -> bool:
     return hasattr(mod, "Builder") and hasattr(mod, "OnnxParser")
 
 
-def available_flavours() -> list[str]:
-    out = []
-    for flavour in FLAVOURS:
-        try:
-            import_trt(flavour)
-        except SmplerError:
-            continue
-        out.append(flavour)
-    return out
-
-
 def import_trt(flavour: str | None = None):
     """Return (trt_module, flavour). `flavour=None` picks whichever is installed, TensorRT first."""
     if flavour is None:
