@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--builder-optimization-level", type=int)
     p.add_argument("--mem-pool-size", help="e.g. workspace:2G")
     p.add_argument("--version-compatible", action="store_true")
-    p.add_argument("--hardware-compatibility-level", choices=["none", "ampere+", "same_compute_capability"])
+    p.add_argument("--hardware-compatibility-level", help="none | ampere_plus (ampere+) | same_compute_capability")
     p.add_argument("--no-fidelity", action="store_true", help="skip the ONNX Runtime fidelity check")
     p.add_argument("--force", action="store_true", help="overwrite existing output")
     p.add_argument("-o", "--output", required=True, help="output file (.onnx or .engine)")

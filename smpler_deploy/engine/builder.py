@@ -254,10 +254,10 @@ def build_engine(
     batch = parse_batch(batch)
     pools = parse_mem_pool_size(mem_pool_size)
     if builder_optimization_level is not None and not 0 <= int(builder_optimization_level) <= 5:
-        raise SmplerError(f"--builderOptimizationLevel {builder_optimization_level}: expected 0..5")
-    hcl = (hardware_compatibility_level or "none").lower().replace("-", "_")
+        raise SmplerError(f"--builder-optimization-level {builder_optimization_level}: expected 0..5")
+    hcl = (hardware_compatibility_level or "none").lower().replace("-", "_").replace("+", "_plus")
     if hcl not in HW_COMPAT:
-        raise SmplerError(f"--hardwareCompatibilityLevel {hardware_compatibility_level}: expected {', '.join(HW_COMPAT)}")
+        raise SmplerError(f"--hardware-compatibility-level {hardware_compatibility_level}: expected {', '.join(HW_COMPAT)}")
 
     trt, flavour = import_trt(flavour)
     title = f"{FLAVOUR_TITLES[flavour]} {trt.__version__}"
@@ -268,7 +268,7 @@ def build_engine(
     else:
         sms = [s] if (s := _local_sm()) else []
     if hcl != "none" and not hasattr(trt.HardwareCompatibilityLevel, hcl.upper()):
-        raise SmplerError(f"--hardwareCompatibilityLevel {hcl}: not available in {title}")
+        raise SmplerError(f"--hardware-compatibility-level {hcl}: not available in {title}")
 
     facts = onnx_facts(onnx_path)
     shapes = profile_shapes(facts["shape"], batch, facts["input"])
