@@ -136,6 +136,15 @@ def test_multi_sm_and_options(graphs, tmp_path):
     check_manifest(m, engine, trt.__version__, 120)
 
 
+def test_hardware_compatibility_level_spellings(graphs, tmp_path):
+    m = build_engine(graphs / "fp32.onnx", tmp_path / "hc.engine", sms=[86], hardware_compatibility_level="ampere+",
+                     log=_quiet)
+    assert m["target"]["hardware_compatibility_level"] == "ampere_plus"
+    with pytest.raises(SmplerError, match="--hardware-compatibility-level turing: expected none, ampere_plus"):
+        build_engine(graphs / "fp32.onnx", tmp_path / "hc2.engine", hardware_compatibility_level="turing", log=_quiet)
+    assert not (tmp_path / "hc2.engine").exists()
+
+
 def test_timing_cache_round_trip(graphs, tmp_path):
     cache = tmp_path / "timing.cache"
     m1 = build_engine(graphs / "fp32.onnx", tmp_path / "a.engine", timing_cache=cache, log=_quiet)
