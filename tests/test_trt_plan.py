@@ -123,3 +123,30 @@ def test_layers_dump_parsing():
     no_int8 = summarize([recs[2]])
     assert "no convolution/GEMM runs in int8" in precision_warning(no_int8, "int8")
     assert "not available" in format_layer_summary(summarize(parse_layers(None)))
+
+
+def test_layer_records_from_inspector_json():
+    """Full TensorRT (on a GPU) reports layers through IEngineInspector's JSON instead of the builder log."""
+    import json
+
+    from smpler_deploy.engine.layer_summary import parse_inspector_json, summarize
+
+    sample = {"Layers": [
+        {"Name": "/backbone/conv1/Conv", "LayerType": "CaskConvolution",
+         "Inputs": [{"Name": "images", "Format/Datatype": "Channel major INT8 format where channel % 32 == 0"}],
+         "Outputs": [{"Name": "t0", "Format/Datatype": "Channel major FP16 format where channel % 8 == 0"}],
+         "Weights": {"Type": "Int8", "Count": 1728}, "Metadata": "[ONNX Layer: /backbone/conv1/Conv]",
+         "TacticName": "sm80_xmma_fprop"},
+        {"Name": "gemm_1", "LayerType": "CaskGemmMatrixMultiply",
+         "Inputs": [{"Name": "a", "Format/Datatype": "Row major linear FP16 format"}],
+         "Outputs": [{"Name": "b", "Format/Datatype": "Row major linear FP16 format"}]},
+        {"Name": "plugin_1", "LayerType": "PluginV3",
+         "Inputs": [{"Name": "c", "Format/Datatype": "Row major linear FP32"}], "Outputs": []},
+        "a layer listed by name only",
+    ]}
+    recs = parse_inspector_json(json.dumps(sample))
+    assert [(r.kind, r.precision) for r in recs] == [("conv", "int8"), ("gemm", "fp16"), ("plugin", "fp32")]
+    assert recs[0].onnx_layers == ["/backbone/conv1/Conv"]
+    s = summarize(recs)
+    assert s["int8_compute"] == 1 and s["by_precision"] == {"int8": 1, "fp16": 1, "fp32": 1}
+    assert parse_inspector_json("not json") == []

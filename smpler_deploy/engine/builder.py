@@ -226,6 +226,17 @@ def _local_sm() -> int | None:
 # ---------------------------------------------------------------- build
 
 
+def _inspect_engine(trt, plan: bytes) -> list:
+    """Per-layer records through IEngineInspector (needs the GPU that `tensorrt` builds on); [] if unavailable."""
+    try:
+        runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
+        engine = runtime.deserialize_cuda_engine(plan)
+        text = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
+    except Exception:  # noqa: BLE001 - the summary is informative; the engine itself is fine
+        return []
+    return layer_summary.parse_inspector_json(text)
+
+
 def build_engine(
     onnx_path,
     engine_path,
@@ -326,6 +337,8 @@ def build_engine(
         dump = layer_summary.find_layers_dump(m for _, m in cap.messages)
 
     records = layer_summary.parse_layers(dump)
+    if not records and flavour == "tensorrt":  # full TensorRT logs no `Layers:` dump; it has a GPU to inspect with
+        records = _inspect_engine(trt, plan)
     summary = layer_summary.summarize(records)
     io_tensors = {
         "inputs": [{"name": t.name, "shape": _dims(t.shape), "dtype": _dtype_name(t.dtype)}

@@ -28,8 +28,11 @@ DTYPE_NAMES = {
 }
 # Precisions a layer "runs in"; anything else (int32 index math, bool masks) counts as "other".
 PRECISIONS = ("int8", "fp8", "fp16", "bf16", "fp32")
-# LayerType -> what a user calls it.
-KIND_NAMES = {"correlation": "conv", "custom_layer": "plugin", "_gemm_mha_v2": "mha"}
+# LayerType -> what a user calls it (TensorRT-RTX dump names, then TensorRT inspector names).
+KIND_NAMES = {"correlation": "conv", "custom_layer": "plugin", "_gemm_mha_v2": "mha",
+              "CaskConvolution": "conv", "CaskGemmConvolution": "conv", "CaskFlattenConvolution": "conv",
+              "CaskDeconvolution": "conv", "CaskGemmMatrixMultiply": "gemm", "CaskMatrixMultiply": "gemm",
+              "MatrixMultiply": "gemm", "PluginV3": "plugin", "PluginV2": "plugin", "Myelin": "kgen"}
 
 _LINE = re.compile(
     r"Name: (?P<name>.*?), LayerType: (?P<type>[\w.]+), Inputs: \[(?P<inputs>.*?)\], "
@@ -116,6 +119,43 @@ def summarize(records: list[LayerRecord]) -> dict:
         "by_kind": {k: dict(v) for k, v in sorted(by_kind.items())},
         "int8_compute": sum(1 for r in records if r.precision == "int8" and r.kind in ("conv", "gemm", "mha")),
     }
+
+
+# Inspector "Format/Datatype" strings, e.g. "Row major linear FP32", "Channel major FP16 format where channel % 8
+# == 0", "Channel major INT8 format where channel % 32 == 0"; "Weights": {"Type": "Half", ...}.
+_INSPECTOR_DTYPES = (("INT8", "int8"), ("FP8", "fp8"), ("BF16", "bf16"), ("FP16", "fp16"), ("Half", "fp16"),
+                     ("FP32", "fp32"), ("Float", "fp32"), ("INT32", "int32"), ("Int32", "int32"), ("INT64", "int64"),
+                     ("Int8", "int8"), ("Bool", "bool"))
+
+
+def _inspector_dtype(text: str) -> str:
+    return next((ours for token, ours in _INSPECTOR_DTYPES if token in str(text)), "other")
+
+
+def parse_inspector_json(text: str) -> list[LayerRecord]:
+    """Records from `IEngineInspector.get_engine_information(LayerInformationFormat.JSON)` of a DETAILED build
+    (full TensorRT on a GPU, whose builder log has no `Layers:` dump)."""
+    import json
+
+    try:
+        layers = json.loads(text).get("Layers", [])
+    except (ValueError, AttributeError):
+        return []
+    records = []
+    for layer in layers:
+        if not isinstance(layer, dict):  # LAYER_NAMES_ONLY builds list plain names
+            continue
+        weights = [layer[k]["Type"] for k in ("Weights",) if isinstance(layer.get(k), dict) and "Type" in layer[k]]
+        records.append(LayerRecord(
+            name=str(layer.get("Name", "")),
+            type=str(layer.get("LayerType", "")),
+            inputs=[_inspector_dtype(t.get("Format/Datatype", "")) for t in layer.get("Inputs", [])],
+            constants=[_inspector_dtype(w) for w in weights],
+            outputs=[_inspector_dtype(t.get("Format/Datatype", "")) for t in layer.get("Outputs", [])],
+            onnx_layers=_ONNX.findall(str(layer.get("Metadata", ""))),
+            tactic=str(layer.get("TacticName", "")),
+        ))
+    return records
 
 
 def records_to_json(records: list[LayerRecord]) -> list[dict]:
