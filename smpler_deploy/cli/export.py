@@ -104,7 +104,7 @@ def main(argv=None) -> int:
             print(f"  fidelity written to {fpath}")
     if a.format == "engine":
         from ..engine.builder import build_engine
-        from ..engine.layer_summary import format_layer_summary
+        from ..engine.layer_summary import format_layer_summary, precision_warning
 
         sms = [int(s) for s in a.sm] if a.sm else None
         man = build_engine(onnx_path, out, flavour=a.trt, sms=sms, batch=batch, timing_cache=a.timing_cache,
@@ -116,5 +116,8 @@ def main(argv=None) -> int:
               f"target {'SM' + ', SM'.join(map(str, tgt)) if tgt else 'local GPU'}, "
               f"build {man['build']['seconds']:.1f} s) and {out.name}.json")
         print(format_layer_summary(man["layers"]))
+        warning = precision_warning(man["layers"], man.get("precision"))
+        if warning:
+            print(warning)
     say(f"done in {time.perf_counter() - t0:.1f} s")
     return 0

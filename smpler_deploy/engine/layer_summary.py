@@ -165,7 +165,7 @@ def records_to_json(records: list[LayerRecord]) -> list[dict]:
 def format_layer_summary(summary: dict) -> str:
     """A small table: one row per layer kind, one column per precision seen."""
     if not summary.get("available"):
-        return "layer summary: not available (no `Layers:` dump from this TensorRT build)"
+        return "layer summary: not available (no `Layers:` dump and no engine inspector for this build)"
     cols = [p for p in PRECISIONS + ("other", "none") if summary["by_precision"].get(p)]
     rows = [["kind", *cols, "total"]]
     for kind, counts in summary["by_kind"].items():
