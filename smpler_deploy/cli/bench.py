@@ -13,11 +13,13 @@ import sys
 from pathlib import Path
 
 from ..errors import SmplerError
+from .. import __version__
 from .common import cli_main
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="smpler-bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     ap.add_argument("--backends", default="torch,onnxruntime", help="comma list of torch,onnxruntime,tensorrt")
     ap.add_argument("--precisions", default="fp32", help="comma list of fp32,fp16,int8 (TensorRT layout),int8-cpu (ONNX Runtime layout)")
     ap.add_argument("--batch", default="1", help="comma list of batch sizes, e.g. 1,8")

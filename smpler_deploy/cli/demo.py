@@ -11,11 +11,13 @@ import sys
 from pathlib import Path
 
 from ..errors import SmplerError
+from .. import __version__
 from .common import cli_main
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="smpler-demo", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     ap.add_argument("image", help="input image (PNG/JPEG)")
     ap.add_argument("--bbox", default=None, help="person box x,y,w,h in pixels (default: the whole image)")
     ap.add_argument("--backend", default="torch", help="torch, onnxruntime or tensorrt")

@@ -9,11 +9,13 @@ from pathlib import Path
 
 from ..errors import SmplerError
 from ..fileio import check_output_path
+from .. import __version__
 from .common import cli_main
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smpler-export", description=__doc__)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--variant", default="smpler", choices=["smpler", "smpler-l"])
     p.add_argument("--checkpoint", help="official SMPLer .pt (default: the untrained out-of-the-box model)")
     p.add_argument("--smpl-model", help="SMPL .pkl/.npz (default: the checkpoint's arrays, else the stand-in)")
