@@ -22,12 +22,17 @@ MESH_RGB = np.array([140, 180, 235], np.float64)  # light blue
 LIGHT = np.array([0.3, -0.4, -1.0]) / np.linalg.norm([0.3, -0.4, -1.0])  # towards the camera, from above-right
 
 
+def to_pixels(xy_norm, transform=None) -> np.ndarray:
+    """Normalized crop coords -> image pixels through the inverse crop transform (crop pixels without one)."""
+    px = norm_to_crop_px(np.asarray(xy_norm, np.float64).reshape(-1, 2))
+    return transform.crop_to_image(px) if transform is not None else px
+
+
 def project(points, cam, transform=None) -> np.ndarray:
     """[N,3] metres + cam (s, tx, ty) -> [N,2] image pixels (crop pixels when transform is None)."""
     p = np.asarray(points, np.float64)
     s, tx, ty = (float(v) for v in np.asarray(cam, np.float64).reshape(3))
-    px = norm_to_crop_px(s * (p[:, :2] + [tx, ty]))
-    return transform.crop_to_image(px) if transform is not None else px
+    return to_pixels(s * (p[:, :2] + [tx, ty]), transform)
 
 
 def face_shading(vertices, faces, ambient: float = 0.35) -> np.ndarray:
@@ -81,8 +86,7 @@ def render_overlay(image, vertices, faces, cam, transform=None, joints2d=None, l
     layer.putalpha(a)
     out = Image.alpha_composite(base.convert("RGBA"), layer).convert("RGB")
     if joints2d is not None:
-        j = norm_to_crop_px(np.asarray(joints2d, np.float64).reshape(-1, 2))
-        j = transform.crop_to_image(j) if transform is not None else j
+        j = to_pixels(joints2d, transform)
         d = ImageDraw.Draw(out)
         r = max(2, round(min(h, w) / 150))
         if len(j) == len(SMPL_PARENTS):

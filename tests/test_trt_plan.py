@@ -150,3 +150,14 @@ def test_layer_records_from_inspector_json():
     s = summarize(recs)
     assert s["int8_compute"] == 1 and s["by_precision"] == {"int8": 1, "fp16": 1, "fp32": 1}
     assert parse_inspector_json("not json") == []
+
+
+def test_engine_and_runtime_modules_import_without_torch_or_triton():
+    """The TensorRT side (builder, plugins' creators, runtime) must load where only TensorRT is installed."""
+    import subprocess
+    import sys
+
+    code = ("import sys, smpler_deploy.engine.builder, smpler_deploy.plugins.trt_plugins, "
+            "smpler_deploy.runtime.tensorrt; print('torch' in sys.modules, 'triton' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SmplerError
+from ..fileio import atomic_path
 from .. import metrics as M
 
 PROTOCOLS = {"h36m": ("MPJPE", "PA-MPJPE"), "3dpw": ("MPVE", "MPJPE", "PA-MPJPE")}
@@ -193,7 +194,8 @@ def convert_spin_npz(src, dst, dataset: str) -> Path:
         out["pose"], out["betas"] = z["pose"].astype(np.float32), z["shape"].astype(np.float32)
     if "gender" in z.files:
         out["gender"] = z["gender"].astype(str)
-    np.savez(dst, **out)
+    with atomic_path(dst) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+        np.savez(f, **out)
     return Path(dst)
 
 

@@ -23,7 +23,8 @@ from ..outputs import INPUT_NAME
 from . import layer_summary
 from .manifest import FLAVOUR_TITLES, SCHEMA, layers_path, manifest_path
 from ..outputs import parse_batch  # noqa: F401  (re-exported)
-from .plugin_glue import plugin_nodes, register_smpler_plugins
+from ..plugins.graph import plugin_summary
+from .plugin_glue import register_smpler_plugins
 from .trt_import import import_trt
 
 DEFAULT_SMS = (89,)
@@ -118,7 +119,7 @@ def onnx_facts(onnx_path: str | os.PathLike) -> dict:
         "input": inputs[0].name,
         "shape": dims,
         "metadata": meta,
-        "plugins": plugin_nodes(model),
+        "plugins": plugin_summary(model),
         "sha256": sha256_file(onnx_path),
         "external_data": {loc: sha256_file(base / loc) for loc in ext if (base / loc).exists()},
     }

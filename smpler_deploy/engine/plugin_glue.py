@@ -1,4 +1,4 @@
-"""Find SMPLer plugin nodes in an ONNX graph and register their TensorRT creators (build and runtime side).
+"""Register SMPLer's TensorRT plugin creators (build and runtime side); finding the nodes is plugins/graph.py.
 
 Plugins must be registered before parsing a graph with plugin nodes and again before deserializing an engine
 that contains them (Python IPluginV3 creators live only in the process that registered them).
@@ -8,9 +8,6 @@ from __future__ import annotations
 
 from ..errors import SmplerError
 from .trt_import import ensure_rtx_soname, rtx_soname_fix_command
-
-from ..plugins.graph import DOMAIN as PLUGIN_DOMAIN  # noqa: F401
-from ..plugins.graph import plugin_summary as plugin_nodes  # noqa: F401  (unique plugins with counts)
 
 
 def register_smpler_plugins(trt, flavour: str, what: str, needed: list[dict] = ()) -> list[str]:
@@ -23,7 +20,7 @@ def register_smpler_plugins(trt, flavour: str, what: str, needed: list[dict] = (
         )
     try:
         from ..plugins.trt_plugins import register_plugins
-    except ModuleNotFoundError as e:
+    except ModuleNotFoundError as e:  # a trimmed install without the plugin module
         if e.name and e.name.startswith("smpler_deploy.plugins"):
             raise SmplerError(f"{what}: needs the smpler TensorRT plugins, which this install lacks; use --no-plugins")
         raise

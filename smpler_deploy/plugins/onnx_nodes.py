@@ -14,8 +14,6 @@ inference, so the symbolic functions type their outputs (same type and shape as 
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import torch
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import SmplerError
 from . import aot
-from .onnx_nodes import GLOBAL_OP, LOCAL_OP, PLUGIN_NAMESPACE, PLUGIN_VERSION
+from .graph import GLOBAL_OP, LOCAL_OP, PLUGIN_NAMESPACE, PLUGIN_VERSION  # torch-free: the runtime needs no torch
 
 KERNEL_ABI = 1  # equals kernels.KERNEL_ABI; not imported from there so the runtime needs no Triton
 
