@@ -171,3 +171,16 @@ def test_bad_images_and_boxes(tmp_path):
         crop_person(np.zeros((480, 640, 3), np.uint8), (10, 10, 0, 50))
     with pytest.raises(SmplerError, match=r"expected an RGB array \[H,W,3\]"):
         load_image(np.zeros((4, 4, 2)))
+
+
+def test_h36m_regressor_option_applies_without_smpl_model(tmp_path):
+    """--h36m-regressor is honoured for the default model and checkpoints too (it used to need --smpl-model)."""
+    reg = np.zeros((17, 6890), np.float32)
+    reg[np.arange(17), np.arange(17) * 100] = 1.0  # each joint = one vertex
+    np.save(tmp_path / "reg.npy", reg)
+    m = load_model("smpler", h36m_regressor=tmp_path / "reg.npy")
+    assert np.array_equal(m.smpl_handler.J_regressor_h36m_correct.numpy(), reg)
+    with torch.no_grad():
+        out = m(torch.from_numpy(calibration_batch(1)))
+    # joints[0] is H36M joint 3 (official J17->J14 order) = vertex 300
+    assert torch.allclose(out.joints[0, 0], out.vertices[0, 300])

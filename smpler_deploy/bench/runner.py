@@ -236,15 +236,9 @@ def run_benchmark(cfg: BenchConfig) -> Report:
 
     groups = plan(cfg)
     inputs, desc = bench_inputs(max(cfg.batches), cfg.seed)
-    try:
-        try:
-            from ..model.defaults import default_model_info
-        except ImportError:
-            from ..model.checkpoint import default_model_info
+    from ..model.checkpoint import default_model_info
 
-        info = dict(default_model_info(cfg.variant))
-    except Exception as e:  # noqa: BLE001 - the report still runs, and says it could not tell
-        info = {"note": f"default_model_info unavailable ({_one_line(e)})"}
+    info = dict(default_model_info(cfg.variant))  # the reference cell replaces it with what was really loaded
     model = {"variant": cfg.variant, "untrained": bool(info.get("untrained", True)),
              "standin_body": bool(info.get("standin_body", True)), "gflops_per_image": MODEL_GFLOPS[cfg.variant],
              "info": info}

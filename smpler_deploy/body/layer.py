@@ -59,10 +59,16 @@ class SMPLHandler(nn.Module):
             s.posedirs.copy_(torch.from_numpy(np.asarray(data.posedirs, np.float32)))
             s.parents.copy_(torch.from_numpy(np.asarray(data.parents, np.int64)))
             s.lbs_weights.copy_(torch.from_numpy(np.asarray(data.lbs_weights, np.float32)))
-            if data.J_regressor_h36m is not None:
-                self.J_regressor_h36m_correct.copy_(torch.from_numpy(np.asarray(data.J_regressor_h36m[:17], np.float32)))
         self.body_standin = bool(data.standin)
         self.body_source = data.source
+        if data.J_regressor_h36m is not None:  # otherwise the current regressor (e.g. the checkpoint's) stays
+            self.set_h36m_regressor(data.J_regressor_h36m)
+        self.refresh()
+
+    def set_h36m_regressor(self, regressor) -> None:
+        """The 17-joint regressor behind `joints` (H36M's, or 3DPW's for that protocol); first 17 rows used."""
+        with torch.no_grad():
+            self.J_regressor_h36m_correct.copy_(torch.from_numpy(np.asarray(regressor[:17], np.float32)))
         self.refresh()
 
     @torch.no_grad()

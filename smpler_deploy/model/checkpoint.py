@@ -157,46 +157,36 @@ def _default_state(variant: str, seed: int) -> dict:
 def build_model(variant: str, checkpoint=None, smpl_model=None, h36m_regressor=None) -> SMPLer:
     if variant not in VARIANTS:
         raise SmplerError(f"--variant {variant}: expected one of {', '.join(VARIANTS)}")
+    from ..body.loaders import load_body_model, load_h36m_regressor
+
     model = SMPLer(variant)
-    body = None
-    if smpl_model is not None:
-        from ..body.loaders import load_body_model
-
-        body = load_body_model(smpl_model)
-        if h36m_regressor is not None:
-            from dataclasses import replace
-
-            from ..body.loaders import load_h36m_regressor
-
-            body = replace(body, J_regressor_h36m=load_h36m_regressor(h36m_regressor))
+    handler = model.smpl_handler
+    body = load_body_model(smpl_model) if smpl_model is not None else None
+    h36m = load_h36m_regressor(h36m_regressor) if h36m_regressor is not None else None
     if checkpoint is not None:
         if body is not None:
-            model.smpl_handler.set_body_model(body)  # provides the arrays a stripped checkpoint lacks
+            handler.set_body_model(body)  # provides the arrays a stripped checkpoint lacks
         load_checkpoint_into(model, checkpoint, fill_body=body is not None)
         if body is not None:  # an explicit --smpl-model wins over the checkpoint's arrays
-            if body.J_regressor_h36m is None:
-                from dataclasses import replace
-
-                body = replace(body, J_regressor_h36m=model.smpl_handler.J_regressor_h36m_correct.numpy().copy())
-            model.smpl_handler.set_body_model(body)
+            handler.set_body_model(body)
         else:
-            model.smpl_handler.body_standin = False
-            model.smpl_handler.body_source = f"checkpoint {Path(checkpoint).name}"
+            handler.body_standin, handler.body_source = False, f"checkpoint {Path(checkpoint).name}"
         from ..fileio import sha256_file
 
         model.info.update(untrained=False, checkpoint=str(checkpoint), checkpoint_sha256=sha256_file(checkpoint))
     else:
         model.load_state_dict(_default_state(variant, DEFAULT_SEED), strict=True)
         if body is not None:
-            if body.J_regressor_h36m is None:
+            if body.J_regressor_h36m is None and h36m is None:
                 raise SmplerError(f"--smpl-model {smpl_model}: has no H36M joint regressor; pass "
                                   "--h36m-regressor J_regressor_h36m_correct.npy (from the SMPLer meta data)")
-            model.smpl_handler.set_body_model(body)
+            handler.set_body_model(body)
         else:
-            model.smpl_handler.body_standin = True
-            model.smpl_handler.body_source = "stand-in (generated)"
-    model.info["standin_body"] = model.smpl_handler.body_standin
-    model.info["body_model"] = model.smpl_handler.body_source
+            handler.body_standin, handler.body_source = True, "stand-in (generated)"
+    if h36m is not None:  # applies to every source: e.g. the 3DPW regressor with an H36M checkpoint
+        handler.set_h36m_regressor(h36m)
+    model.info["standin_body"] = handler.body_standin
+    model.info["body_model"] = handler.body_source
     return model
 
 
