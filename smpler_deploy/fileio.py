@@ -1,44 +1,368 @@
-"""Atomic file output and hashing, shared by every writer (ONNX, engines, manifests, reports)."""
+"""The one output writer every command uses (ONNX, engines + manifests, reports, demo images and meshes, kernels).
+
+- `check_output_path` / `check_output_dir`: the destination is checked before any work (parent exists and is a
+  writable directory, the target is not a directory, an existing file needs --force).
+- `outputs(...)`: claims the destinations for the whole command with an exclusive lock file `.NAME.lock` (flock,
+  holding the pid), so two concurrent writers of one name cannot both succeed: the second gets
+  "another process is writing NAME" before it starts. The kernel drops a killed run's lock; its left-over lock
+  file, temp files and backups are reclaimed by the next writer. Everything written inside the block is one
+  transaction: on an error or Ctrl-C every file it wrote is removed (or, under --force, the previous file put
+  back), so multi-file outputs (ONNX + fidelity, engine + manifest + layers, PNG + OBJ + PLY) are kept together
+  or not at all.
+- `atomic_path` / `write_bytes_atomic` / `write_text_atomic`: each file is written to an exclusive temp file beside
+  it and renamed into place only when complete; without --force the final name is taken with link(2), which
+  refuses to replace a file that appeared meanwhile.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import os
+import re
 import tempfile
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from .errors import SmplerError
 
+_local = threading.local()  # .txs: this thread's open transactions (innermost last)
+_mutex = threading.Lock()
+_claims: dict[str, "_Claim"] = {}  # destination key -> claim held by some thread of this process
+
+
+# ---------------------------------------------------------------- checks (no side effects)
+
 
 def check_output_path(path: str | os.PathLike, force: bool = False, flag: str = "-o") -> Path:
-    """Validate an output path before any work: the directory must exist, and an existing file needs --force."""
+    """Validate an output file path before any work; one-line SmplerError naming `flag` and the path."""
     p = Path(path)
-    if not p.parent.exists() and str(p.parent) not in ("", "."):
-        raise SmplerError(f"{flag} {p}: directory {p.parent} does not exist")
-    if p.exists() and not force:
+    parent = p.parent
+    if p.is_dir():
+        raise SmplerError(f"{flag} {p}: is a directory; expected a file name")
+    if not parent.exists():
+        raise SmplerError(f"{flag} {p}: directory {parent} does not exist")
+    if not parent.is_dir():
+        raise SmplerError(f"{flag} {p}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SmplerError(f"{flag} {p}: directory {parent} is not writable")
+    if (p.exists() or p.is_symlink()) and not force:
         raise SmplerError(f"{flag} {p}: file exists (pass --force to overwrite)")
     return p
 
 
+def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """Validate an output directory (it may not exist yet; its parent must) before any work."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise SmplerError(f"{flag} {p}: exists and is not a directory")
+    target = p if p.exists() else p.parent
+    if not target.exists():
+        raise SmplerError(f"{flag} {p}: directory {target} does not exist")
+    if not target.is_dir():
+        raise SmplerError(f"{flag} {p}: {target} is not a directory")
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise SmplerError(f"{flag} {p}: directory {target} is not writable")
+    return p
+
+
+# ---------------------------------------------------------------- claims (exclusive, per destination)
+
+
+def _key(p: Path) -> str:
+    return os.path.join(os.path.realpath(p.parent), p.name)
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    return p.with_name(f".{p.name}.lock")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _reclaim_stale(p: Path) -> list[Path]:
+    """Remove temp files and backups of `p` left by runs that were killed (their pid is gone)."""
+    removed = []
+    try:
+        names = os.listdir(p.parent)
+    except OSError:
+        return removed
+    scratch = re.compile(rf"^\.{re.escape(p.name)}\.(\d+)\.[^/]+\.(?:tmp|bak)$")  # see _scratch
+    for n in names:
+        m = scratch.match(n)
+        if not m:
+            continue
+        pid = int(m.group(1))
+        if pid != os.getpid() and not _pid_alive(pid):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p.parent / n)
+                removed.append(p.parent / n)
+    return removed
+
+
+@dataclass
+class _Claim:
+    path: Path
+    fd: int
+    force: bool
+    thread: int
+    depth: int = 1
+
+
+def _busy(p: Path, label: str, pid=None) -> SmplerError:
+    who = f" (pid {pid})" if pid else ""
+    return SmplerError(f"{label}: another process{who} is writing {p.name}; wait for it or choose another name")
+
+
+def _lock(p: Path, label: str) -> int:
+    lp = lock_path(p)
+    while True:
+        try:
+            fd = os.open(lp, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise SmplerError(f"{label}: cannot create {lp.name} ({e.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise _busy(p, label, pid if pid.isdigit() else None) from None
+        # The previous holder unlinks the lock file on release: if it did so between our open and our flock,
+        # we hold a lock on a dead inode; start over on the current file.
+        try:
+            st, cur = os.fstat(fd), os.stat(lp)
+            if (st.st_ino, st.st_dev) == (cur.st_ino, cur.st_dev):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _reclaim_stale(p)
+    return fd
+
+
+def _unlock(p: Path, fd: int) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(lock_path(p))
+    os.close(fd)
+
+
+@contextlib.contextmanager
+def _claimed(p: Path, *, force: bool, label: str) -> Iterator[_Claim]:
+    """Hold the exclusive claim on `p` (re-entrant within one thread; another thread counts as another writer)."""
+    key, me = _key(p), threading.get_ident()
+    with _mutex:
+        c = _claims.get(key)
+        if c is not None:
+            if c.thread != me:
+                raise _busy(p, label, os.getpid())
+            c.depth += 1
+        else:
+            c = _Claim(p, _lock(p, label), force, me)
+            _claims[key] = c
+    try:
+        yield c
+    finally:
+        with _mutex:
+            c.depth -= 1
+            if c.depth == 0:
+                _claims.pop(key, None)
+                _unlock(p, c.fd)
+
+
+# ---------------------------------------------------------------- transactions
+
+
+@dataclass
+class Transaction:
+    """Files committed inside one `outputs(...)` block, undone together if the block fails."""
+
+    written: list[tuple[Path, Path | None]] = field(default_factory=list)  # (final, backup of the old file)
+    dirs: list[Path] = field(default_factory=list)  # directories this block created
+
+    def has(self, final: Path) -> bool:
+        return any(f == final for f, _ in self.written)
+
+    def rollback(self) -> list[Path]:
+        """Undo every commit; return what could not be undone (still on disk)."""
+        kept = []
+        for final, backup in reversed(self.written):
+            try:
+                if backup is not None:
+                    os.replace(backup, final)
+                else:
+                    final.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                kept.append(final)
+        for d in reversed(self.dirs):
+            with contextlib.suppress(OSError):
+                d.rmdir()  # only if empty: never remove what someone else put there
+        self.written, self.dirs = [], []
+        return kept
+
+    def finish(self) -> None:
+        for _, backup in self.written:
+            if backup is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    backup.unlink()
+
+
+def _txs() -> list[Transaction]:
+    if not hasattr(_local, "txs"):
+        _local.txs = []
+    return _local.txs
+
+
+def _names(paths) -> str:
+    return ", ".join(str(p) for p in paths)
+
+
+@contextlib.contextmanager
+def outputs(*paths, force: bool = False, flag: str = "-o", dirs=()) -> Iterator[Transaction]:
+    """Check and claim every output file (and output directory in `dirs`) before any work; run the block as one
+    transaction: on any exception (Ctrl-C included) what it wrote is removed and the previous files restored.
+    Items are paths or (path, flag) pairs; the flag names the destination in errors (default `flag`).
+
+    The exception leaving the block carries `.kept` (files this block wrote that stay on disk) and `.removed`.
+    """
+    def flagged(items):  # each item is a path or (path, the flag to name in errors)
+        return [(Path(i[0]), i[1]) if isinstance(i, tuple) else (Path(i), flag) for i in items if i is not None]
+
+    files = {_key(p): (p, f) for p, f in flagged(paths)}
+    for p, f in files.values():
+        check_output_path(p, force, f)
+    out_dirs = [check_output_dir(d, f) for d, f in flagged(dirs)]
+    tx = Transaction()
+    with contextlib.ExitStack() as stack:
+        for key in sorted(files):
+            p, f = files[key]
+            stack.enter_context(_claimed(p, force=force, label=f"{f} {p}"))
+        txs = _txs()
+        txs.append(tx)
+        try:
+            for d in out_dirs:
+                make_output_dir(d)
+            yield tx
+        except BaseException as e:
+            txs.pop()
+            removed = [f for f, _ in tx.written]
+            kept = tx.rollback()
+            e.kept = [*getattr(e, "kept", []), *kept]
+            e.removed = [*getattr(e, "removed", []), *(r for r in removed if r not in kept)]
+            raise
+        txs.pop()
+        if txs:  # nested: the enclosing transaction owns these commits now
+            txs[-1].written.extend(w for w in tx.written if not txs[-1].has(w[0]))
+            txs[-1].dirs.extend(tx.dirs)
+        else:
+            tx.finish()
+
+
+def interrupted_message(exc: BaseException) -> str:
+    """What an interrupted command says about its outputs."""
+    kept = getattr(exc, "kept", [])
+    removed = getattr(exc, "removed", [])
+    if kept:
+        return f"interrupted after writing {_names(kept)}; the rest was not written"
+    if removed:
+        return f"interrupted: nothing written ({_names(removed)} removed)"
+    return "interrupted: nothing written"
+
+
+def make_output_dir(path: str | os.PathLike) -> Path:
+    """Create an output directory (its parent must exist); removed again if the enclosing transaction fails."""
+    p = Path(path)
+    try:
+        p.mkdir()
+    except FileExistsError:
+        if not p.is_dir():
+            raise SmplerError(f"{p}: exists and is not a directory") from None
+        return p
+    except OSError as e:
+        raise SmplerError(f"{p}: cannot create directory ({e.strerror})") from None
+    if _txs():
+        _txs()[-1].dirs.append(p)
+    return p
+
+
+# ---------------------------------------------------------------- atomic files
+
+
+def _scratch(final: Path, suffix: str, kind: str) -> Path:
+    """An exclusively created (O_EXCL) scratch file beside `final`, named with our pid for stale reclaim."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.{os.getpid()}.", suffix=f"{suffix}.{kind}",
+                               dir=final.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _commit(tmp: Path, final: Path, overwrite: bool) -> None:
+    txs = _txs()
+    tx = txs[-1] if txs else None
+    backup = None
+    if tx is not None and overwrite and final.exists() and not any(t.has(final) for t in txs):
+        backup = _scratch(final, "", "bak")  # the previous file, put back if the transaction fails
+        if not _try_link(final, backup, replace=True):
+            os.replace(final, backup)
+    if overwrite:
+        os.replace(tmp, final)
+    else:
+        if not _try_link(tmp, final, replace=False):
+            if final.exists():
+                raise SmplerError(f"{final}: a file of that name appeared while it was being written; "
+                                  "pass --force to overwrite")
+            os.replace(tmp, final)
+        tmp.unlink(missing_ok=True)
+    if tx is not None:
+        tx.written.append((final, backup))
+
+
+def _try_link(src: Path, dst: Path, *, replace: bool) -> bool:
+    """link(2) src -> dst; False where the file system has no hard links or (without `replace`) dst exists."""
+    try:
+        if replace:
+            dst.unlink(missing_ok=True)
+        os.link(src, dst)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as e:
+        if e.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            return False
+        raise
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds.
+    """Yield a temp path beside `path`; it becomes `path` only if the block succeeds (else it is removed).
 
-    A failure (or Ctrl-C) leaves no half-written output behind.
+    Claims `path` for the block unless this thread already holds it (through `outputs`, whose --force decides
+    whether an existing file may be replaced; outside `outputs`, library calls replace it).
     """
     final = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix + ".tmp", dir=final.parent or ".")
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are ordinary shared files
-    try:
-        yield tmp_path
-        os.replace(tmp_path, final)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+    with _claimed(final, force=True, label=str(final)) as claim:
+        tmp = _scratch(final, suffix, "tmp")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are ordinary shared files
+        try:
+            yield tmp
+            _commit(tmp, final, overwrite=claim.force)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def _umask() -> int:
