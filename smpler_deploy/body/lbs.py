@@ -53,7 +53,7 @@ def lbs(rotmat, betas, v_template, shapedirs, posedirs, lbs_weights, j_template,
     b = betas.shape[0]
     v_shaped = v_template + torch.matmul(betas, shapedirs.t()).reshape(b, -1, 3)
     j_rest = shape_joints(betas, j_template, j_shapedirs)
-    eye = torch.eye(3, dtype=rotmat.dtype)
+    eye = torch.eye(3, dtype=rotmat.dtype, device=rotmat.device)
     pose_feature = (rotmat[:, 1:] - eye).reshape(b, -1)
     v_posed = v_shaped + torch.matmul(pose_feature, posedirs).reshape(b, -1, 3)
     r_world, t_world = rigid_chain(rotmat, j_rest)
@@ -96,5 +96,5 @@ def axis_angle_to_rotmat(aa: torch.Tensor) -> torch.Tensor:
     x, y, z = axis.unbind(-1)
     zero = torch.zeros_like(x)
     k = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).reshape(*aa.shape[:-1], 3, 3)
-    eye = torch.eye(3, dtype=aa.dtype)
+    eye = torch.eye(3, dtype=aa.dtype, device=aa.device)
     return eye + s * k + (1 - c) * torch.matmul(k, k)

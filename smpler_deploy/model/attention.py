@@ -31,7 +31,8 @@ def window_coords(joints2d: torch.Tensor, size: int, radius: int = RADIUS):
     """
     j = joints2d.float()
     p = (j + 1.0) * 0.5 * (size - 1)  # [B,J,2] pixel coords
-    offsets = torch.arange(-(radius - 1), radius + 1, dtype=torch.float32)  # constant-folded in export
+    # On the joints' device (CUDA, meta, ...); constant-folded in export.
+    offsets = torch.arange(-(radius - 1), radius + 1, dtype=torch.float32, device=joints2d.device)
     base = torch.floor(p).unsqueeze(-1) + offsets  # [B,J,2,2r]
     idx = base.clamp(0, size - 1)
     delta = idx - p.unsqueeze(-1)

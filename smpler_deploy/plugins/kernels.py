@@ -222,7 +222,7 @@ def local_attention(
     _check_storage("feat_nhwc", feat_nhwc)
     _check_storage("qk", qk, feat_nhwc.dtype)
     out = torch.empty_like(qk, memory_format=torch.contiguous_format)
-    if b * j == 0:
+    if b * j == 0 or out.is_meta:  # nothing to launch (meta: shapes only, e.g. tracing a model on meta)
         return out
     kernel = _runner(local_attention_kernel, feat_nhwc.device)
     kernel[(b * j,)](
@@ -246,7 +246,7 @@ def global_attention_multiscale(keys: list[torch.Tensor], qk: torch.Tensor) -> t
         _check_storage(f"keys[{i}]", k, qk.dtype)
     out = torch.empty_like(qk, memory_format=torch.contiguous_format)
     m = q * nh
-    if b * m == 0:
+    if b * m == 0 or out.is_meta:
         return out
     kernel = _runner(global_attention_kernel, qk.device)
     kernel[global_grid(b, m)](
