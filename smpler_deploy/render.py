@@ -160,3 +160,39 @@ def read_ply_counts(path) -> tuple[int, int]:
     return nv, nf
 
 
+
+
+def draw_boxes(image, boxes, texts=None, color=(80, 220, 80)) -> np.ndarray:
+    """Person boxes (x, y, w, h image pixels) with optional captions (track ids) over a uint8 RGB image."""
+    from PIL import Image, ImageDraw
+
+    out = Image.fromarray(np.ascontiguousarray(np.asarray(image)[..., :3], dtype=np.uint8))
+    d = ImageDraw.Draw(out)
+    width = max(1, round(min(out.size) / 300))
+    for i, (x, y, w, h) in enumerate(np.asarray(boxes, np.float64).reshape(-1, 4)):
+        d.rectangle((x, y, x + w - 1, y + h - 1), outline=color, width=width)
+        if texts is not None and texts[i]:
+            x0, y0, x1, y1 = d.textbbox((x + 2, y + 2), str(texts[i]))
+            d.rectangle((x0 - 2, y0 - 1, x1 + 2, y1 + 1), fill=color)
+            d.text((x + 2, y + 2), str(texts[i]), fill=(0, 0, 0))
+    return np.asarray(out)
+
+
+def render_people(image, people, faces, label: str | None = None, alpha: float = 0.75) -> np.ndarray:
+    """Several meshes over one image in original image coordinates, farthest person first so nearer people cover
+    them. `people`: dicts with vertices, cam, transform (the crop's `CropTransform`), and optional joints2d
+    (normalized crop coords), depth (camera-space z; larger = farther), box and text (drawn as a captioned box)."""
+    out = np.asarray(image)
+    order = sorted(range(len(people)), key=lambda i: -float(people[i].get("depth", 0.0)))
+    for i in order:
+        p = people[i]
+        out = render_overlay(out, p["vertices"], faces, p["cam"], p["transform"], joints2d=p.get("joints2d"),
+                             alpha=alpha)
+    boxed = [p for p in people if p.get("box") is not None]
+    if boxed:
+        out = draw_boxes(out, [p["box"] for p in boxed], [p.get("text") for p in boxed])
+    if label:
+        from PIL import Image
+
+        out = np.asarray(draw_label(Image.fromarray(out), label))
+    return out

@@ -1,0 +1,200 @@
+"""smpler-run: people in an image, a folder of images, a video file or a camera -> SMPL meshes and parameters.
+
+  smpler-run SOURCE -o OUT_DIR [--detector opencv|yolo.onnx|yolo.engine | --boxes boxes.json] \
+      [--backend torch|onnxruntime|tensorrt] [--onnx PATH | --engine PATH] [--batch 8] [--smooth one-euro]
+
+SOURCE: an image, a folder of images, a video file, or a camera (/dev/video0, 0, cam:0). OUT_DIR receives
+params.npz and params.jsonl (SMPL parameters per frame and person) and the overlay: overlay.mp4 for video and
+cameras, overlays/NAME.png for images. A per-stage throughput summary is printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .. import __version__
+from ..errors import SmplerError
+from .common import cli_main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="smpler-run", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    ap.add_argument("source", help="image, folder of images, video file, or camera (/dev/video0, 0, cam:0)")
+    ap.add_argument("-o", "--out", required=True, help="output folder (created if missing)")
+    ap.add_argument("--force", action="store_true", help="overwrite existing outputs in OUT_DIR")
+    g = ap.add_argument_group("people")
+    g.add_argument("--detector", default="opencv",
+                   help="'opencv' (built-in HOG + face cascade; weaker), or a YOLO person detector in ultralytics' "
+                        "export layout: .onnx (ONNX Runtime) or .engine/.plan (TensorRT)")
+    g.add_argument("--boxes", default=None, help="boxes file instead of a detector: JSON [{frame, bbox:[x,y,w,h], "
+                                                 "track?}] or CSV frame,x,y,w,h[,track]")
+    g.add_argument("--conf", type=float, default=0.25, help="YOLO person score threshold (default 0.25)")
+    g.add_argument("--iou", type=float, default=0.45, help="YOLO NMS IoU threshold (default 0.45)")
+    g.add_argument("--no-track", action="store_true", help="no track ids (norfair IoU tracker otherwise)")
+    g.add_argument("--smooth", default="none", choices=("none", "ema", "one-euro"),
+                   help="temporal smoothing of each track's parameters (default none)")
+    m = ap.add_argument_group("model")
+    m.add_argument("--backend", default="torch", help="torch, onnxruntime or tensorrt")
+    m.add_argument("--onnx", default=None, help="SMPLer ONNX file (onnxruntime backend)")
+    m.add_argument("--engine", default=None, help="SMPLer engine file (tensorrt backend)")
+    m.add_argument("--provider", default="cpu", help="onnxruntime provider for SMPLer and a YOLO .onnx: cpu or cuda")
+    m.add_argument("--variant", default="smpler", help="smpler or smpler-l (torch backend)")
+    m.add_argument("--checkpoint", default=None, help="official checkpoint (torch backend)")
+    m.add_argument("--smpl-model", default=None, help="SMPL model file (body model: mesh faces, smoothing)")
+    m.add_argument("--threads", type=int, default=None, help="CPU threads per session")
+    m.add_argument("--batch", type=int, default=8, help="most crops per session call (default 8; a TensorRT "
+                                                        "engine's profile maximum caps it)")
+    o = ap.add_argument_group("output")
+    o.add_argument("--focal-length", type=float, default=None,
+                   help="focal length in pixels for the camera translation (default: the image diagonal)")
+    o.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
+    o.add_argument("--no-overlay", action="store_true", help="parameters only")
+    o.add_argument("--no-joints", action="store_true", help="do not draw the 24 SMPL joints")
+    o.add_argument("--save-vertices", action="store_true", help="also store vertices [N,6890,3] in params.npz")
+    o.add_argument("--queue", type=int, default=8, help="prepared frames waiting for inference (default 8)")
+    return ap
+
+
+def _truthy(v) -> bool:
+    return str(v).strip().lower() in ("1", "true", "yes")
+
+
+def _body(sess, a, need_handler: bool):
+    """(faces, SMPL layer for re-posing, standin flag): the torch model's own, else --smpl-model, else the stand-in."""
+    model = getattr(sess, "model", None)
+    if model is not None and hasattr(model, "smpl_handler"):
+        return model.smpl_handler.faces, model.smpl_handler, bool(model.smpl_handler.body_standin)
+    if a.smpl_model:
+        from ..body.loaders import load_body_model
+
+        data = load_body_model(a.smpl_model)
+    else:
+        from ..body.standin import make_standin_body_model
+
+        data = make_standin_body_model(0)
+    handler = None
+    if need_handler:
+        from ..body.layer import SMPLHandler
+
+        handler = SMPLHandler()
+        handler.set_body_model(data)
+    return data.faces, handler, bool(data.standin)
+
+
+def _check_args(a) -> None:
+    from ..runtime import BACKENDS
+
+    if a.backend not in BACKENDS:
+        raise SmplerError(f"--backend {a.backend}: expected one of {', '.join(BACKENDS)}")
+    for flag, val in (("--batch", a.batch), ("--queue", a.queue)):
+        if val < 1:
+            raise SmplerError(f"{flag} {val}: expected a positive integer")
+    if a.max_frames is not None and a.max_frames < 1:
+        raise SmplerError(f"--max-frames {a.max_frames}: expected a positive integer")
+    if a.focal_length is not None and not a.focal_length > 0:
+        raise SmplerError(f"--focal-length {a.focal_length}: expected a positive number of pixels")
+    for flag, val in (("--onnx", a.onnx), ("--engine", a.engine), ("--checkpoint", a.checkpoint),
+                      ("--smpl-model", a.smpl_model)):
+        if val and not Path(val).is_file():
+            raise SmplerError(f"{flag} {val}: file not found")
+
+
+@cli_main
+def main(argv=None) -> int:
+    a = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    _check_args(a)
+    from ..fileio import check_output_path
+    from ..pipeline.crops import session_max_batch
+    from ..pipeline.detect import open_detector
+    from ..pipeline.params import write_params
+    from ..pipeline.runner import Body, RunConfig, run
+    from ..pipeline.video import VideoWriter, open_source
+    from ..render import model_label, save_png
+    from ..runtime import open_session
+
+    out = Path(a.out)
+    if out.exists() and not out.is_dir():
+        raise SmplerError(f"-o {out}: exists and is not a folder")
+    source = open_source(a.source, a.max_frames)  # bad input fails before any model work
+    try:
+        video = source.kind in ("video", "camera")
+        out.mkdir(parents=True, exist_ok=True)
+        targets = [out / "params.npz", out / "params.jsonl"] + ([out / "overlay.mp4"] if video and not a.no_overlay
+                                                                else [])
+        for t in targets:
+            check_output_path(t, a.force, flag="-o")
+        detector = open_detector(a.detector, boxes=a.boxes, conf=a.conf, iou=a.iou, threads=a.threads,
+                                 provider=a.provider)
+        path = {"onnxruntime": a.onnx, "tensorrt": a.engine}.get(a.backend)
+        kw = ({"checkpoint": a.checkpoint, "smpl_model": a.smpl_model} if a.backend == "torch"
+              else {"provider": a.provider} if a.backend == "onnxruntime" else {})
+        sess = open_session(a.backend, path=path, variant=a.variant, threads=a.threads, **kw)
+    except BaseException:
+        source.close()
+        raise
+    writer = None
+    try:
+        faces, handler, standin_default = _body(sess, a, need_handler=a.smooth != "none")
+        info = dict(getattr(sess, "info", {}) or {})
+        standin = _truthy(info.get("standin_body", info.get("body_model_standin", standin_default)))
+        untrained = _truthy(info.get("untrained", a.checkpoint is None))
+        label = model_label(untrained, standin)
+        cfg = RunConfig(max_batch=session_max_batch(sess, a.batch), queue_size=a.queue, focal_length=a.focal_length,
+                        track=not a.no_track, smooth=a.smooth, overlay=not a.no_overlay,
+                        draw_joints=not a.no_joints, keep_vertices=a.save_vertices)
+        print(f"source: {source.description}")
+        print(f"detector: {detector.label}")
+        print(f"model: {a.backend} {getattr(sess, 'precision', 'fp32')}, up to {cfg.max_batch} crops per call"
+              + (f"; {label}" if label else ""))
+        png_dir = out / "overlays"
+        written_png = []
+        if video and cfg.overlay:
+            writer = VideoWriter(out / "overlay.mp4", source.fps)
+
+        def on_frame(frame, overlay, people):
+            if overlay is None:
+                return
+            if writer is not None:
+                writer.write(overlay)
+            else:
+                png_dir.mkdir(exist_ok=True)
+                p = png_dir / (Path(frame.name).stem + ".png")
+                check_output_path(p, a.force, flag="-o")
+                written_png.append(save_png(overlay, p))
+
+        people, times = run(source, detector, sess, faces=faces, body=Body(handler) if handler else None,
+                            config=cfg, label=label, on_frame=on_frame)
+    except BaseException:
+        if writer is not None:
+            writer.close(ok=False)
+        raise
+    finally:
+        sess.close()
+    video_path = writer.close() if writer is not None else None
+    meta = {"source": str(a.source), "source_kind": source.kind, "fps": source.fps, "detector": detector.label,
+            "backend": a.backend, "precision": getattr(sess, "precision", "fp32"), "untrained": untrained,
+            "standin_body": standin, "smoothing": a.smooth, "crop": "preprocess.box_transform (margin 1.2, 224x224)",
+            "camera": "transl: Tz = 2 f / (s b), Tx = tx + 2 (cx - px) / (s b), Ty = ty + 2 (cy - py) / (s b); "
+                      "pixel centres, x right, y down, z forward",
+            "summary": times.summary()}
+    write_params(people, out / "params.npz", out / "params.jsonl", meta)
+    for p in [video_path, *written_png[:3], out / "params.npz", out / "params.jsonl"]:
+        if p is not None:
+            print(f"wrote {p}")
+    if len(written_png) > 3:
+        print(f"wrote {len(written_png) - 3} more overlay(s) in {png_dir}")
+    print(times.table())
+    if label:
+        print(f"note: {label}")
+    if "OpenCV" in detector.label:
+        print("note: the built-in OpenCV detector is weaker than a learned one; pass --detector yolo.onnx "
+              "(ultralytics export) for real footage")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

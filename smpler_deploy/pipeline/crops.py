@@ -1,0 +1,50 @@
+"""Person crops (the one crop convention, `smpler_deploy.preprocess`) and batching them into session calls.
+
+The crops of a frame, and of consecutive frames up to the session's maximum batch, go to the model in one
+`Session.infer` call; the outputs are split back per frame.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..outputs import CROP_SIZE, SMPLOutput
+from ..preprocess import BOX_MARGIN, CropTransform, box_transform, crop, normalize
+
+MIN_BOX_PX = 2.0  # boxes thinner than this (after clipping to the frame) carry no person
+
+
+def person_crops(image: np.ndarray, boxes, margin: float = BOX_MARGIN):
+    """uint8 [H,W,3] + boxes [K,4] -> (float32 [K,3,224,224], [CropTransform] * K, kept box indices)."""
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    keep = np.flatnonzero((b[:, 2] >= MIN_BOX_PX) & (b[:, 3] >= MIN_BOX_PX))
+    transforms: list[CropTransform] = [box_transform(image.shape[:2], b[k], margin) for k in keep]
+    if not transforms:
+        return np.zeros((0, 3, CROP_SIZE, CROP_SIZE), np.float32), [], keep
+    return normalize(np.stack([crop(image, t) for t in transforms])), transforms, keep
+
+
+def infer_batched(session, crops_per_frame: list[np.ndarray], max_batch: int) -> list[SMPLOutput | None]:
+    """Run every crop of several frames in as few session calls as `max_batch` allows; one output per frame
+    (None for a frame without people: no call is made for it)."""
+    counts = [len(c) for c in crops_per_frame]
+    if sum(counts) == 0:
+        return [None] * len(counts)
+    x = np.concatenate([c for c in crops_per_frame if len(c)])
+    parts = [session.infer(x[i:i + max_batch]) for i in range(0, len(x), max(1, max_batch))]
+    merged = SMPLOutput(*(np.concatenate([np.asarray(p[f]) for p in parts]) for f in range(len(SMPLOutput._fields))))
+    out, start = [], 0
+    for n in counts:
+        out.append(SMPLOutput(*(a[start:start + n] for a in merged)) if n else None)
+        start += n
+    return out
+
+
+def session_max_batch(session, requested: int | None) -> int:
+    """The batch cap: the user's --batch, bounded by a TensorRT engine's optimization profile when there is one."""
+    cap = requested or 8
+    profile = getattr(session, "profile", None)
+    hi = getattr(profile, "max", None) if profile is not None else None
+    if hi:
+        cap = min(cap, int(hi[0]))
+    return max(1, cap)

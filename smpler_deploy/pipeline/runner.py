@@ -1,0 +1,236 @@
+"""The smpler-run loop: a background thread decodes, detects and crops frames into a bounded queue while the main
+thread batches crops into session calls, tracks, smooths, and draws; per-stage times are summed for a summary.
+
+Memory stays bounded: at most `queue_size` prepared frames wait for inference, and the session sees at most
+`max_batch` crops per call.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import SmplerError
+from .crops import infer_batched, person_crops
+from .detect import Detections
+from .params import PersonParams, people_params, weak_camera
+from .track import BoxTracker, ParamSmoother
+
+PRODUCER_STAGES = ("decode", "detect", "crop")
+CONSUMER_STAGES = ("infer", "track+params", "overlay", "write")
+
+
+@dataclass
+class RunConfig:
+    max_batch: int = 8
+    queue_size: int = 8
+    focal_length: float | None = None  # pixels; None = image diagonal
+    track: bool = True
+    smooth: str = "none"
+    overlay: bool = True
+    draw_joints: bool = True
+    keep_vertices: bool = False
+
+
+@dataclass
+class StageTimes:
+    seconds: dict = field(default_factory=lambda: {s: 0.0 for s in PRODUCER_STAGES + CONSUMER_STAGES})
+    frames: int = 0
+    people: int = 0
+    calls: int = 0
+    wall_s: float = 0.0
+
+    def add(self, stage: str, dt: float) -> None:
+        self.seconds[stage] += dt
+
+    def summary(self) -> dict:
+        f = max(self.frames, 1)
+        return {
+            "frames": self.frames, "people": self.people, "session_calls": self.calls, "wall_s": round(self.wall_s, 3),
+            "frames_per_s": round(self.frames / self.wall_s, 3) if self.wall_s > 0 else None,
+            "stages": {s: {"total_s": round(t, 3), "ms_per_frame": round(1000 * t / f, 2),
+                           "frames_per_s_alone": round(self.frames / t, 2) if t > 0 else None,
+                           "thread": "background" if s in PRODUCER_STAGES else "main"}
+                       for s, t in self.seconds.items()},
+        }
+
+    def table(self) -> str:
+        s = self.summary()
+        rows = [f"{'stage':<14}{'thread':<12}{'total s':>9}{'ms/frame':>10}{'fps alone':>11}"]
+        for name, v in s["stages"].items():
+            fps = "-" if v["frames_per_s_alone"] is None else f"{v['frames_per_s_alone']:.1f}"
+            rows.append(f"{name:<14}{v['thread']:<12}{v['total_s']:>9.2f}{v['ms_per_frame']:>10.1f}{fps:>11}")
+        fps = s["frames_per_s"] or 0.0
+        rows.append(f"whole pipeline: {s['frames']} frames, {s['people']} people, {s['session_calls']} session "
+                    f"calls, {s['wall_s']:.2f} s wall, {fps:.2f} frames/s (background stages overlap inference)")
+        return "\n".join(rows)
+
+
+@dataclass
+class Prepared:
+    frame: object  # video.Frame
+    dets: Detections
+    crops: np.ndarray  # [K,3,224,224]
+    transforms: list
+    keep: np.ndarray  # indices into dets of the K crops
+
+
+_DONE = object()
+
+
+def _produce(source, detector, times: StageTimes, q: queue.Queue, stop: threading.Event) -> None:
+    try:
+        it = iter(source)
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                frame = next(it)
+            except StopIteration:
+                break
+            t1 = time.perf_counter()
+            dets = detector(frame.image, frame.index)
+            t2 = time.perf_counter()
+            crops, transforms, keep = person_crops(frame.image, dets.boxes)
+            t3 = time.perf_counter()
+            times.add("decode", t1 - t0)
+            times.add("detect", t2 - t1)
+            times.add("crop", t3 - t2)
+            item = Prepared(frame, dets, crops, transforms, keep)
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+        q.put(_DONE)
+    except BaseException as e:  # handed to the main thread, which re-raises it
+        q.put(e)
+
+
+class Body:
+    """The SMPL layer the session's model uses, for re-posing smoothed parameters (torch, CPU)."""
+
+    def __init__(self, handler):
+        self.handler = handler
+
+    def __call__(self, rotmat, betas, cam):
+        import torch
+
+        with torch.inference_mode():
+            v, _, _, j2d = self.handler(torch.as_tensor(rotmat, dtype=torch.float32)[None],
+                                        torch.as_tensor(betas, dtype=torch.float32)[None],
+                                        torch.as_tensor(cam, dtype=torch.float32)[None])
+        return v[0].numpy(), j2d[0].numpy()
+
+
+def run(source, detector, session, *, faces=None, body: Body | None = None, config: RunConfig | None = None,
+        label: str | None = None, on_frame=None, log=print) -> tuple[list[PersonParams], StageTimes]:
+    """Process every frame of `source`. `on_frame(frame, overlay_or_None, people)` receives each finished frame in
+    order (the CLI writes overlays there). Returns all people of all frames and the stage times."""
+    from ..render import render_people
+
+    cfg = config or RunConfig()
+    tracker = BoxTracker() if cfg.track else None
+    smoother = ParamSmoother(cfg.smooth, getattr(source, "fps", None))
+    if smoother.enabled and body is None:
+        raise SmplerError("--smooth: needs the body model to re-pose smoothed parameters")
+    if cfg.overlay and faces is None:
+        raise SmplerError("overlay: needs the mesh faces")
+    times = StageTimes()
+    q: queue.Queue = queue.Queue(maxsize=max(1, cfg.queue_size))
+    stop = threading.Event()
+    producer = threading.Thread(target=_produce, args=(source, detector, times, q, stop), daemon=True,
+                                name="smpler-run-decode")
+    all_people: list[PersonParams] = []
+    pending = None
+    start = time.perf_counter()
+    producer.start()
+    try:
+        done = False
+        while not done:
+            item = pending if pending is not None else q.get()
+            pending = None
+            if item is _DONE:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            group = [item]
+            n = len(item.crops)
+            while n < cfg.max_batch:  # fill the batch with frames that are already prepared (never wait for one)
+                try:
+                    nxt = q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _DONE or isinstance(nxt, BaseException) or n + len(nxt.crops) > cfg.max_batch:
+                    pending = nxt
+                    break
+                group.append(nxt)
+                n += len(nxt.crops)
+            t0 = time.perf_counter()
+            outs = infer_batched(session, [g.crops for g in group], cfg.max_batch)
+            times.add("infer", time.perf_counter() - t0)
+            times.calls += -(-n // cfg.max_batch) if n else 0
+            for g, out in zip(group, outs):
+                _finish(g, out, cfg, tracker, smoother, body, faces, label, times, all_people, on_frame,
+                        render_people)
+    except KeyboardInterrupt:
+        if getattr(source, "kind", "") != "camera":
+            raise
+        log("stopped (Ctrl-C): writing what was captured")
+    finally:
+        stop.set()
+        while producer.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                producer.join(timeout=0.1)
+        source.close()
+    times.wall_s = time.perf_counter() - start
+    return all_people, times
+
+
+def _finish(g: Prepared, out, cfg, tracker, smoother, body, faces, label, times, all_people, on_frame,
+            render_people) -> None:
+    t0 = time.perf_counter()
+    frame = g.frame
+    boxes = g.dets.boxes[g.keep] if len(g.keep) else np.zeros((0, 4))
+    if g.dets.track_ids is not None:
+        ids = g.dets.track_ids[g.keep]
+    elif tracker is not None:
+        ids = tracker.update(boxes)
+    else:
+        ids = None
+    people = [] if out is None else people_params(out, g.transforms, g.dets, g.keep, frame, frame.image.shape[:2],
+                                                  cfg.focal_length, track_ids=ids, keep_vertices=True)
+    meshes = []
+    for i, p in enumerate(people):
+        verts, j2d = out.vertices[i], out.smpl_joints2d[i]
+        if smoother.enabled:
+            rot, betas, transl = smoother(p.track_id, frame.index, p.rotmat, p.betas, p.transl, frame.time_s)
+            cam = weak_camera(transl, g.transforms[i], p.focal_length, p.principal_point)
+            verts, j2d = body(rot, betas, cam)
+            p.rotmat, p.betas, p.transl, p.cam = rot, betas, transl, cam
+            from ..render import to_pixels
+
+            p.joints2d = to_pixels(j2d, g.transforms[i])
+            p.vertices = verts
+        meshes.append({"vertices": verts, "cam": p.cam, "transform": g.transforms[i], "depth": p.transl[2],
+                       "joints2d": j2d if cfg.draw_joints else None, "box": p.box,
+                       "text": f"#{p.track_id}" if p.track_id >= 0 else None})
+        if not cfg.keep_vertices:
+            p.vertices = None
+    times.add("track+params", time.perf_counter() - t0)
+    t1 = time.perf_counter()
+    overlay = render_people(frame.image, meshes, faces, label=label) if cfg.overlay else None
+    times.add("overlay", time.perf_counter() - t1)
+    t2 = time.perf_counter()
+    if on_frame is not None:
+        on_frame(frame, overlay, people)
+    times.add("write", time.perf_counter() - t2)
+    times.frames += 1
+    times.people += len(people)
+    all_people.extend(people)
