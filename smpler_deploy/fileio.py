@@ -243,34 +243,36 @@ def outputs(*paths, force: bool = False, flag: str = "-o", dirs=()) -> Iterator[
     def flagged(items):  # each item is a path or (path, the flag to name in errors)
         return [(Path(i[0]), i[1]) if isinstance(i, tuple) else (Path(i), flag) for i in items if i is not None]
 
+    out_dirs = [check_output_dir(d, f) for d, f in flagged(dirs)]
+    made = {_key(d) for d in out_dirs if not d.exists()}  # files inside these are checked once they exist
     files = {_key(p): (p, f) for p, f in flagged(paths)}
     for p, f in files.values():
-        check_output_path(p, force, f)
-    out_dirs = [check_output_dir(d, f) for d, f in flagged(dirs)]
+        if _key(p.parent) not in made:
+            check_output_path(p, force, f)
     tx = Transaction()
-    with contextlib.ExitStack() as stack:
-        for key in sorted(files):
-            p, f = files[key]
-            stack.enter_context(_claimed(p, force=force, label=f"{f} {p}"))
-        txs = _txs()
-        txs.append(tx)
-        try:
+    txs = _txs()
+    txs.append(tx)
+    try:
+        with contextlib.ExitStack() as stack:
             for d in out_dirs:
                 make_output_dir(d)
+            for key in sorted(files):
+                p, f = files[key]
+                stack.enter_context(_claimed(p, force=force, label=f"{f} {p}"))
             yield tx
-        except BaseException as e:
-            txs.pop()
-            removed = [f for f, _ in tx.written]
-            kept = tx.rollback()
-            e.kept = [*getattr(e, "kept", []), *kept]
-            e.removed = [*getattr(e, "removed", []), *(r for r in removed if r not in kept)]
-            raise
+    except BaseException as e:
         txs.pop()
-        if txs:  # nested: the enclosing transaction owns these commits now
-            txs[-1].written.extend(w for w in tx.written if not txs[-1].has(w[0]))
-            txs[-1].dirs.extend(tx.dirs)
-        else:
-            tx.finish()
+        removed = [f for f, _ in tx.written]
+        kept = tx.rollback()
+        e.kept = [*getattr(e, "kept", []), *kept]
+        e.removed = [*getattr(e, "removed", []), *(r for r in removed if r not in kept)]
+        raise
+    txs.pop()
+    if txs:  # nested: the enclosing transaction owns these commits now
+        txs[-1].written.extend(w for w in tx.written if not txs[-1].has(w[0]))
+        txs[-1].dirs.extend(tx.dirs)
+    else:
+        tx.finish()
 
 
 def interrupted_message(exc: BaseException) -> str:

@@ -81,6 +81,9 @@ def test_demo_writes_overlay_and_mesh(tmp_path, capsys):
     img = tmp_path / "astronaut.png"
     Image.fromarray(data.astronaut()).save(img)
     out = tmp_path / "o" / "overlay.png"
+    assert main([str(img), "--out", str(out)]) == 2  # the output directory must exist: checked before any work
+    assert "does not exist" in capsys.readouterr().err
+    out.parent.mkdir()
     assert main([str(img), "--bbox", "100,20,300,480", "--threads", "2", "--out", str(out)]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
     assert np.asarray(Image.open(out)).shape == (512, 512, 3)

@@ -85,7 +85,8 @@ def test_parsing_errors(tmp_path):
         R.parse_choices("fp32,fp64", R.PRECISIONS, "--precisions")
     f16 = tmp_path / "smpler_fp16.onnx"
     f16.write_bytes(b"x")
-    assert R.parse_artifacts(f"{f16}", "--onnx") == {"fp16": f16}
+    with pytest.raises(SmplerError, match="not a readable ONNX model"):  # a plain path: precision from metadata
+        R.parse_artifacts(f"{f16}", "--onnx")
     assert R.parse_artifacts(f"int8={f16}", "--onnx") == {"int8": f16}
     with pytest.raises(SmplerError, match="file not found"):
         R.parse_artifacts(str(tmp_path / "missing.onnx"), "--onnx")

@@ -163,7 +163,8 @@ def make_synthetic_dataset(out_dir, n: int = 4, dataset: str = "h36m", seed: int
         img = srcs[i % len(srcs)]
         h, w = img.shape[:2]
         name = f"images/{dataset}_{i:04d}.png"
-        Image.fromarray(img).save(out / name)
+        with atomic_path(out / name, suffix=".png") as tmp:
+            Image.fromarray(img).save(tmp, format="PNG")
         bw, bh = rng.uniform(0.4, 0.8) * w, rng.uniform(0.5, 0.9) * h
         boxes.append([rng.uniform(0, w - bw), rng.uniform(0, h - bh), bw, bh])
         names.append(name)
@@ -173,7 +174,8 @@ def make_synthetic_dataset(out_dir, n: int = 4, dataset: str = "h36m", seed: int
         arrays.update(pose=(rng.normal(size=(n, 72)) * 0.1).astype(np.float32),
                       betas=(rng.normal(size=(n, 10)) * 0.5).astype(np.float32), gender=np.array(["n"] * n))
     path = out / f"{dataset}_synthetic.npz"
-    np.savez(path, **arrays)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+        np.savez(f, **arrays)
     return path
 
 

@@ -60,8 +60,10 @@ def parse_artifacts(text: str | None, flag: str) -> dict[str, Path]:
             if prec not in PRECISIONS:
                 raise SmplerError(f"{flag} {item}: unknown precision {prec}; expected {','.join(PRECISIONS)}")
         else:
+            from ..artifacts import artifact_precision
+
             path = item
-            prec = next((p for p in ("int8", "fp16") if p in Path(item).name.lower()), "fp32")
+            prec = artifact_precision(item, flag)  # what the graph's metadata / engine's manifest says
         p = Path(path)
         if not p.is_file():
             raise SmplerError(f"{flag} {p}: file not found")
@@ -209,8 +211,10 @@ def _ensure_onnx(cfg: BenchConfig, precision: str) -> Path:
     if not path.is_file():
         from ..export import onnx_export as E
 
-        prec, target = ("int8", "cpu") if precision == "int8-cpu" else (precision, "trt")
-        E.export_onnx(path, precision=prec, target=target, variant=cfg.variant,
+        from ..spec import Precision
+
+        p = Precision.parse(precision)
+        E.export_onnx(path, precision=p.kind, target=p.target or "trt", variant=cfg.variant,
                       checkpoint=cfg.session_kw.get("checkpoint"), smpl_model=cfg.session_kw.get("smpl_model"),
                       batch=(1, max(cfg.batches), max(8, *cfg.batches)))
     cfg.onnx[precision] = path
@@ -293,8 +297,19 @@ def _run_group(cfg, g: _Group, inputs, ref_out, bar, model: dict | None = None) 
         bar.update(len(g.cells) * (cfg.iters + cfg.warmup))
         return
     try:
+        span = None
+        if g.backend == "tensorrt" and g.artifact:
+            from ..artifacts import engine_batch_range
+            from ..engine.manifest import read_manifest
+
+            span = engine_batch_range(read_manifest(g.artifact))
         for c in g.cells:
             c.setup_s, c.artifact = setup, str(g.artifact) if g.artifact else None
+            if span and not span[0] <= c.batch <= span[1]:  # a failed cell, not an aborted benchmark
+                c.status, c.reason = "failed", (f"batch {c.batch} is outside the engine's profile "
+                                                f"{span[0]}..{span[1]} (rebuild with --batch)")
+                bar.update(cfg.iters + cfg.warmup)
+                continue
             x = np.ascontiguousarray(inputs[: c.batch])
             try:
                 reset_peak_rss()

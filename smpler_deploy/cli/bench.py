@@ -12,13 +12,15 @@ import shlex
 import sys
 from pathlib import Path
 
+from ..artifacts import check_bench_artifacts
 from ..errors import SmplerError
+from ..fileio import check_output_dir, outputs
 from .. import __version__
-from .common import cli_main
+from .common import ArgumentParser, cli_main
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="smpler-bench", description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(prog="smpler-bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     ap.add_argument("--backends", default="torch,onnxruntime", help="comma list of torch,onnxruntime,tensorrt")
     ap.add_argument("--precisions", default="fp32", help="comma list of fp32,fp16,int8 (TensorRT layout),int8-cpu (ONNX Runtime layout)")
@@ -51,9 +53,7 @@ def _config(a, argv):
         raise SmplerError(f"--threads {a.threads}: expected a positive integer")
     if a.variant not in R.VARIANTS:
         raise SmplerError(f"--variant {a.variant}: expected one of {', '.join(R.VARIANTS)}")
-    out = Path(a.out)
-    if out.exists() and not out.is_dir():
-        raise SmplerError(f"--out {out}: exists and is not a directory")
+    out = check_output_dir(a.out, "--out")  # before any work: a file, missing parent or read-only dir fails here
     cfg = R.BenchConfig(
         backends=R.parse_choices(a.backends, R.BACKENDS, "--backends"),
         precisions=R.parse_choices(a.precisions, R.PRECISIONS, "--precisions"),
@@ -61,6 +61,7 @@ def _config(a, argv):
         onnx=R.parse_artifacts(a.onnx, "--onnx"), engines=R.parse_artifacts(a.engine, "--engine"),
         cache_dir=Path(a.cache_dir) if a.cache_dir else out / "cache", seed=a.seed, progress=not a.no_progress,
         command="smpler-bench " + " ".join(shlex.quote(s) for s in argv))
+    check_bench_artifacts(cfg.onnx, cfg.engines, cfg.variant)  # before any baseline runs
     for flag, val, key in (("--checkpoint", a.checkpoint, "checkpoint"), ("--smpl-model", a.smpl_model, "smpl_model")):
         if val:
             if not Path(val).is_file():
@@ -89,8 +90,11 @@ def main(argv=None) -> int:
     from ..bench.runner import run_benchmark
 
     cfg, out = _config(a, argv)
-    rep = run_benchmark(cfg)
-    paths = write_report(rep, out, plots=not a.no_plots)
+    # The report files are claimed for the whole run (a second smpler-bench into the same --out fails at once);
+    # reports of record are regenerated in place, so they are replaced.
+    with outputs(out / "report.json", out / "report.md", force=True, flag="--out", dirs=[(out, "--out")]):
+        rep = run_benchmark(cfg)
+        paths = write_report(rep, out, plots=not a.no_plots)
     n_ok = sum(c.status == "ok" for c in rep.cells)
     n_skip = sum(c.status == "skipped" for c in rep.cells)
     n_fail = sum(c.status == "failed" for c in rep.cells)

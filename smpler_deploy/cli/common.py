@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
 
 from ..errors import SmplerError
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the smpler-* error style: one `error: ...` line naming the program, exit 2 (no usage dump)."""
+
+    def error(self, message):
+        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def cli_main(fn):
-    """Wrap `main(argv) -> int`: SmplerError -> `error: ...` on stderr and exit 2; Ctrl-C -> exit 130."""
+    """Wrap `main(argv) -> int`: SmplerError -> `error: ...` on stderr and exit 2; Ctrl-C -> exit 130 with a line
+    saying what was kept (outputs written through fileio.outputs are removed when interrupted)."""
 
     @functools.wraps(fn)
     def wrapper(argv=None):
@@ -18,8 +28,10 @@ def cli_main(fn):
         except SmplerError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        except KeyboardInterrupt:
-            print("error: interrupted (no partial output was kept)", file=sys.stderr)
+        except KeyboardInterrupt as e:
+            from ..fileio import interrupted_message
+
+            print(f"error: {interrupted_message(e)}", file=sys.stderr)
             return 130
 
     return wrapper

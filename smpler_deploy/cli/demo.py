@@ -11,12 +11,13 @@ import sys
 from pathlib import Path
 
 from ..errors import SmplerError
+from ..fileio import check_output_path, outputs
 from .. import __version__
-from .common import cli_main
+from .common import ArgumentParser, cli_main
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="smpler-demo", description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(prog="smpler-demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     ap.add_argument("image", help="input image (PNG/JPEG)")
     ap.add_argument("--bbox", default=None, help="person box x,y,w,h in pixels (default: the whole image)")
@@ -66,20 +67,30 @@ def _faces(sess, a):
 @cli_main
 def main(argv=None) -> int:
     a = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    from ..preprocess import crop_person, load_image
-    from ..render import model_label, render_overlay, save_png, write_obj, write_ply
-    from ..runtime import BACKENDS, open_session
+    from ..runtime import BACKENDS
 
     if a.backend not in BACKENDS:
         raise SmplerError(f"--backend {a.backend}: expected one of {', '.join(BACKENDS)}")
     out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() != ".png":
         raise SmplerError(f"--out {out}: expected a .png path")
+    if a.threads is not None and a.threads < 1:
+        raise SmplerError(f"--threads {a.threads}: expected a positive integer")
+    meshes = (out.with_suffix(".obj"), out.with_suffix(".ply"))
+    check_output_path(out, force=True, flag="--out")  # before any work: a directory or missing parent fails here
     for flag, val in (("--onnx", a.onnx), ("--engine", a.engine), ("--checkpoint", a.checkpoint),
                       ("--smpl-model", a.smpl_model)):
         if val and not Path(val).is_file():
             raise SmplerError(f"{flag} {val}: file not found")
+    with outputs(out, *meshes, force=True, flag="--out"):  # PNG, OBJ and PLY together or not at all
+        return _run(a, out, meshes)
+
+
+def _run(a, out, meshes) -> int:
+    from ..preprocess import crop_person, load_image
+    from ..render import model_label, render_overlay, save_png, write_obj, write_ply
+    from ..runtime import open_session
+
     image = load_image(a.image)
     x, transform = crop_person(image, parse_bbox(a.bbox))  # raises on a box outside the image
     path = {"onnxruntime": a.onnx, "tensorrt": a.engine}.get(a.backend)
@@ -98,8 +109,8 @@ def main(argv=None) -> int:
     overlay = render_overlay(image, o.vertices[0], faces, o.cam[0], transform,
                              joints2d=None if a.no_joints else o.smpl_joints2d[0], label=label)
     note = f"smpler-demo {Path(a.image).name} ({a.backend})" + (f"; {label}" if label else "")
-    written = [save_png(overlay, out), write_obj(out.with_suffix(".obj"), o.vertices[0], faces, note),
-               write_ply(out.with_suffix(".ply"), o.vertices[0], faces, comment=note)]
+    written = [save_png(overlay, out), write_obj(meshes[0], o.vertices[0], faces, note),
+               write_ply(meshes[1], o.vertices[0], faces, comment=note)]
     for p in written:
         print(f"wrote {p}")
     if label:

@@ -11,14 +11,16 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 import time
 import warnings
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from ..errors import SmplerError
-from ..fileio import atomic_path, check_output_path, sha256_file, write_bytes_atomic
+from ..fileio import atomic_path, outputs, sha256_file, write_bytes_atomic
 from ..outputs import INPUT_NAME
 from . import layer_summary
 from .manifest import FLAVOUR_TITLES, SCHEMA, layers_path, manifest_path
@@ -67,18 +69,29 @@ def valid_sms(trt) -> list[int]:
 
 def check_sms(sms, valid: list[int]) -> list[int]:
     """Normalize ("89", 8.9, "sm_120", 120) -> ints and refuse unknown targets, listing the valid ones."""
-    out = []
-    for s in sms:
-        txt = str(s).lower().removeprefix("sm").lstrip("_")
-        if re.fullmatch(r"\d+\.\d", txt):
-            txt = txt.replace(".", "")
-        if not txt.isdigit() or int(txt) not in valid:
-            raise SmplerError(f"--sm {s}: not a TensorRT-RTX target; valid: {', '.join(map(str, valid))}")
-        if int(txt) not in out:
-            out.append(int(txt))
+    from ..spec import parse_sms
+
+    out = parse_sms(list(sms), valid)
     if not out:
         raise SmplerError(f"--sm: give at least one target; valid: {', '.join(map(str, valid))}")
     return out
+
+
+def normalize_hcl(level: str | None) -> str:
+    """--hardware-compatibility-level spellings -> none | ampere_plus | same_compute_capability."""
+    hcl = (level or "none").lower().replace("-", "_").replace("+", "_plus")
+    if hcl not in HW_COMPAT:
+        raise SmplerError(f"--hardware-compatibility-level {level}: expected {', '.join(HW_COMPAT)}")
+    return hcl
+
+
+def check_engine_options(opts) -> None:
+    """Every engine flag that can be checked without building (spec.EngineOptions), so errors come first."""
+    parse_mem_pool_size(opts.mem_pool_size)
+    lvl = opts.builder_optimization_level
+    if lvl is not None and not 0 <= int(lvl) <= 5:
+        raise SmplerError(f"--builder-optimization-level {lvl}: expected 0..5")
+    normalize_hcl(opts.hardware_compatibility_level)
 
 
 def sm_to_major_minor(sm: int) -> tuple[int, int]:
@@ -190,6 +203,55 @@ def _captured_polygraphy_logs(log):
         plog.setLevel(saved[4])
 
 
+class _CancelOnInterrupt:
+    """Ctrl-C during `build_serialized_network`: a KeyboardInterrupt raised inside TensorRT's callbacks is swallowed
+    and the build runs to the end. Instead our SIGINT handler records the request and the builder's
+    IProgressMonitor (called on this thread between steps) returns False at its next step, which cancels the
+    build. A second Ctrl-C raises at once."""
+
+    def __init__(self, trt, log):
+        self.cancelled = False
+        self.log = log
+        base = trt.IProgressMonitor
+        outer = self
+
+        class Monitor(base):
+            def __init__(self):
+                base.__init__(self)
+
+            def phase_start(self, phase_name, parent_phase, num_steps):
+                outer.phase_start(phase_name, parent_phase, num_steps)
+
+            def step_complete(self, phase_name, step):
+                return not outer.cancelled
+
+            def phase_finish(self, phase_name):
+                pass
+
+        self.monitor = Monitor()
+
+    def phase_start(self, phase_name, parent_phase, num_steps):  # a hook for tests and verbose logs
+        pass
+
+    def _on_sigint(self, signum, frame):
+        if self.cancelled:
+            raise KeyboardInterrupt
+        self.cancelled = True
+        self.log("interrupt: cancelling the engine build (Ctrl-C again to abort at once)")
+
+    @contextmanager
+    def sigint(self):
+        """Install the handler for the block (main thread only: elsewhere Python delivers no signals anyway)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
 def _first_error(handler: _Capture, default: str) -> str:
     """The most telling TensorRT/Polygraphy error, on one line: the parser's per-node summary
     ("In node 3 with name: ... and operator: ...: reason"), else an assertion/error-code line, else the first."""
@@ -262,14 +324,11 @@ def build_engine(
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     if not onnx_path.is_file():
         raise SmplerError(f"{onnx_path}: ONNX file not found")
-    check_output_path(engine_path, force=force, flag="-o")
     batch = parse_batch(batch)
     pools = parse_mem_pool_size(mem_pool_size)
     if builder_optimization_level is not None and not 0 <= int(builder_optimization_level) <= 5:
         raise SmplerError(f"--builder-optimization-level {builder_optimization_level}: expected 0..5")
-    hcl = (hardware_compatibility_level or "none").lower().replace("-", "_").replace("+", "_plus")
-    if hcl not in HW_COMPAT:
-        raise SmplerError(f"--hardware-compatibility-level {hardware_compatibility_level}: expected {', '.join(HW_COMPAT)}")
+    hcl = normalize_hcl(hardware_compatibility_level)
 
     trt, flavour = import_trt(flavour)
     title = f"{FLAVOUR_TITLES[flavour]} {trt.__version__}"
@@ -283,7 +342,21 @@ def build_engine(
         raise SmplerError(f"--hardware-compatibility-level {hcl}: not available in {title}")
 
     facts = onnx_facts(onnx_path)
+    meta = facts["metadata"]
+    if meta.get("precision") == "int8" and meta.get("int8_target") == "cpu":
+        raise SmplerError(f"{onnx_path}: an int8-cpu graph (ONNX Runtime's layout, non-zero zero points TensorRT "
+                          "refuses); build engines from smpler-export --precision int8 --target trt")
     shapes = profile_shapes(facts["shape"], batch, facts["input"])
+    destinations = (engine_path, manifest_path(engine_path), layers_path(engine_path))
+    with outputs(*destinations, force=force, flag="-o"):  # checked and claimed before any work
+        return _build(onnx_path, engine_path, facts, shapes, trt=trt, flavour=flavour, title=title, t_start=t_start, sms=sms,
+                      batch=batch, timing_cache=timing_cache, builder_optimization_level=builder_optimization_level,
+                      pools=pools, version_compatible=version_compatible, hcl=hcl, log=log)
+
+
+def _build(onnx_path, engine_path, facts, shapes, *, trt, flavour, title, t_start, sms, batch, timing_cache,
+           builder_optimization_level, pools, version_compatible, hcl, log) -> dict:
+    meta = facts["metadata"]
     registered = []
     if facts["plugins"]:
         registered = register_smpler_plugins(trt, flavour, str(onnx_path), facts["plugins"])
@@ -329,10 +402,17 @@ def build_engine(
         batch_txt = ":".join(map(str, batch))
         log(f"[2/3] building engine for {target}, batch {batch_txt} (the slow step)")
         t0 = time.perf_counter()
+        monitor = _CancelOnInterrupt(trt, log)
+        config.progress_monitor = monitor.monitor
         try:
-            plan = ptrt.EngineBytesFromNetwork((builder, network, parser), config=config)()
+            with monitor.sigint():
+                plan = ptrt.EngineBytesFromNetwork((builder, network, parser), config=config)()
         except PolygraphyException:
+            if monitor.cancelled:
+                raise KeyboardInterrupt from None
             raise SmplerError(_first_error(cap, f"{onnx_path}: engine build failed for {target}")) from None
+        if monitor.cancelled:  # the build finished before it saw the request: still, nothing is kept
+            raise KeyboardInterrupt
         build_s = time.perf_counter() - t0
         plan = bytes(memoryview(plan))
         dump = layer_summary.find_layers_dump(m for _, m in cap.messages)
@@ -358,7 +438,6 @@ def build_engine(
     log(f"[3/3] writing {engine_path.name} ({len(plan) / 2**20:.1f} MiB) and {manifest_path(engine_path).name}")
     import hashlib
 
-    meta = facts["metadata"]
     manifest = {
         "schema": SCHEMA,
         "engine": {"file": engine_path.name, "sha256": hashlib.sha256(plan).hexdigest(), "size": len(plan)},

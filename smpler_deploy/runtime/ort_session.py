@@ -81,9 +81,11 @@ class OnnxRuntimeSession:
         self.path = path
         self.provider = provider
         meta = traits["meta"]
-        self.precision = meta.get("precision", "fp32")
-        if self.precision == "int8" and meta.get("int8_target") == "cpu":
-            self.precision = "int8-cpu"  # ONNX Runtime's layout; "int8" is TensorRT's
+        from ..spec import Precision
+
+        # report spelling: "int8-cpu" is ONNX Runtime's int8 layout, "int8" TensorRT's
+        prec = meta.get("precision", "fp32")
+        self.precision = Precision.from_metadata(meta).name if prec in ("fp32", "fp16", "int8") else prec
         self.info = traits["meta"]
         self.io_binding = provider != "cpu" if io_binding is None else io_binding
 

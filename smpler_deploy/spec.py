@@ -1,0 +1,237 @@
+"""Flags parsed once into typed values: a precision (with its int8 layout), GPU targets, the export request.
+
+Every command validates its flags here before any work, so a bad value is a one-line error in a second, not a
+traceback after minutes of export. The report spelling of precisions ("fp32", "fp16", "int8" for TensorRT's
+layout, "int8-cpu" for ONNX Runtime's) is produced and parsed only here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import SmplerError
+
+KINDS = ("fp32", "fp16", "int8")
+INT8_TARGETS = ("trt", "cpu")  # trt: symmetric Q/DQ TensorRT accepts; cpu: ONNX Runtime's fused uint8 layout
+NAMES = ("fp32", "fp16", "int8", "int8-cpu")  # report spelling
+
+
+@dataclass(frozen=True)
+class Precision:
+    kind: str  # fp32 | fp16 | int8
+    target: str | None = None  # int8 only: trt | cpu
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise SmplerError(f"precision {self.kind}: expected one of {', '.join(KINDS)}")
+        if (self.kind == "int8") != (self.target is not None) or (self.target and self.target not in INT8_TARGETS):
+            raise SmplerError(f"precision {self.kind}/{self.target}: an int8 layout (trt or cpu) goes with int8 only")
+
+    @property
+    def name(self) -> str:
+        """Report spelling: int8 is TensorRT's layout, int8-cpu ONNX Runtime's."""
+        return "int8-cpu" if self.target == "cpu" else self.kind
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def buildable(self) -> bool:
+        """TensorRT can build it (it refuses the non-zero zero points of the cpu layout)."""
+        return self.target != "cpu"
+
+    @classmethod
+    def parse(cls, text: str, flag: str = "--precision") -> "Precision":
+        """"fp32" | "fp16" | "int8" (= int8 TensorRT layout) | "int8-cpu" | "int8-trt"."""
+        t = str(text).strip().lower().replace("_", "-")
+        if t in ("fp32", "fp16"):
+            return cls(t)
+        if t in ("int8", "int8-trt"):
+            return cls("int8", "trt")
+        if t == "int8-cpu":
+            return cls("int8", "cpu")
+        raise SmplerError(f"{flag} {text}: expected one of {', '.join(NAMES)}")
+
+    @classmethod
+    def from_flags(cls, precision: str | None, target: str | None) -> "Precision":
+        """smpler-export's --precision and --target: --target only with int8 (default trt)."""
+        kind = precision or "fp32"
+        if kind not in KINDS:
+            raise SmplerError(f"--precision {kind}: expected one of {', '.join(KINDS)}")
+        if target is not None and kind != "int8":
+            raise SmplerError(f"--target {target}: applies to --precision int8 only (got --precision {kind})")
+        if target is not None and target not in INT8_TARGETS:
+            raise SmplerError(f"--target {target}: expected one of {', '.join(INT8_TARGETS)}")
+        return cls(kind, (target or "trt") if kind == "int8" else None)
+
+    @classmethod
+    def from_metadata(cls, meta: dict, where: str = "graph") -> "Precision":
+        """From an exported graph's metadata (`precision`, and `int8_target` for int8)."""
+        kind = meta.get("precision")
+        if kind not in KINDS:
+            raise SmplerError(f"{where}: metadata precision {kind!r} is not one of {', '.join(KINDS)}")
+        return cls(kind, meta.get("int8_target") or "trt") if kind == "int8" else cls(kind)
+
+
+# ---------------------------------------------------------------- TensorRT-RTX targets
+
+
+def parse_sm(text) -> int:
+    """"89", 89, "8.9", "sm_89", "SM89", "sm89" -> 89; anything else a one-line error naming --sm."""
+    t = str(text).strip().lower().removeprefix("sm").lstrip("_")
+    m = re.fullmatch(r"(\d+)\.(\d)", t)
+    if m:
+        t = m.group(1) + m.group(2)
+    if not t.isdigit():
+        raise SmplerError(f"--sm {text}: expected a compute capability such as 89, 8.9 or sm_89")
+    return int(t)
+
+
+def parse_sms(values, valid: list[int] | None = None) -> list[int] | None:
+    """Repeatable and comma-separated --sm values, normalized and de-duplicated; checked against `valid`."""
+    if not values:
+        return None
+    out: list[int] = []
+    for v in values:
+        for item in str(v).split(","):
+            if not item.strip():
+                continue
+            sm = parse_sm(item)
+            if valid is not None and sm not in valid:
+                raise SmplerError(f"--sm {item.strip()}: not a TensorRT-RTX target; valid: {', '.join(map(str, valid))}")
+            if sm not in out:
+                out.append(sm)
+    if not out:
+        raise SmplerError("--sm: give at least one target" + (f"; valid: {', '.join(map(str, valid))}" if valid else ""))
+    return out
+
+
+# ---------------------------------------------------------------- smpler-export
+
+
+@dataclass
+class EngineOptions:
+    flavour: str | None = None
+    sms: list[int] | None = None
+    timing_cache: Path | None = None
+    builder_optimization_level: int | None = None
+    mem_pool_size: str | None = None
+    version_compatible: bool = False
+    hardware_compatibility_level: str | None = None
+
+
+@dataclass
+class ExportSpec:
+    """Everything smpler-export was asked to do, validated: which files it writes and from what."""
+
+    format: str  # onnx | engine
+    precision: Precision
+    output: Path  # the .onnx (format onnx) or the .engine
+    onnx: Path  # the graph: written (format onnx, or beside the engine) or read (--onnx)
+    onnx_given: bool  # --onnx: build from an existing graph, no export
+    batch: tuple[int, int, int]
+    plugins: bool = False
+    variant: str = "smpler"
+    checkpoint: str | None = None
+    smpl_model: str | None = None
+    h36m_regressor: str | None = None
+    calib: str | None = None
+    fidelity: bool = True
+    force: bool = False
+    engine: EngineOptions = field(default_factory=EngineOptions)
+
+    def output_files(self) -> list[tuple[Path, str]]:
+        """Every file this export writes, with the flag that names it (claimed before any work)."""
+        from .engine.manifest import layers_path, manifest_path
+
+        files: list[tuple[Path, str]] = []
+        if not self.onnx_given:
+            files.append((self.onnx, "-o" if self.format == "onnx" else "-o (ONNX beside the engine)"))
+            if self.fidelity and not self.plugins:
+                files.append((fidelity_path(self.onnx), "-o (fidelity report beside the graph)"))
+        if self.format == "engine":
+            files += [(self.output, "-o"), (manifest_path(self.output), "-o (engine manifest)"),
+                      (layers_path(self.output), "-o (engine layer records)")]
+        return files
+
+
+def fidelity_path(onnx_path: Path) -> Path:
+    return onnx_path.with_name(onnx_path.name + ".fidelity.json")
+
+
+ENGINE_ONLY = {"sm": "--sm", "trt": "--trt", "timing_cache": "--timing-cache",
+               "builder_optimization_level": "--builder-optimization-level", "mem_pool_size": "--mem-pool-size",
+               "version_compatible": "--version-compatible",
+               "hardware_compatibility_level": "--hardware-compatibility-level"}
+EXPORT_ONLY = {"calib": "--calib", "target": "--target", "checkpoint": "--checkpoint", "smpl_model": "--smpl-model",
+               "h36m_regressor": "--h36m-regressor", "variant": "--variant"}
+
+
+def export_spec(a) -> ExportSpec:
+    """smpler-export's argparse namespace -> ExportSpec, every flag checked (no model, no TensorRT needed except
+    to list the valid --sm targets, which imports the flavour and so also fails fast when it is missing)."""
+    from .outputs import parse_batch
+
+    if a.format == "onnx":
+        given = [flag for key, flag in ENGINE_ONLY.items() if getattr(a, key, None) not in (None, False)]
+        if given:
+            raise SmplerError(f"{given[0]}: applies to --format engine only")
+        if a.onnx:
+            raise SmplerError("--onnx applies to --format engine only")
+    if a.onnx:
+        given = [flag for key, flag in EXPORT_ONLY.items() if getattr(a, key, None) not in (None, False)]
+        if a.plugins:
+            given.append("--plugins")
+        if given:
+            raise SmplerError(f"{given[0]}: applies when exporting; --onnx {a.onnx} is already exported "
+                              "(its metadata says how)")
+    if a.builder_optimization_level is not None and not 0 <= a.builder_optimization_level <= 5:
+        raise SmplerError(f"--builder-optimization-level {a.builder_optimization_level}: expected 0..5")
+    batch = parse_batch(a.batch)
+    out = Path(a.output)
+    if a.format == "onnx" and out.suffix.lower() != ".onnx":
+        raise SmplerError(f"-o {out}: expected a .onnx file name for --format onnx")
+    if a.format == "engine" and out.suffix.lower() == ".onnx":
+        raise SmplerError(f"-o {out}: --format engine writes an engine; name it .engine (the graph goes beside it)")
+
+    if a.onnx:
+        from .artifacts import onnx_info
+
+        info = onnx_info(a.onnx, "--onnx")
+        precision = info.precision
+        if a.precision is not None and a.precision != precision.kind:
+            raise SmplerError(f"--precision {a.precision}: --onnx {a.onnx} is a {precision} graph; precision lives "
+                              f"in the graph, so drop --precision or export a {a.precision} graph")
+        variant = info.variant
+    else:
+        precision = Precision.from_flags(a.precision, a.target)
+        variant = a.variant or "smpler"
+    if a.calib and precision.kind != "int8":
+        raise SmplerError("--calib applies to --precision int8 only")
+    if a.plugins and precision.kind == "int8":
+        raise SmplerError("--plugins with --precision int8: the int8 graph is calibrated with ONNX Runtime, which "
+                          "cannot run plugin nodes; use fp32/fp16 with --plugins")
+    opts = EngineOptions(timing_cache=Path(a.timing_cache) if a.timing_cache else None,
+                         builder_optimization_level=a.builder_optimization_level, mem_pool_size=a.mem_pool_size,
+                         version_compatible=a.version_compatible,
+                         hardware_compatibility_level=a.hardware_compatibility_level)
+    if a.format == "engine":
+        if not precision.buildable:
+            src = f"--onnx {a.onnx}" if a.onnx else "--target cpu"
+            raise SmplerError(f"{src}: int8-cpu is ONNX Runtime's layout (non-zero zero points TensorRT refuses); "
+                              "build engines from --precision int8 --target trt")
+        from .engine import builder as B
+
+        opts.flavour = B.import_trt(a.trt)[1]  # fail fast, before minutes of export, if no flavour is installed
+        B.check_engine_options(opts)
+        if opts.flavour == "tensorrt-rtx":
+            opts.sms = parse_sms(a.sm, B.valid_sms(B.import_trt(opts.flavour)[0])) or list(B.DEFAULT_SMS)
+        elif a.sm:
+            raise SmplerError("--sm applies to --trt tensorrt-rtx only; --trt tensorrt builds for the local GPU")
+    onnx_path = Path(a.onnx) if a.onnx else (out if a.format == "onnx" else out.with_suffix(".onnx"))
+    return ExportSpec(format=a.format, precision=precision, output=out, onnx=onnx_path, onnx_given=bool(a.onnx),
+                      batch=batch, plugins=bool(a.plugins), variant=variant, checkpoint=a.checkpoint,
+                      smpl_model=a.smpl_model, h36m_regressor=a.h36m_regressor, calib=a.calib,
+                      fidelity=not a.no_fidelity, force=a.force, engine=opts)
