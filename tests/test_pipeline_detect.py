@@ -1,0 +1,169 @@
+"""smpler-run's detectors: YOLO decoding + NMS on a tiny ONNX model run by ONNX Runtime, OpenCV's built-in
+detector on real photos of people, boxes files, and one-line errors for detectors of the wrong layout."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from smpler_deploy.errors import SmplerError
+from smpler_deploy.pipeline.detect import (BoxFileDetector, OpenCVDetector, YoloDetector, iou, letterbox,
+                                           read_boxes)
+
+IMAGE_HW = (480, 640)
+INPUT = 320  # letterbox: scale 0.5, 40 px of padding above and below
+
+
+def _to_input(box):
+    x, y, w, h = box
+    return [(x + w / 2) * 0.5, (y + h / 2) * 0.5 + 40, w * 0.5, h * 0.5]
+
+
+# (image box x,y,w,h, person score, best other class score)
+CANDIDATES = [
+    ((100, 50, 120, 300), 0.9, 0.0),  # kept
+    ((110, 60, 120, 300), 0.8, 0.0),  # overlaps the first (IoU ~0.8): suppressed by NMS
+    ((400, 100, 100, 250), 0.6, 0.1),  # kept
+    ((300, 300, 50, 50), 0.5, 0.7),  # another class scores higher: not a person
+    ((10, 10, 40, 40), 0.1, 0.0),  # below the score threshold
+    ((500, 0, 200, 600), 0.4, 0.0),  # runs off the frame: clipped to 500,0,140,480
+]
+EXPECTED = np.array([[100, 50, 120, 300], [400, 100, 100, 250], [500, 0, 140, 480]], np.float64)
+
+
+def _yolo_output(n: int = 100) -> np.ndarray:
+    out = np.zeros((1, 84, n), np.float32)
+    for j, (box, person, other) in enumerate(CANDIDATES):
+        out[0, :4, j] = _to_input(box)
+        out[0, 4, j] = person
+        out[0, 4 + 2, j] = other
+    return out
+
+
+def _write_model(path, out_shape, const=None, in_shape=(1, 3, INPUT, INPUT), outputs=1):
+    """An ONNX graph in (or deliberately not in) YOLO's export layout: output = constant + 0 * mean(images)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    const = np.zeros(out_shape, np.float32) if const is None else const
+    nodes = [
+        helper.make_node("ReduceMean", ["images"], ["m"], axes=[1, 2, 3], keepdims=0),
+        helper.make_node("Mul", ["m", "zero"], ["z"]),
+    ]
+    outs = []
+    for k in range(outputs):
+        nodes.append(helper.make_node("Add", ["c", "z"], [f"output{k}"]))
+        outs.append(helper.make_tensor_value_info(f"output{k}", TensorProto.FLOAT, list(out_shape)))
+    graph = helper.make_graph(
+        nodes, "tiny_yolo", [helper.make_tensor_value_info("images", TensorProto.FLOAT, list(in_shape))], outs,
+        initializer=[numpy_helper.from_array(const, "c"), numpy_helper.from_array(np.zeros(1, np.float32), "zero")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_yolo(tmp_path_factory):
+    return _write_model(tmp_path_factory.mktemp("yolo") / "tiny_yolo.onnx", (1, 84, 100), _yolo_output())
+
+
+def test_letterbox_geometry():
+    x, lb = letterbox(np.zeros((*IMAGE_HW, 3), np.uint8), (INPUT, INPUT))
+    assert x.shape == (1, 3, INPUT, INPUT) and x.dtype == np.float32
+    assert (lb.scale, lb.pad_x, lb.pad_y) == (0.5, 0.0, 40.0)
+    assert np.allclose(x[0, :, :40], 114 / 255) and np.allclose(x[0, :, 40:280], 0)
+
+
+def test_yolo_decoding_and_nms_through_onnxruntime(tiny_yolo):
+    det = YoloDetector(tiny_yolo, conf=0.25, iou=0.45, threads=1)
+    assert det.size == (INPUT, INPUT)
+    d = det(np.zeros((*IMAGE_HW, 3), np.uint8))
+    assert np.allclose(d.boxes, EXPECTED, atol=1e-3), d.boxes
+    assert np.allclose(d.scores, [0.9, 0.6, 0.4], atol=1e-6)
+    # a stricter IoU threshold keeps the overlapping duplicate; a higher score threshold drops the weak box
+    assert len(YoloDetector(tiny_yolo, iou=0.9, threads=1)(np.zeros((*IMAGE_HW, 3), np.uint8))) == 4
+    assert len(YoloDetector(tiny_yolo, conf=0.5, threads=1)(np.zeros((*IMAGE_HW, 3), np.uint8))) == 2
+
+
+@pytest.mark.parametrize("kind", ["transposed", "end2end", "two_outputs", "gray_input"])
+def test_wrong_layout_detector_is_refused_in_one_line(tmp_path, kind):
+    path = tmp_path / f"{kind}.onnx"
+    if kind == "transposed":  # [1,N,84]: an export with the rows and columns swapped
+        _write_model(path, (1, 8400, 84))
+    elif kind == "end2end":  # [1,300,6]: NMS baked in (YOLOv10-style), not the raw layout
+        _write_model(path, (1, 300, 6))
+    elif kind == "two_outputs":
+        _write_model(path, (1, 84, 100), outputs=2)
+    else:
+        _write_model(path, (1, 84, 100), in_shape=(1, 1, INPUT, INPUT))
+    with pytest.raises(SmplerError) as e:
+        YoloDetector(path, threads=1)
+    msg = str(e.value)
+    assert "\n" not in msg and str(path) in msg and "[1,4+classes,N]" in msg
+
+
+def test_wrong_layout_detector_cli_exit_code(tmp_path, capsys):
+    from PIL import Image
+
+    from smpler_deploy.cli.run import main
+
+    img = tmp_path / "img.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(img)
+    bad = _write_model(tmp_path / "end2end.onnx", (1, 300, 6))
+    assert main([str(img), "-o", str(tmp_path / "out"), "--detector", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "end2end.onnx" in err
+    assert not (tmp_path / "out" / "params.npz").exists()
+
+
+def _photos():
+    from matplotlib import cbook
+    from PIL import Image
+    from skimage import data
+
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as im:
+        grace = np.asarray(im.convert("RGB"))
+    # the person's extent, by eye (x, y, w, h): the astronaut's head, suit and arms; Grace Hopper's portrait
+    return [("astronaut", data.astronaut(), (110, 0, 360, 512)), ("grace_hopper", grace, (40, 0, 440, 600))]
+
+
+@pytest.mark.parametrize("name,image,person", _photos(), ids=["astronaut", "grace_hopper"])
+def test_builtin_detector_finds_the_person_on_real_photos(name, image, person):
+    d = OpenCVDetector()(image)
+    assert len(d) >= 1
+    assert iou(d.boxes[:1], [person])[0, 0] > 0.4, (name, d.boxes)
+
+
+def test_builtin_detector_finds_nobody_in_photos_without_people():
+    from skimage import data
+
+    det = OpenCVDetector()
+    for im in (data.coffee(), data.chelsea(), data.rocket()):
+        assert len(det(im)) == 0
+
+
+def test_boxes_files_json_and_csv(tmp_path):
+    j = tmp_path / "b.json"
+    j.write_text(json.dumps([{"frame": 0, "bbox": [1, 2, 30, 40], "track": 7},
+                             {"frame": 2, "x": 5, "y": 6, "w": 10, "h": 20, "track": 8}]))
+    c = tmp_path / "b.csv"
+    c.write_text("frame,x,y,w,h\n0,1,2,30,40\n0,50,2,30,40\n3,0,0,10,10\n")
+    bj, bc = read_boxes(j), read_boxes(c)
+    assert sorted(bj) == [0, 2] and bj[0].track_ids.tolist() == [7] and bj[2].boxes.tolist() == [[5, 6, 10, 20]]
+    assert len(bc[0]) == 2 and bc[0].track_ids is None
+    det = BoxFileDetector(c)
+    img = np.zeros((40, 60, 3), np.uint8)
+    assert det(img, 0).boxes.tolist() == [[1, 2, 30, 38], [50, 2, 10, 38]]  # clipped to the frame
+    assert len(det(img, 1)) == 0
+    bad = tmp_path / "bad.csv"
+    bad.write_text("0,1,2,3\n")
+    with pytest.raises(SmplerError, match="bad.csv: cannot read boxes"):
+        read_boxes(bad)
+    neg = tmp_path / "neg.json"
+    neg.write_text(json.dumps([{"frame": 0, "bbox": [0, 0, -1, 5]}]))
+    with pytest.raises(SmplerError, match="positive width"):
+        read_boxes(neg)
