@@ -246,11 +246,13 @@ class OpenCVDetector:
     """Offline fallback, clearly weaker than a learned detector: OpenCV's HOG pedestrian detector (upright,
     whole bodies) plus its frontal-face Haar cascade, each face grown to a person box (a body is ~7.5 heads tall,
     ~3 heads wide; clipped to the frame) so portraits and half-body shots get a box too. Face-anchored boxes rank
-    first (the cascade's false-positive rate is the lower of the two); overlapping boxes are merged by NMS."""
+    first (the cascade's false-positive rate is the lower of the two); overlapping boxes are merged by NMS. HOG
+    boxes need an SVM margin of at least `hog_threshold` (1.0: on scikit-image's astronaut, flags and a helmet
+    score 0.6-0.8)."""
 
     label = "OpenCV HOG + face cascade (built-in, weaker than a learned detector)"
 
-    def __init__(self, *, hog_threshold: float = 0.5, iou: float = 0.3, max_side: int = 640):
+    def __init__(self, *, hog_threshold: float = 1.0, iou: float = 0.3, max_side: int = 640):
         import cv2
 
         self.hog = cv2.HOGDescriptor()

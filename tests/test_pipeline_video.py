@@ -1,0 +1,217 @@
+"""smpler-run end to end: PyAV sources and writer round trips, bad input (unreadable video, missing camera) as
+one-line errors, frames without people, cross-frame batching, and the CLI over a synthetic video of a real photo
+with the onnxruntime backend."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from smpler_deploy.errors import SmplerError
+from smpler_deploy.pipeline.video import Frame, Source, VideoWriter, open_source
+
+
+def _write_mp4(path, frames, fps=10):
+    """Reference writer: PyAV directly (not the code under test)."""
+    import av
+
+    with av.open(str(path), mode="w") as c:
+        s = c.add_stream("mpeg4", rate=Fraction(fps))
+        s.height, s.width = frames[0].shape[:2]
+        s.pix_fmt = "yuv420p"
+        s.bit_rate = 20_000_000
+        for f in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+                c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    return path
+
+
+def _read_mp4(path):
+    import av
+
+    with av.open(str(path)) as c:
+        st = c.streams.video[0]
+        return [f.to_ndarray(format="rgb24") for f in c.decode(st)], float(st.average_rate), st.codec_context.name
+
+
+def _flat_frames(n=6, h=96, w=128):
+    return [np.full((h, w, 3), (20 * i, 100, 255 - 20 * i), np.uint8) for i in range(n)]
+
+
+def test_video_file_source_reads_every_frame(tmp_path):
+    frames = _flat_frames()
+    src = open_source(str(_write_mp4(tmp_path / "in.mp4", frames)))
+    assert src.kind == "video" and src.fps == pytest.approx(10)
+    got = list(src)
+    src.close()
+    assert [f.index for f in got] == list(range(6)) and got[0].image.shape == (96, 128, 3)
+    for g, f in zip(got, frames):
+        assert np.abs(g.image.astype(int) - f).mean() < 6  # lossy codec, flat colours
+    assert got[3].time_s == pytest.approx(0.3)
+    assert len(list(open_source(str(tmp_path / "in.mp4"), max_frames=2))) == 2
+
+
+def test_video_writer_round_trip_pads_odd_sizes(tmp_path):
+    frames = [np.full((75, 101, 3), (10 * i, 200, 40), np.uint8) for i in range(5)]
+    w = VideoWriter(tmp_path / "o.mp4", fps=12)
+    for f in frames:
+        w.write(f)
+    assert w.close() == tmp_path / "o.mp4"
+    got, fps, codec = _read_mp4(tmp_path / "o.mp4")
+    assert len(got) == 5 and got[0].shape == (76, 102, 3) and fps == pytest.approx(12)
+    assert codec in ("h264", "mpeg4")
+    assert np.abs(got[4][:75, :101].astype(int) - frames[4]).mean() < 6
+    assert [p.name for p in tmp_path.iterdir()] == ["o.mp4"]  # no temporary left behind
+
+
+def test_aborted_video_leaves_nothing(tmp_path):
+    w = VideoWriter(tmp_path / "o.mp4", fps=10)
+    w.write(np.zeros((32, 32, 3), np.uint8))
+    assert w.close(ok=False) is None
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("content", [b"\x00garbage" * 100, b""])
+def test_unreadable_video_is_one_line_error(tmp_path, content):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(content)
+    with pytest.raises(SmplerError) as e:
+        list(open_source(str(bad)))
+    assert "\n" not in str(e.value) and "broken.mp4" in str(e.value) and "video" in str(e.value)
+
+
+@pytest.mark.parametrize("spec", ["/dev/video97", "97", "cam:97"])
+def test_missing_camera_is_one_line_error(spec):
+    with pytest.raises(SmplerError, match=r"camera not found.*/dev/video97"):
+        open_source(spec)
+
+
+def test_missing_inputs(tmp_path):
+    with pytest.raises(SmplerError, match="no such file or folder"):
+        open_source(str(tmp_path / "nope.mp4"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SmplerError, match="folder has no images"):
+        open_source(str(tmp_path / "empty"))
+
+
+def test_cli_missing_camera_exit_code(tmp_path, capsys):
+    from smpler_deploy.cli.run import main
+
+    assert main(["/dev/video97", "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: /dev/video97: camera not found") and "\n" not in err
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The loop: batching, frames without people
+# ------------------------------------------------------------------------------------------------------------------
+
+class CountingSession:
+    """The real torch session, counting calls and batch sizes."""
+
+    def __init__(self, sess):
+        self.sess, self.batches = sess, []
+
+    def infer(self, x):
+        self.batches.append(len(x))
+        return self.sess.infer(x)
+
+    def close(self):
+        pass
+
+
+class ListSource(Source):
+    kind, fps = "video", 10.0
+
+    def __init__(self, images):
+        self.images = images
+
+    def __iter__(self):
+        for i, im in enumerate(self.images):
+            yield Frame(i, im, f"frame_{i:06d}", i / 10)
+
+
+@pytest.fixture(scope="module")
+def torch_session(default_model):
+    from smpler_deploy.runtime import open_session
+
+    return open_session("torch", model=default_model)
+
+
+def test_cross_frame_batching_matches_single_crops(torch_session):
+    from smpler_deploy.pipeline.crops import infer_batched, person_crops
+    from skimage import data
+
+    img = data.astronaut()
+    c2, _, _ = person_crops(img, [[84, 20, 279, 492], [300, 0, 200, 300]])
+    c1, _, _ = person_crops(img, [[150, 60, 200, 400]])
+    empty = c1[:0]
+    counting = CountingSession(torch_session)
+    outs = infer_batched(counting, [c2, empty, c1], max_batch=2)
+    assert counting.batches == [2, 1] and outs[1] is None
+    single = [torch_session.infer(c[None]) for c in (c2[0], c2[1], c1[0])]
+    got = [(outs[0], 0), (outs[0], 1), (outs[2], 0)]
+    for (o, i), s in zip(got, single):
+        assert np.allclose(o.vertices[i], s.vertices[0], atol=1e-5)
+        assert np.allclose(o.cam[i], s.cam[0], atol=1e-5)
+
+
+def test_frame_without_people_gives_no_mesh(torch_session, default_model):
+    from smpler_deploy.pipeline.detect import OpenCVDetector
+    from smpler_deploy.pipeline.runner import RunConfig, run
+    from skimage import data
+
+    astro = data.astronaut()
+    blank = np.full_like(astro, 90)
+    frames = []
+    counting = CountingSession(torch_session)
+    people, times = run(ListSource([blank, astro, blank]), OpenCVDetector(), counting,
+                        faces=default_model.smpl_handler.faces, config=RunConfig(max_batch=4),
+                        on_frame=lambda f, ov, pp: frames.append((f.index, ov, len(pp))), log=lambda *a: None)
+    assert [(i, n) for i, _, n in frames] == [(0, 0), (1, 1), (2, 0)]
+    assert sum(counting.batches) == 1  # only the frame with a person reached the model
+    assert np.array_equal(frames[0][1], blank) and not np.array_equal(frames[1][1], astro)
+    assert [p.frame for p in people] == [1] and people[0].track_id == 1
+    assert times.frames == 3 and times.people == 1
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The command line over a synthetic video made from a real photo
+# ------------------------------------------------------------------------------------------------------------------
+
+def test_cli_video_end_to_end_onnxruntime(tmp_path, onnx_fp32, capsys):
+    from skimage import data
+
+    from smpler_deploy.cli.run import main
+    from smpler_deploy.pipeline.params import read_params
+
+    astro = data.astronaut()
+    frames = [np.roll(astro, 4 * i, axis=1) for i in range(2)] + [np.full_like(astro, 90)] + [np.roll(astro, 12, 1)]
+    video = _write_mp4(tmp_path / "people.mp4", frames, fps=5)
+    out = tmp_path / "run"
+    rc = main([str(video), "-o", str(out), "--backend", "onnxruntime", "--onnx", str(onnx_fp32), "--threads", "2",
+               "--smooth", "one-euro"])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    assert "frames/s" in printed and "infer" in printed and "untrained weights" in printed
+    arrays, meta = read_params(out / "params.npz")
+    assert arrays["frame"].tolist() == [0, 1, 3]  # the blank frame has no person
+    assert len(set(arrays["track_id"].tolist())) == 1 and arrays["track_id"][0] >= 1
+    assert arrays["body_pose"].shape == (3, 69) and arrays["body_pose_rotmat"].shape == (3, 23, 3, 3)
+    assert arrays["global_orient"].shape == (3, 3) and arrays["betas"].shape == (3, 10)
+    assert np.all(arrays["transl"][:, 2] > 0)
+    assert meta["untrained"] is True and meta["summary"]["frames"] == 4 and meta["smoothing"] == "one-euro"
+    lines = (out / "params.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and "meta" in json.loads(lines[0])
+    rec = json.loads(lines[1])
+    assert len(rec["body_pose"]) == 69 and np.asarray(rec["body_pose_rotmat"]).shape == (23, 3, 3)
+    got, fps, _ = _read_mp4(out / "overlay.mp4")
+    assert len(got) == 4 and fps == pytest.approx(5) and got[0].shape == astro.shape
+    # rerun refuses to overwrite without --force
+    assert main([str(video), "-o", str(out), "--backend", "onnxruntime", "--onnx", str(onnx_fp32)]) == 2
+    assert "--force" in capsys.readouterr().err
