@@ -270,3 +270,70 @@ def test_plugin_graph(tmp_path, monkeypatch):
         build_engine(tmp_path / "p.onnx", tmp_path / "q.engine", log=_quiet)
     assert "needs the smpler TensorRT plugins" in _one_line(e) and "--no-plugins" in str(e.value)
     assert not (tmp_path / "q.engine").exists() and not manifest_path(tmp_path / "q.engine").exists()
+
+
+# ---------------------------------------------------------------- issue 10: refusals by metadata, Ctrl-C
+
+
+def test_int8_cpu_graph_refused_by_metadata(tmp_path):
+    from tiny_smpler import tiny_smpler_onnx
+
+    g = tiny_smpler_onnx(tmp_path / "g.onnx", "int8", int8_target="cpu")
+    with pytest.raises(SmplerError) as e:
+        build_engine(g, tmp_path / "x.engine", log=_quiet)
+    assert "int8-cpu graph" in _one_line(e) and "--target trt" in str(e.value)
+    _only(tmp_path, ["g.onnx"])
+
+
+def _interrupt_at_first_phase(monkeypatch):
+    """Deliver a real SIGINT from another thread once TensorRT reports its first build phase (the builder's own
+    IProgressMonitor callback waits until the signal is sent, so it lands mid-build on any machine)."""
+    import os
+    import signal
+    import threading
+
+    from smpler_deploy.engine import builder
+
+    started, sent = threading.Event(), threading.Event()
+
+    def killer():
+        started.wait(60)
+        os.kill(os.getpid(), signal.SIGINT)
+        sent.set()
+
+    def phase_start(self, name, parent, steps):
+        if not started.is_set():
+            started.set()
+            sent.wait(60)
+
+    monkeypatch.setattr(builder._CancelOnInterrupt, "phase_start", phase_start)
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    return t
+
+
+def test_ctrl_c_cancels_the_build_and_keeps_nothing(tmp_path, monkeypatch):
+    import signal
+
+    from tiny_smpler import tiny_smpler_onnx
+
+    g = tiny_smpler_onnx(tmp_path / "g.onnx")
+    before = signal.getsignal(signal.SIGINT)
+    t = _interrupt_at_first_phase(monkeypatch)
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+        build_engine(g, tmp_path / "x.engine", timing_cache=tmp_path / "t.cache", log=lines.append)
+    t.join(10)
+    assert "interrupt: engine build cancelled; nothing written" in lines, lines  # TensorRT stopped the build
+    assert not any(line.startswith("[3/3]") for line in lines)
+    _only(tmp_path, ["g.onnx"])
+    assert signal.getsignal(signal.SIGINT) is before  # the handler is the build's only
+
+
+def test_sm_spellings(graphs, tmp_path):
+    from smpler_deploy.engine.builder import check_sms
+
+    assert check_sms(["8.9", "sm_86", "SM120", 89], [75, 80, 86, 89, 120]) == [89, 86, 120]
+    with pytest.raises(SmplerError) as e:
+        check_sms(["9.9"], [75, 89])
+    assert _one_line(e) == "--sm 9.9: not a TensorRT-RTX target; valid: 75, 89"

@@ -111,3 +111,173 @@ def test_cli_fp32_export_with_fidelity(tmp_path, capsys):
     assert fid["finite"] and fid["batch"] == 4 and fid["vertices"]["max_mm"] < 0.01
     meta = {p.key: p.value for p in onnx.load(str(out), load_external_data=False).metadata_props}
     assert meta["precision"] == "fp32" and meta["variant"] == "smpler"
+
+
+# ---------------------------------------------------------------- issue 10: flags and outputs checked before work
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Loading the model is the first piece of work: a refusal must come before it."""
+    import smpler_deploy.model.smpler as S
+
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded: validation came too late")
+
+    monkeypatch.setattr(S, "load_model", refuse)
+
+
+def test_output_is_a_directory(tmp_path, capsys, no_work):
+    (tmp_path / "d.onnx").mkdir()
+    line = run_fail(capsys, tmp_path, ["-o", str(tmp_path / "d.onnx")], "-o", tmp_path / "d.onnx")
+    assert "is a directory" in line
+
+
+def test_output_under_a_regular_file(tmp_path, capsys, no_work):
+    """Fails for root too (permission bits do not): the parent is a file."""
+    (tmp_path / "f").write_text("x")
+    line = run_fail(capsys, tmp_path, ["-o", str(tmp_path / "f" / "m.onnx")], "-o")
+    assert "is not a directory" in line
+
+
+def test_engine_output_under_missing_directory(tmp_path, capsys, no_work):
+    pytest.importorskip("tensorrt_rtx")
+    line = run_fail(capsys, tmp_path, ["--format", "engine", "-o", str(tmp_path / "nope" / "m.engine")], "-o")
+    assert "does not exist" in line
+
+
+@pytest.mark.parametrize("argv,names", [
+    (["--format", "engine", "--sm", "99"], ["--sm 99", "not a TensorRT-RTX target"]),
+    (["--format", "engine", "--sm", "8.9.9"], ["--sm 8.9.9", "expected a compute capability"]),
+    (["--format", "engine", "--precision", "int8", "--target", "cpu"], ["int8-cpu is ONNX Runtime's layout"]),
+    (["--target", "cpu"], ["--target cpu: applies to --precision int8 only"]),
+    (["--sm", "89"], ["--sm: applies to --format engine only"]),
+    (["--format", "engine", "--mem-pool-size", "workspace:lots"], ["--mem-pool-size workspace:lots"]),
+])  # fmt: skip
+def test_engine_flags_fail_before_export(tmp_path, capsys, no_work, argv, names):
+    """Today `--sm 99` failed after a 144 s export and left x.onnx behind."""
+    if "engine" in argv:
+        pytest.importorskip("tensorrt_rtx")
+    out = tmp_path / ("x.engine" if "engine" in argv else "x.onnx")
+    run_fail(capsys, tmp_path, [*argv, "-o", str(out)], *names)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from tiny_smpler import tiny_smpler_onnx
+
+    d = tmp_path_factory.mktemp("tiny")
+    return {"fp32": tiny_smpler_onnx(d / "fp32.onnx"), "int8cpu": tiny_smpler_onnx(d / "c.onnx", "int8", "cpu"),
+            "foreign": tiny_smpler_onnx(d / "foreign.onnx", smpler=False)}
+
+
+@pytest.mark.parametrize("graph,extra,names", [
+    ("fp32", ["--precision", "fp16"], ["--precision fp16", "is a fp32 graph"]),
+    ("int8cpu", [], ["int8-cpu is ONNX Runtime's layout"]),
+    ("foreign", [], ["not an SMPLer graph"]),
+    ("fp32", ["--calib", "crops"], ["--calib: applies when exporting"]),
+    ("fp32", ["--plugins"], ["--plugins: applies when exporting"]),
+])  # fmt: skip
+def test_engine_from_onnx_refusals(tmp_path, capsys, tiny, graph, extra, names):
+    pytest.importorskip("tensorrt_rtx")
+    argv = ["--format", "engine", "--onnx", str(tiny[graph]), *extra, "-o", str(tmp_path / "x.engine")]
+    run_fail(capsys, tmp_path, argv, *names)
+
+
+def test_engine_from_onnx_with_sm_spellings(tmp_path, capsys, tiny):
+    """`--sm 8.9` and `--sm sm_86` are accepted and normalized; the precision comes from the graph."""
+    pytest.importorskip("tensorrt_rtx")
+    out = tmp_path / "t.engine"
+    rc = main(["--format", "engine", "--onnx", str(tiny["fp32"]), "--sm", "8.9", "--sm", "sm_86", "--batch", "1:1:2",
+               "-o", str(out)])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    m = json.loads((tmp_path / "t.engine.json").read_text())
+    assert m["target"]["sms"] == [89, 86] and m["precision"] == "fp32"
+    assert listing(tmp_path) == ["t.engine", "t.engine.json", "t.engine.layers.json"]
+
+
+def test_ctrl_c_during_engine_build_keeps_nothing(tmp_path, capsys, tiny, monkeypatch):
+    pytest.importorskip("tensorrt_rtx")
+    from test_engine_build import _interrupt_at_first_phase
+
+    t = _interrupt_at_first_phase(monkeypatch)
+    rc = main(["--format", "engine", "--onnx", str(tiny["fp32"]), "-o", str(tmp_path / "t.engine")])
+    t.join(10)
+    err = capsys.readouterr().err
+    assert rc == 130, err
+    assert "engine build cancelled" in err and err.strip().splitlines()[-1] == "error: interrupted: nothing written"
+    assert listing(tmp_path) == []
+
+
+def test_interrupt_after_the_graph_was_written_removes_it(tmp_path, capsys, monkeypatch):
+    """Ctrl-C after the ONNX file is complete (here: during the fidelity check) keeps nothing, and says so."""
+    import smpler_deploy.export.onnx_export as E
+    import smpler_deploy.model.smpler as S
+    from smpler_deploy.fileio import write_text_atomic
+
+    class Model:
+        info = {}
+
+    monkeypatch.setattr(S, "load_model", lambda *a, **k: Model())
+
+    def fake_export(path, **kw):
+        write_text_atomic(path, "graph")
+        return {"report": {"nodes": 1}, "seconds": 0.0}
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(E, "export_onnx", fake_export)
+    monkeypatch.setattr(E, "measure_fidelity", interrupted)
+    out = tmp_path / "m.onnx"
+    assert main(["-o", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert f"error: interrupted: nothing written ({out} removed)" in err
+    assert listing(tmp_path) == []
+
+
+HOLDER = """
+import sys, time
+from smpler_deploy.fileio import outputs
+with outputs(sys.argv[1]):
+    print("holding", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_concurrent_export_to_the_same_output_fails_before_work(tmp_path, capsys, no_work):
+    """Two exports to one -o cannot both succeed (today the loser printed the winner's fidelity as its own)."""
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "m.onnx"
+    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "holding"
+        rc = main(["-o", str(out)])
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    err = capsys.readouterr().err
+    assert rc == 2 and f"another process (pid {p.pid}) is writing m.onnx" in err, err
+
+
+@pytest.mark.parametrize("prog", ["export", "bench", "demo"])
+def test_argparse_errors_are_one_line(prog, capsys):
+    import importlib
+
+    cli = importlib.import_module(f"smpler_deploy.cli.{prog}")
+    with pytest.raises(SystemExit) as ei:
+        cli.main(["--no-such-flag"])
+    assert ei.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: smpler-{prog}: "), err
+
+
+def test_demo_threads_zero(tmp_path, capsys):
+    from smpler_deploy.cli.demo import main as demo
+
+    assert demo(["photo.png", "--threads", "0", "--out", str(tmp_path / "o.png")]) == 2
+    assert capsys.readouterr().err == "error: --threads 0: expected a positive integer\n"

@@ -409,6 +409,7 @@ def _build(onnx_path, engine_path, facts, shapes, *, trt, flavour, title, t_star
                 plan = ptrt.EngineBytesFromNetwork((builder, network, parser), config=config)()
         except PolygraphyException:
             if monitor.cancelled:
+                log("interrupt: engine build cancelled; nothing written")
                 raise KeyboardInterrupt from None
             raise SmplerError(_first_error(cap, f"{onnx_path}: engine build failed for {target}")) from None
         if monitor.cancelled:  # the build finished before it saw the request: still, nothing is kept
