@@ -167,3 +167,92 @@ def test_boxes_files_json_and_csv(tmp_path):
     neg.write_text(json.dumps([{"frame": 0, "bbox": [0, 0, -1, 5]}]))
     with pytest.raises(SmplerError, match="positive width"):
         read_boxes(neg)
+
+
+class RecordingTrtStandIn:
+    """Recording stand-in for TensorRT + CUDA (nothing here can run an engine without a GPU): device and pinned
+    memory are numpy buffers addressed by integers, and "executing" writes the tiny YOLO output into the output
+    tensor's device buffer. It checks the detector's call sequence; decoding is the real code."""
+
+    def __init__(self, out_shape=(1, 84, 100), output=None, in_shape=(1, 3, INPUT, INPUT)):
+        from smpler_deploy.runtime.trt_plan import TensorSpec
+
+        self.specs = [TensorSpec("images", True, np.dtype(np.float32), tuple(in_shape)),
+                      TensorSpec("output0", False, np.dtype(np.float32), tuple(out_shape))]
+        self.output, self.calls, self.mem, self.addr = output, [], {}, {}
+
+    def _alloc(self, n):
+        ptr = 0x1000 * (len(self.mem) + 1)
+        self.mem[ptr] = np.zeros(n, np.uint8)
+        return ptr
+
+    def deserialize(self, plan, host_code_allowed=False):
+        self.calls.append("deserialize")
+        return None if plan == b"corrupt" else "engine"
+
+    def create_context(self, engine):
+        return "ctx"
+
+    def io_tensors(self, engine):
+        return self.specs
+
+    def stream_create(self):
+        return "stream"
+
+    def set_input_shape(self, ctx, name, shape):
+        self.calls.append(("set_input_shape", name, tuple(shape)))
+        return tuple(shape) == self.specs[0].shape
+
+    def get_tensor_shape(self, ctx, name):
+        return self.specs[1].shape
+
+    def malloc(self, n):
+        return self._alloc(n)
+
+    def host_alloc(self, n):
+        ptr = self._alloc(n)
+        return ptr, self.mem[ptr]
+
+    def free(self, ptr):
+        del self.mem[ptr]
+
+    host_free = free
+
+    def set_tensor_address(self, ctx, name, ptr):
+        self.addr[name] = ptr
+        return True
+
+    def memcpy_htod(self, dst, src, n, stream):
+        self.calls.append("htod")
+        self.mem[dst][:n] = self.mem[src][:n]
+
+    def execute_async(self, ctx, stream):
+        self.calls.append("execute")
+        x = self.mem[self.addr["images"]].view(np.float32)
+        assert x.size == np.prod(self.specs[0].shape) and np.isclose(x.max(), 114 / 255)  # the letterboxed frame
+        self.mem[self.addr["output0"]][:] = np.ascontiguousarray(self.output).view(np.uint8).reshape(-1)
+        return True
+
+    def memcpy_dtoh(self, dst, src, n, stream):
+        self.calls.append("dtoh")
+        self.mem[dst][:n] = self.mem[src][:n]
+
+    def synchronize(self, stream):
+        self.calls.append("sync")
+
+
+def test_yolo_engine_path_through_the_tensorrt_api(tmp_path):
+    eng = tmp_path / "yolo.engine"
+    eng.write_bytes(b"plan")
+    api = RecordingTrtStandIn(output=_yolo_output())
+    det = YoloDetector(eng, api=api)
+    d = det(np.zeros((*IMAGE_HW, 3), np.uint8))
+    assert np.allclose(d.boxes, EXPECTED, atol=1e-3)
+    assert api.calls == ["deserialize", ("set_input_shape", "images", (1, 3, INPUT, INPUT)), "htod", "execute",
+                         "dtoh", "sync"]
+    with pytest.raises(SmplerError, match=r"yolo.engine: not a person detector in the YOLO export layout"):
+        YoloDetector(eng, api=RecordingTrtStandIn(out_shape=(1, 300, 6)))
+    bad = tmp_path / "bad.engine"
+    bad.write_bytes(b"corrupt")
+    with pytest.raises(SmplerError, match="bad.engine: TensorRT could not deserialize"):
+        YoloDetector(bad, api=RecordingTrtStandIn())
