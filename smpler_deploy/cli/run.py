@@ -72,6 +72,10 @@ def _body(sess, a, need_handler: bool):
         from ..body.loaders import load_body_model
 
         data = load_body_model(a.smpl_model)
+    elif not _truthy((getattr(sess, "info", None) or {}).get("body_model_standin", "true")):
+        raise SmplerError(f"--smpl-model: {Path(a.onnx or a.engine or '').name} was exported with a SMPL body model; "
+                          "pass the same file (its faces draw the overlay, its layer re-poses smoothed parameters), "
+                          "or --no-overlay without --smooth")
     else:
         from ..body.standin import make_standin_body_model
 
@@ -138,7 +142,9 @@ def main(argv=None) -> int:
         raise
     writer = None
     try:
-        faces, handler, standin_default = _body(sess, a, need_handler=a.smooth != "none")
+        need_body = not a.no_overlay or a.smooth != "none"
+        faces, handler, standin_default = _body(sess, a, need_handler=a.smooth != "none") if need_body else \
+            (None, None, True)
         info = dict(getattr(sess, "info", {}) or {})
         standin = _truthy(info.get("standin_body", info.get("body_model_standin", standin_default)))
         untrained = _truthy(info.get("untrained", a.checkpoint is None))
