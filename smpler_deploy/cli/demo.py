@@ -1,6 +1,7 @@
 """smpler-demo: one image -> SMPLer mesh drawn over it (PNG) plus the mesh as OBJ and PLY.
 
   smpler-demo IMAGE [--bbox x,y,w,h] [--backend torch|onnxruntime|tensorrt] [--onnx PATH | --engine PATH] \
+      [--device cpu|cuda --precision fp32|fp16|bf16] [--provider cpu|cuda|tensorrt] \
       --out overlay.png        # also writes overlay.obj and overlay.ply
 """
 
@@ -28,6 +29,17 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--checkpoint", default=None, help="official checkpoint (torch backend; faces for others)")
     ap.add_argument("--smpl-model", default=None, help="SMPL model file (body model; mesh faces)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default=None, help="torch backend: cpu (default), cuda or cuda:N")
+    ap.add_argument("--precision", default=None, help="torch backend: fp32 (default), fp16 or bf16 (fp32 islands "
+                    "as in the fp16 ONNX graph)")
+    ap.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                    help="torch backend on CUDA: capture the forward per batch size and replay it (default on)")
+    ap.add_argument("--compile", action="store_true", help="torch backend: torch.compile the model")
+    ap.add_argument("--provider", default=None, help="onnxruntime backend: cpu (default), cuda or tensorrt "
+                    "(cuda/tensorrt need onnxruntime-gpu)")
+    ap.add_argument("--trt-cache", default=None, help="--provider tensorrt: engine/timing cache directory "
+                    "(default ~/.cache/smpler_deploy/ort-trt)")
+    ap.add_argument("--trt-fp16", action="store_true", help="--provider tensorrt: let TensorRT pick fp16 per layer")
     ap.add_argument("--no-joints", action="store_true", help="do not draw the 24 SMPL joints")
     ap.add_argument("--out", required=True, help="overlay PNG path; .obj/.ply are written beside it")
     return ap
@@ -43,6 +55,46 @@ def parse_bbox(text: str | None):
     if len(vals) != 4:
         raise SmplerError(f"--bbox {text}: expected four numbers x,y,w,h")
     return tuple(vals)
+
+
+def default_trt_cache() -> Path:
+    import os
+
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "smpler_deploy" / "ort-trt"
+
+
+def session_options(a) -> dict:
+    """open_session keyword arguments from the device/provider flags; a flag for another backend is an error."""
+    torch_flags = {"--device": a.device, "--precision": a.precision, "--cuda-graphs": a.cuda_graphs,
+                   "--compile": a.compile or None}
+    ort_flags = {"--provider": a.provider, "--trt-cache": a.trt_cache, "--trt-fp16": a.trt_fp16 or None}
+    for backend, flags in (("torch", torch_flags), ("onnxruntime", ort_flags)):
+        given = [f for f, v in flags.items() if v is not None]
+        if given and a.backend != backend:
+            raise SmplerError(f"{given[0]}: applies to --backend {backend} (got --backend {a.backend})")
+    if a.backend == "torch":
+        from ..runtime.torch_plan import plan_torch
+
+        kw = {"device": a.device or "cpu", "precision": a.precision or "fp32", "cuda_graphs": a.cuda_graphs,
+              "compile": a.compile}
+        plan_torch(**kw)  # --device cuda without CUDA: one line now, not after loading the model
+        return kw | {"checkpoint": a.checkpoint, "smpl_model": a.smpl_model}
+    if a.backend == "onnxruntime":
+        import onnxruntime as ort
+
+        from ..runtime.ort_providers import check_available, parse_provider
+
+        provider = parse_provider(a.provider or "cpu")
+        if a.trt_cache and provider != "tensorrt":
+            raise SmplerError(f"--trt-cache: applies to --provider tensorrt (got --provider {provider})")
+        if a.trt_fp16 and provider != "tensorrt":
+            raise SmplerError(f"--trt-fp16: applies to --provider tensorrt (got --provider {provider})")
+        check_available(provider, ort.get_available_providers())
+        kw = {"provider": provider}
+        if provider == "tensorrt":
+            kw |= {"trt_cache": a.trt_cache or default_trt_cache(), "trt_fp16": a.trt_fp16, "batches": (1,)}
+        return kw
+    return {}
 
 
 def _truthy(v) -> bool:
@@ -76,6 +128,7 @@ def main(argv=None) -> int:
         raise SmplerError(f"--out {out}: expected a .png path")
     if a.threads is not None and a.threads < 1:
         raise SmplerError(f"--threads {a.threads}: expected a positive integer")
+    session_options(a)  # flag combinations checked before any work
     meshes = (out.with_suffix(".obj"), out.with_suffix(".ply"))
     check_output_path(out, force=True, flag="--out")  # before any work: a directory or missing parent fails here
     for flag, val in (("--onnx", a.onnx), ("--engine", a.engine), ("--checkpoint", a.checkpoint),
@@ -94,7 +147,7 @@ def _run(a, out, meshes) -> int:
     image = load_image(a.image)
     x, transform = crop_person(image, parse_bbox(a.bbox))  # raises on a box outside the image
     path = {"onnxruntime": a.onnx, "tensorrt": a.engine}.get(a.backend)
-    kw = {"checkpoint": a.checkpoint, "smpl_model": a.smpl_model} if a.backend == "torch" else {}
+    kw = session_options(a)
     sess = open_session(a.backend, path=path, variant=a.variant, threads=a.threads, **kw)
     try:
         o = sess.infer(x[None]).numpy()

@@ -84,14 +84,16 @@ class SMPLer(nn.Module):
             block.trans_block.refresh()
 
     def set_precision(self, precision: str) -> "SMPLer":
-        """Mixed precision in the graph. 'fp16': backbone, projections, attention and MLP matmuls in fp16;
-        LayerNorm statistics, softmax, the HMR regressor, SMPL, rotation/camera math and the
-        joints -> sampling-coordinate path stay float32 (a window that moves by a pixel changes the result)."""
-        if precision not in ("fp32", "fp16"):
+        """Mixed precision in the graph. 'fp16' (or 'bf16', the same policy in bfloat16): backbone, projections,
+        attention and MLP matmuls in the half type; LayerNorm statistics, softmax, the HMR regressor, SMPL,
+        rotation/camera math and the joints -> sampling-coordinate path stay float32 (a window that moves by a
+        pixel changes the result)."""
+        dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+        if precision not in dtypes:
             from ..errors import SmplerError
 
-            raise SmplerError(f"precision {precision!r}: the PyTorch model runs fp32 or fp16")
-        dt = torch.float16 if precision == "fp16" else torch.float32
+            raise SmplerError(f"precision {precision!r}: the PyTorch model runs fp32, fp16 or bf16")
+        dt = dtypes[precision]
         self.backbone.to(dt)
         for block in self.transformer:
             for m in block.modules():

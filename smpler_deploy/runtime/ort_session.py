@@ -11,7 +11,7 @@ from ..errors import SmplerError
 from ..outputs import CROP_SIZE, INPUT_NAME, OUTPUT_NAMES, SMPLOutput
 from .base import check_images
 
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+from .ort_providers import PROVIDERS  # noqa: F401  (re-exported)
 
 
 def graph_traits(model) -> dict:
@@ -37,14 +37,52 @@ def check_graph_io(path, inputs, outputs) -> None:
         raise SmplerError(f"{path}: outputs do not match: expected {', '.join(OUTPUT_NAMES)}, got {', '.join(names)}")
 
 
+class _EventTimer:
+    """CUDA events on a torch stream that ORT is told to run on (user_compute_stream): device time of the run
+    alone. None where torch has no CUDA (then GPU cells report host latency only)."""
+
+    def __init__(self, device_id: int):
+        import torch
+
+        self.torch = torch
+        self.stream = torch.cuda.Stream(device=device_id)
+        self.events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+
+    @classmethod
+    def maybe(cls, device_id: int):
+        try:
+            import torch
+
+            return cls(device_id) if torch.cuda.is_available() else None
+        except Exception:  # noqa: BLE001 - timing is optional
+            return None
+
+    @property
+    def handle(self) -> int:
+        return int(self.stream.cuda_stream)
+
+    def start(self):
+        self.events[0].record(self.stream)
+
+    def stop(self) -> float:
+        self.events[1].record(self.stream)
+        self.events[1].synchronize()
+        return self.events[0].elapsed_time(self.events[1])
+
+
 class OnnxRuntimeSession:
     backend = "onnxruntime"
 
     def __init__(self, path, *, provider: str = "cpu", threads: int | None = None, io_binding: bool | None = None,
-                 optimization: str | None = None):
+                 optimization: str | None = None, batches=(1,), trt_cache: str | Path | None = None,
+                 trt_fp16: bool = False, device_id: int = 0):
         import onnx
         import onnxruntime as ort
 
+        from .ort_providers import PROVIDERS, check_available, parse_provider, provider_list
+
+        provider = parse_provider(provider)
+        check_available(provider, ort.get_available_providers())  # before reading the graph: fails fast
         path = Path(path)
         if not path.is_file():
             raise SmplerError(f"--onnx {path}: file not found")
@@ -56,11 +94,18 @@ class OnnxRuntimeSession:
 
         assert_no_plugins(header, where=path)
         traits = graph_traits(header)
-        if provider not in PROVIDERS:
-            raise SmplerError(f"--provider {provider}: expected one of {', '.join(PROVIDERS)}")
-        if PROVIDERS[provider] not in ort.get_available_providers():
-            raise SmplerError(f"--provider {provider}: {PROVIDERS[provider]} is not available in this onnxruntime "
-                              "(install onnxruntime-gpu for CUDA)")
+        meta = traits["meta"]
+        from ..spec import Precision
+
+        # report spelling: "int8-cpu" is ONNX Runtime's int8 layout, "int8" TensorRT's
+        prec = meta.get("precision", "fp32")
+        self.precision = Precision.from_metadata(meta).name if prec in ("fp32", "fp16", "int8") else prec
+        self.timer = _EventTimer.maybe(device_id) if provider != "cpu" else None
+        providers = provider_list(provider, precision=self.precision, qdq=traits["qdq"], batches=batches,
+                                  cache_dir=trt_cache, trt_fp16=trt_fp16, device_id=device_id,
+                                  stream=self.timer.handle if self.timer else None)
+        if provider == "tensorrt":
+            Path(trt_cache).mkdir(parents=True, exist_ok=True)
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads = int(threads)
@@ -74,33 +119,54 @@ class OnnxRuntimeSession:
         }[level]
         self.optimization = level
         try:
-            self.sess = ort.InferenceSession(str(path), so, providers=[PROVIDERS[provider]])
+            self.sess = ort.InferenceSession(str(path), so, providers=providers)
         except Exception as e:
             raise SmplerError(f"--onnx {path}: onnxruntime cannot load it ({str(e).splitlines()[0][:200]})")
+        used = self.sess.get_providers()
+        if not used or used[0] != PROVIDERS[provider]:  # ORT falls back silently when an EP fails to start
+            raise SmplerError(f"--provider {provider}: onnxruntime could not start {PROVIDERS[provider]} and fell "
+                              f"back to {', '.join(used)} (CUDA/cuDNN/TensorRT libraries not loadable?)")
         check_graph_io(path, self.sess.get_inputs(), self.sess.get_outputs())
         self.path = path
         self.provider = provider
-        meta = traits["meta"]
-        from ..spec import Precision
-
-        # report spelling: "int8-cpu" is ONNX Runtime's int8 layout, "int8" TensorRT's
-        prec = meta.get("precision", "fp32")
-        self.precision = Precision.from_metadata(meta).name if prec in ("fp32", "fp16", "int8") else prec
-        self.info = traits["meta"]
+        self.device_id = device_id
+        self.info = dict(meta) | {"provider": provider, "providers": used}
         self.io_binding = provider != "cpu" if io_binding is None else io_binding
+        self._inputs: dict = {}  # shape -> device OrtValue, reused (addresses stay put between calls)
+        self.last_device_ms: float | None = None
+
+    def _bound_run(self, x):
+        binding = self.sess.io_binding()
+        if self.provider == "cpu":
+            binding.bind_cpu_input(INPUT_NAME, x)
+            for name in OUTPUT_NAMES:
+                binding.bind_output(name, "cpu")
+        else:  # inputs copied to a reused device buffer, outputs left on the device until the run is timed
+            import onnxruntime as ort
+
+            val = self._inputs.get(x.shape)
+            if val is None:
+                val = self._inputs[x.shape] = ort.OrtValue.ortvalue_from_numpy(x, "cuda", self.device_id)
+            else:
+                val.update_inplace(x)
+            binding.bind_ortvalue_input(INPUT_NAME, val)
+            for name in OUTPUT_NAMES:
+                binding.bind_output(name, "cuda", self.device_id)
+        if self.timer:
+            self.timer.start()
+        self.sess.run_with_iobinding(binding)
+        if self.timer:
+            self.last_device_ms = self.timer.stop()
+        return binding.copy_outputs_to_cpu()
 
     def infer(self, images) -> SMPLOutput:
         x = check_images(images)
         if self.io_binding:
-            binding = self.sess.io_binding()
-            binding.bind_cpu_input(INPUT_NAME, x)
-            for name in OUTPUT_NAMES:
-                binding.bind_output(name, "cpu")
-            self.sess.run_with_iobinding(binding)
-            outs = binding.copy_outputs_to_cpu()
+            outs = self._bound_run(x)
         else:
             outs = self.sess.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
         return SMPLOutput(*(np.asarray(o, np.float32) for o in outs))
 
     def close(self) -> None:
         self.sess = None
+        self._inputs.clear()

@@ -1,39 +1,129 @@
-"""PyTorch backend: the reference model (fp32), or the official-style eager forward used as the baseline."""
+"""PyTorch backend: the reference model on CPU or CUDA at fp32/fp16/bf16, with per-batch CUDA graphs; or the
+official-style eager forward used as the baseline.
+
+fp16/bf16 follow the fp16 ONNX export's policy (`SMPLer.set_precision`: the same fp32 islands), so a torch
+fp16 cell and an ONNX fp16 graph differ only by backend. What can be decided without a GPU (device, precision,
+graph cache) lives in `torch_plan` and is tested on CPU.
+"""
 
 from __future__ import annotations
 
-import numpy as np
+import copy
+
 import torch
 
 from ..errors import SmplerError
 from ..outputs import SMPLOutput
 from .base import check_images
+from .torch_plan import GraphCache, plan_torch
+
+
+def _one_line(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()
+    return f"{e.__class__.__name__}: {msg[0] if msg else ''}"[:300]
 
 
 class TorchSession:
     backend = "torch"
 
     def __init__(self, model=None, *, variant="smpler", checkpoint=None, smpl_model=None, precision="fp32",
-                 official=False, threads=None, attention="torch"):
-        if precision != "fp32":
-            raise SmplerError(f"--precisions {precision}: the torch backend runs fp32 only (fp16/int8 are graph "
-                              "precisions: use onnxruntime or tensorrt)")
+                 official=False, threads=None, attention="torch", device="cpu", cuda_graphs=None, compile=False,
+                 graph_warmup: int = 3, max_graphs: int = 8, cuda_check=None):
+        self.plan = plan = plan_torch(device, precision, cuda_graphs=cuda_graphs, compile=compile,
+                                      attention=attention, cuda_check=cuda_check)
         if model is None:
             from ..model.smpler import load_model
 
             model = load_model(variant, checkpoint, smpl_model, attention=attention, official_style=official)
-        self.model = model.eval()
-        self.precision = precision
+        elif plan.precision != "fp32" or plan.device != "cpu":
+            model = copy.deepcopy(model)  # casting/moving must not change the caller's model
+        self.device = torch.device(plan.device)
+        model = model.eval().to(self.device)
+        if plan.precision != "fp32":
+            model.set_precision(plan.precision)
+        self.model = model
+        self.precision = plan.precision
         self.official = bool(model.official_style)
         self.threads = threads
         if threads:  # process-wide in torch; set once (re-setting per call rebuilds the pool)
             torch.set_num_threads(int(threads))
-        self.info = dict(model.info)
+        # torch.compile traces per batch size (dynamic=False: static shapes, as the CUDA graphs need anyway).
+        self._forward = torch.compile(model, dynamic=False) if plan.compile else model
+        self.graphs = GraphCache(enabled=plan.cuda_graphs, max_graphs=max_graphs)
+        self.graph_warmup = graph_warmup
+        self.last_device_ms: float | None = None  # CUDA-event time of the forward alone (no copies)
+        self._events = None
+        if plan.is_cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+        self.info = dict(model.info) | {"device": plan.device, "precision": plan.precision,
+                                        "cuda_graphs": plan.cuda_graphs, "compile": plan.compile,
+                                        "fp32_parts": list(plan.fp32_parts)}
 
+    # -- CUDA graphs
+    def _capture(self, batch: int, x: torch.Tensor):
+        """Warm up on a side stream, capture one forward into a graph with static input/output; replay it.
+        Any failure disables graphs for the session (recorded in info) and this call runs eagerly."""
+        try:
+            static_x = x.clone()
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(self.graph_warmup):
+                    self._forward(static_x)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self._forward(static_x)
+        except Exception as e:  # noqa: BLE001 - not capturable (host sync, unsupported op): eager for good
+            self.graphs.failed(_one_line(e))
+            self.info["cuda_graphs_disabled"] = self.graphs.disabled_reason
+            torch.cuda.synchronize(self.device)
+            return self._forward(x)
+        self.graphs.captured(batch, (graph, static_x, static_out))
+        graph.replay()
+        return static_out
+
+    def _replay(self, batch: int, x: torch.Tensor):
+        graph, static_x, static_out = self.graphs.graphs[batch]
+        static_x.copy_(x)
+        graph.replay()
+        return static_out  # read before the next replay: infer copies it to the host at once
+
+    # -- Session protocol
     def infer(self, images) -> SMPLOutput:
+        if self.model is None:
+            raise SmplerError("torch session is closed")
         x = torch.from_numpy(check_images(images))
         with torch.inference_mode():
-            return self.model(x).numpy()
+            if not self.plan.is_cuda:
+                return self._forward(x).numpy()
+            x = x.to(self.device)
+            batch = x.shape[0]
+            action = self.graphs.decide(batch)
+            start, end = self._events
+            start.record()
+            if action == "replay":
+                out = self._replay(batch, x)
+            elif action == "capture":
+                out = self._capture(batch, x)
+            else:
+                out = self._forward(x)
+            end.record()
+            res = out.numpy()  # device -> host copy (synchronizes)
+            end.synchronize()
+            self.last_device_ms = start.elapsed_time(end)
+            return res
+
+    @property
+    def device_memory_mb(self) -> float | None:
+        """Peak device memory torch's allocator reserved for this session (includes the graphs' pools)."""
+        if not self.plan.is_cuda:
+            return None
+        return torch.cuda.max_memory_reserved(self.device) / 2**20
 
     def close(self) -> None:
-        self.model = None
+        self.graphs.graphs.clear()
+        self.model = self._forward = None
+        if self.plan.is_cuda:
+            torch.cuda.empty_cache()

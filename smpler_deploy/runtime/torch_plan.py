@@ -1,0 +1,109 @@
+"""Every decision of the PyTorch session that needs no GPU: device, precision policy, CUDA-graph cache.
+
+`runtime/torch_session.py` only executes what these functions decide, so they are tested on any CPU machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..errors import SmplerError
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+# What stays float32 under fp16/bf16: the same islands the fp16 ONNX export keeps (`SMPLer.set_precision`).
+FP32_PARTS = ("LayerNorm statistics", "softmax", "HMR regressor", "SMPL layer", "rotation/camera math",
+              "joints -> sampling-window path", "transformer predictors (theta/beta/cam)")
+
+
+@dataclass(frozen=True)
+class TorchPlan:
+    device: str  # "cpu" | "cuda" | "cuda:N"
+    precision: str  # fp32 | fp16 | bf16
+    dtype: str  # torch dtype name of the half-precision parts ("float32" for fp32)
+    fp32_parts: tuple[str, ...]  # empty for fp32
+    cuda_graphs: bool
+    compile: bool
+    attention: str
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+
+def parse_device(device: str, flag: str = "--device") -> str:
+    d = str(device).strip().lower()
+    if d == "cpu" or d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit()):
+        return d
+    raise SmplerError(f"{flag} {device}: expected cpu, cuda or cuda:N")
+
+
+def cuda_unavailable_reason() -> str | None:
+    """Why torch cannot use a CUDA device here (one line), or None when it can."""
+    import torch
+
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build (install a CUDA build of torch)"
+    if not torch.cuda.is_available():
+        return f"torch {torch.__version__} sees no CUDA device (no NVIDIA GPU or driver visible)"
+    return None
+
+
+def plan_torch(device: str = "cpu", precision: str = "fp32", *, cuda_graphs: bool | None = None,
+               compile: bool = False, attention: str = "torch", cuda_check: Callable[[], str | None] | None = None,
+               flag: str = "--device") -> TorchPlan:
+    """Validate a TorchSession request; raise a one-line SmplerError naming the flag when it cannot run.
+
+    cuda_graphs: None = on for CUDA (capture per batch size, replay), off on CPU (nothing to capture).
+    """
+    device = parse_device(device, flag)
+    if precision not in PRECISIONS:
+        raise SmplerError(f"precision {precision}: the torch backend runs {', '.join(PRECISIONS)} "
+                          "(int8 is a graph precision: use onnxruntime or tensorrt)")
+    is_cuda = device.startswith("cuda")
+    if is_cuda:
+        why = (cuda_check or cuda_unavailable_reason)()
+        if why:
+            raise SmplerError(f"{flag} {device}: {why}; use {flag} cpu")
+    if cuda_graphs is None:
+        cuda_graphs = is_cuda
+    if cuda_graphs and not is_cuda:
+        raise SmplerError(f"--cuda-graphs: CUDA graphs need {flag} cuda (got {device})")
+    if attention == "triton" and precision == "bf16":
+        raise SmplerError("attention triton: the Triton kernels store fp32 or fp16 (bf16 runs with attention torch)")
+    if attention not in ("torch", "triton"):
+        raise SmplerError(f"attention {attention}: expected torch or triton")
+    dtype = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[precision]
+    return TorchPlan(device, precision, dtype, () if precision == "fp32" else FP32_PARTS, bool(cuda_graphs),
+                     bool(compile), attention)
+
+
+@dataclass
+class GraphCache:
+    """CUDA graphs of the forward, one per batch size (a graph freezes shapes and addresses).
+
+    The first call at a batch size captures (the capture function warms up on a side stream first, as torch's
+    docs require), later calls replay. A capture failure disables graphs for the session: every later call runs
+    eagerly and `disabled_reason` says why. At most `max_graphs` sizes are captured; other sizes run eagerly
+    (each graph pins its static input/output buffers).
+    """
+
+    enabled: bool = True
+    max_graphs: int = 8
+    graphs: dict = field(default_factory=dict)  # batch -> whatever the capture function returned
+    disabled_reason: str | None = None
+
+    def decide(self, batch: int) -> str:
+        """'replay' | 'capture' | 'eager'."""
+        if not self.enabled or self.disabled_reason:
+            return "eager"
+        if batch in self.graphs:
+            return "replay"
+        return "capture" if len(self.graphs) < self.max_graphs else "eager"
+
+    def captured(self, batch: int, graph) -> None:
+        self.graphs[batch] = graph
+
+    def failed(self, reason: str) -> None:
+        self.disabled_reason = reason
+        self.graphs.clear()
