@@ -7,7 +7,7 @@ import re
 import pytest
 
 from smpler_deploy.errors import SmplerError
-from smpler_deploy.plugins import aot
+from smpler_deploy.plugins import abi, aot, kernel_store
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def built(tmp_path_factory):
 def test_index_and_files(built):
     out, index = built
     assert index == json.loads((out / "index.json").read_text())
-    assert index["triton_version"] == "3.9.0" and index["kernel_abi"] == 1
+    assert index["triton_version"] == "3.9.0" and index["kernel_abi"] == 1 and index["format"] == 2
     keys = {(e["kernel"], e["dtype"], e["sm"]) for e in index["kernels"]}
     assert keys == {(k, d, s) for k in aot.KERNEL_NAMES for d in aot.DTYPES for s in (87, 89)}
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporaries left behind
@@ -28,8 +28,11 @@ def test_index_and_files(built):
         stem = f"{e['kernel']}_{e['dtype']}_sm{e['sm']}"
         cubin = (out / f"{stem}.cubin").read_bytes()
         assert cubin[:4] == b"\x7fELF" and hashlib.sha256(cubin).hexdigest() == e["cubin_sha256"]
+        assert hashlib.sha256((out / f"{stem}.ptx").read_bytes()).hexdigest() == e["ptx_sha256"]
+        # Triton 3.9 assembles sm < 90 with its CUDA 12.9 ptxas: such cubins load on any CUDA 12 driver
+        assert e["ptxas_cuda"] == "12.9" and e["ptx_min_driver"] == 12050 and e["num_ctas"] == 1
         assert e["entry_name"] == f"{e['kernel']}_kernel"
-        assert e["num_warps"] == aot.NUM_WARPS[e["kernel"]] and e["threads_per_block"] == 32 * e["num_warps"]
+        assert e["num_warps"] == abi.NUM_WARPS[e["kernel"]] and e["threads_per_block"] == 32 * e["num_warps"]
         assert 0 < e["shared"] <= 99 * 1024  # fits sm_86/89 (99 KiB opt-in) and Orin (163 KiB)
         assert e["args"][-2:] == [{"name": "global_scratch", "type": "*i8"}, {"name": "profile_scratch", "type": "*i8"}]
         ptx = (out / f"{stem}.ptx").read_text()
@@ -55,7 +58,7 @@ def test_rebuild_merges_index(built, tmp_path):
     out, index = built
     # A second run for another SM keeps the first run's entries (index merge), checked without compiling:
     (tmp_path / "index.json").write_text(json.dumps(index))
-    assert aot.load_index(tmp_path)["kernels"] == index["kernels"]
+    assert kernel_store.load_index(tmp_path)["kernels"] == index["kernels"]
 
 
 def test_ptx_isa_rule():
@@ -83,36 +86,86 @@ def test_cli_errors(capsys):
 
 
 def _entry(kernel, dtype="fp16", sm=87):
-    spec = aot.variant_spec(kernel, dtype)
+    spec = abi.variant_spec(kernel, dtype)
     return {"kernel": kernel, "dtype": dtype, "sm": sm, "threads_per_block": 128, "shared": 1024,
             "constexprs": spec["constexprs"], "entry_name": f"{kernel}_kernel", "cubin": "x.cubin",
             "args": [{"name": n, "type": t} for n, t in spec["args"]]
-            + [{"name": n, "type": "*i8"} for n in aot.HIDDEN_ARGS]}
+            + [{"name": n, "type": "*i8"} for n in abi.HIDDEN_ARGS]}
 
 
 def test_plan_local():
-    plan = aot.plan_launch(_entry("local_attention"),
+    plan = abi.plan_launch(_entry("local_attention"),
                            [(3, 56, 56, 128), (3, 24, 2), (3, 24, 4, 128), (4, 9, 9)], [10, 20, 30, 40, 50])
     assert plan.grid == (72, 1, 1) and plan.block == (128, 1, 1) and plan.shared == 1024
     assert plan.args == (("*fp16", 10), ("*fp32", 20), ("*fp16", 30), ("*fp32", 40), ("*fp16", 50),
                          ("i32", 24), ("i32", 56), ("i32", 128), ("*i8", 0), ("*i8", 0))
     with pytest.raises(SmplerError, match="compiled for C=128"):
-        aot.plan_launch(_entry("local_attention"),
+        abi.plan_launch(_entry("local_attention"),
                         [(1, 56, 56, 256), (1, 24, 2), (1, 24, 4, 256), (4, 9, 9)], [1, 2, 3, 4, 5])
 
 
 def test_plan_global():
     shapes = [(2, 4, 26, 4, 128), (2, 3136, 128), (2, 784, 128), (2, 196, 128), (2, 49, 128)]
-    plan = aot.plan_launch(_entry("global_attention", "fp32"), shapes, list(range(1, 7)))
+    plan = abi.plan_launch(_entry("global_attention", "fp32"), shapes, list(range(1, 7)))
     assert plan.grid == (4, 2, 4)  # cdiv(26*4, 32), batch, scales
     assert [v for _, v in plan.args[6:12]] == [104, 128, 3136, 784, 196, 49]
     with pytest.raises(SmplerError, match="buffers"):
-        aot.plan_launch(_entry("global_attention"), shapes, [1, 2, 3])
+        abi.plan_launch(_entry("global_attention"), shapes, [1, 2, 3])
 
 
 def test_missing_sm_names_command(built):
     out, index = built
     with pytest.raises(SmplerError, match=r"no cubin for sm_86 .*smpler-aot --sm 86"):
-        aot.find_entry(index, "local_attention", "fp16", 86, out)
+        kernel_store.find_entry(index, "local_attention", "fp16", 86, out)
     with pytest.raises(SmplerError, match="smpler-aot"):
-        aot.load_index(out / "missing")
+        kernel_store.load_index(out / "missing")
+
+
+def test_sm90_cubin_is_cuda13_and_recorded(tmp_path):
+    """sm_90 goes through Triton's CUDA 13 ptxas: index.json says so, and a CUDA 12 driver is sent to the PTX."""
+    index = aot.build(tmp_path, [90], kernels=["local_attention"], dtypes=["fp32"])
+    (e,) = index["kernels"]
+    assert e["ptx_target"] == "sm_90a" and e["ptxas_cuda"].startswith("13.")
+    cubin = (tmp_path / e["cubin"]).read_bytes()
+    assert cubin[7:9] == bytes([0x41, 8])  # ELF OS ABI "CUDA", ABI version 8: what CUDA 12 drivers cannot load
+    assert kernel_store.load_order(e, 12060) == ["ptx"]  # JetPack 6 / TensorRT cu12 hosts
+    assert kernel_store.load_order(e, 13000) == ["cubin", "ptx"]
+
+
+def test_load_order_rule():
+    e = {"kernel": "global_attention", "dtype": "fp16", "sm": 120, "ptx": "g.ptx", "ptx_version": "8.7",
+         "ptx_min_driver": 12080, "ptxas_cuda": "13.4"}
+    assert kernel_store.load_order(e, 13000) == ["cubin", "ptx"]
+    assert kernel_store.load_order(e, 12080) == ["ptx"]
+    with pytest.raises(SmplerError, match=r"supports CUDA 12\.6; the cubin needs a CUDA 13\.x driver and its PTX "
+                                          r"\(ISA 8\.7\) CUDA 12\.8 or later; update the driver"):
+        kernel_store.load_order(e, 12060)
+    e89 = dict(e, sm=89, ptx_version="8.5", ptx_min_driver=12050, ptxas_cuda="12.9")
+    assert kernel_store.load_order(e89, 12020) == ["cubin"]  # minor-version compatible; PTX 8.5 too new
+    assert kernel_store.load_order(e89, 12060) == ["cubin", "ptx"]
+    assert kernel_store.load_order({k: v for k, v in e89.items() if k != "ptxas_cuda"}, 12060) == ["cubin", "ptx"]
+
+
+def test_kernel_dir_resolution(tmp_path, monkeypatch):
+    monkeypatch.delenv("SMPLER_KERNEL_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cache = tmp_path / "cache" / "smpler_deploy" / f"kernels-triton{abi.TRITON_VERSION_PIN}"
+    assert kernel_store.resolve_kernel_dir() == cache
+    monkeypatch.setenv("SMPLER_KERNEL_DIR", str(tmp_path / "env"))
+    assert kernel_store.resolve_kernel_dir() == tmp_path / "env"
+    assert kernel_store.resolve_kernel_dir(tmp_path / "flag") == tmp_path / "flag"  # --kernel-dir / -o wins
+
+
+def test_check_kernels_for(built, tmp_path):
+    out, _ = built
+    assert kernel_store.check_kernels_for(out, 89, ["local_attention", "global_attention"])["kernels"]
+    with pytest.raises(SmplerError, match=rf"e\.engine: no local_attention kernel for this GPU \(SM86\) in {out}; "
+                                          rf"build it with `smpler-aot --sm 86 -o {out}`"):
+        kernel_store.check_kernels_for(out, 86, ["local_attention"], "e.engine")
+    with pytest.raises(SmplerError, match=r"no kernels for SM100 .*--no-plugins"):
+        kernel_store.check_kernels_for(out, 100, ["local_attention"], "e.engine")
+    with pytest.raises(SmplerError, match=rf"no compiled attention kernels; run `smpler-aot -o {tmp_path}`"):
+        kernel_store.check_kernels_for(tmp_path, 89, ["local_attention"])
+    (tmp_path / "index.json").write_text(json.dumps({"format": 1, "kernels": []}))  # before ptxas/PTX records
+    with pytest.raises(SmplerError, match=r"format 1, this smpler-deploy reads format 2; rerun `smpler-aot"):
+        kernel_store.load_index(tmp_path)

@@ -4,13 +4,12 @@ Until the SMPLer export lands, the graphs are a small conv net with SMPLer's inp
 """
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from smpler_deploy.engine.manifest import check_manifest, manifest_path, read_manifest
+from smpler_deploy.trt.manifest import check_manifest, manifest_path, read_manifest
 from smpler_deploy.errors import SmplerError
 
 trt = pytest.importorskip("tensorrt_rtx")
@@ -250,25 +249,20 @@ def _plugin_graph(path):
 
 def test_plugin_graph(tmp_path, monkeypatch):
     """Plugin nodes: creators registered before parsing, plugin listed in the manifest and the layer summary;
-    without the plugin module, a clear refusal and no files."""
-    pytest.importorskip("smpler_deploy.plugins.trt_plugins")
+    without the TensorRT-RTX soname link, a clear refusal and no files."""
     _plugin_graph(tmp_path / "p.onnx")
     m = build_engine(tmp_path / "p.onnx", tmp_path / "p.engine", log=_quiet)
     assert [(p["name"], p["namespace"], p["registered"]) for p in m["plugins"]] == [
         ("SmplerGlobalAttention", "smpler", True)
     ]
     assert m["layers"]["by_kind"]["plugin"] == {"fp32": 1}
-    from smpler_deploy.engine import plugin_glue
+    from smpler_deploy.trt import plugins as trt_plugins
 
     with monkeypatch.context() as mp:  # soname link missing and site-packages read-only: refuse, never abort
-        mp.setattr(plugin_glue, "ensure_rtx_soname", lambda: False)
+        mp.setattr(trt_plugins, "ensure_rtx_soname", lambda: False)
         with pytest.raises(SmplerError) as e:
             build_engine(tmp_path / "p.onnx", tmp_path / "q.engine", log=_quiet)
-        assert "ln -s libtensorrt_rtx.so.1" in _one_line(e)
-    monkeypatch.setitem(sys.modules, "smpler_deploy.plugins.trt_plugins", None)  # as if not installed
-    with pytest.raises(SmplerError) as e:
-        build_engine(tmp_path / "p.onnx", tmp_path / "q.engine", log=_quiet)
-    assert "needs the smpler TensorRT plugins" in _one_line(e) and "--no-plugins" in str(e.value)
+        assert "ln -s libtensorrt_rtx.so.1" in _one_line(e) and "--no-plugins" in str(e.value)
     assert not (tmp_path / "q.engine").exists() and not manifest_path(tmp_path / "q.engine").exists()
 
 

@@ -13,11 +13,12 @@ import torch
 from onnx import TensorProto, helper
 
 from smpler_deploy.errors import SmplerError
-from smpler_deploy.plugins import aot, onnx_nodes
-from smpler_deploy.plugins import trt_plugins as P
+from smpler_deploy.plugins import abi, onnx_nodes
+from smpler_deploy.trt import launch as L
+from smpler_deploy.trt import plugins as P
 
 try:
-    from smpler_deploy.engine.trt_import import import_trt
+    from smpler_deploy.trt.importer import import_trt
 
     trt, _ = import_trt("tensorrt-rtx")
 except SmplerError as e:  # pragma: no cover
@@ -200,10 +201,13 @@ def test_supports_format_combination_rules():
 # ------------------------------------------------------------------------------ enqueue on a fake CUDA driver
 
 class _FakeDriver:
-    """Just enough of cuda.bindings.driver to run the plugin's enqueue path and record the launch."""
+    """Recording stand-in for cuda.bindings.driver (no GPU here): every driver call is logged by name, the
+    launch's parameters are read back from the void*[] array like the real driver does."""
 
     class CUresult:
         CUDA_SUCCESS = 0
+        CUDA_ERROR_INVALID_IMAGE = 200
+        CUDA_ERROR_INVALID_CONTEXT = 201
 
     class CUdevice_attribute:
         CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = "major"
@@ -212,55 +216,74 @@ class _FakeDriver:
     class CUfunction_attribute:
         CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = "max_dyn_smem"
 
-    def __init__(self, sm, ctx=0xC0, param_types=()):
-        self.sm, self.ctx, self.calls, self.param_types = sm, ctx, [], param_types
+    def __init__(self, sm, ctx=0xC0, param_types=(), version=13000, cubin_loads=True):
+        self.sm, self.ctx, self.param_types, self.version, self.cubin_loads = sm, ctx, param_types, version, cubin_loads
+        self.calls = []
 
-    def CUstream(self, s):
+    def names(self):
+        return [c[0] for c in self.calls]
+
+    def CUstream(self, s):  # a handle constructor, not a driver call
         return ("stream", s)
 
     def cuCtxGetCurrent(self):
+        self.calls.append(("cuCtxGetCurrent",))
         return 0, self.ctx
 
     def cuCtxGetDevice(self):
+        self.calls.append(("cuCtxGetDevice",))
         return 0, 0
 
     def cuDeviceGetAttribute(self, attr, dev):
+        self.calls.append(("cuDeviceGetAttribute", attr))
         return 0, self.sm // 10 if attr == "major" else self.sm % 10
 
+    def cuDriverGetVersion(self):
+        self.calls.append(("cuDriverGetVersion",))
+        return 0, self.version
+
     def cuModuleLoadData(self, data):
-        self.calls.append(("load", bytes(data)))
-        return 0, "module"
+        data = bytes(data)
+        self.calls.append(("cuModuleLoadData", data))
+        if data.startswith(b"CUBIN") and not self.cubin_loads:  # e.g. an ELF ABI 8 cubin on a CUDA 12 driver
+            return self.CUresult.CUDA_ERROR_INVALID_IMAGE, None
+        return 0, ("module", data)
 
     def cuModuleGetFunction(self, module, name):
-        self.calls.append(("function", name))
-        return 0, "fn"
+        self.calls.append(("cuModuleGetFunction", name))
+        return 0, ("fn", module[1])
 
     def cuFuncSetAttribute(self, fn, attr, value):
-        self.calls.append(("attr", attr, value))
+        self.calls.append(("cuFuncSetAttribute", attr, value))
         return (0,)
 
     def cuLaunchKernel(self, fn, gx, gy, gz, bx, by, bz, shared, stream, params, extra):
         # like the real driver, read the parameters during the call (the caller frees them afterwards)
-        self.calls.append(("launch", (gx, gy, gz), (bx, by, bz), shared, stream, _read_params(params, self.param_types)))
+        self.calls.append(("cuLaunchKernel", fn, (gx, gy, gz), (bx, by, bz), shared, stream,
+                           _read_params(params, self.param_types)))
         return (0,)
 
 
-def _fake_kernel_dir(path, sm=89, shared=57472):
+def _fake_kernel_dir(path, sm=89, shared=57472, ptxas="13.4", num_ctas=1):
+    """A kernel directory as smpler-aot writes it (format, fields), with placeholder binaries."""
     entries = []
-    for kernel in aot.KERNEL_NAMES:
-        for dtype in aot.DTYPES:
-            spec = aot.variant_spec(kernel, dtype)
-            blob = f"{kernel}-{dtype}-{sm}".encode()
+    for kernel in abi.KERNEL_NAMES:
+        for dtype in abi.DTYPES:
+            spec = abi.variant_spec(kernel, dtype)
             stem = f"{kernel}_{dtype}_sm{sm}"
-            (path / f"{stem}.cubin").write_bytes(blob)
+            cubin, ptx = f"CUBIN-{kernel}-{dtype}-{sm}".encode(), f"// PTX {kernel} {dtype} {sm}\n"
+            (path / f"{stem}.cubin").write_bytes(cubin)
+            (path / f"{stem}.ptx").write_text(ptx)
             entries.append({"kernel": kernel, "dtype": dtype, "sm": sm, "entry_name": f"{kernel}_kernel",
-                            "cubin": f"{stem}.cubin", "cubin_sha256": hashlib.sha256(blob).hexdigest(),
-                            "num_warps": 4, "threads_per_block": 128, "shared": shared, "grid": spec["grid"],
-                            "constexprs": spec["constexprs"],
+                            "cubin": f"{stem}.cubin", "cubin_sha256": hashlib.sha256(cubin).hexdigest(),
+                            "ptx": f"{stem}.ptx", "ptx_sha256": hashlib.sha256(ptx.encode()).hexdigest(),
+                            "ptx_version": "8.5", "ptx_min_driver": 12050, "ptxas_cuda": ptxas,
+                            "num_warps": 4, "num_ctas": num_ctas, "threads_per_block": 128, "shared": shared,
+                            "grid": spec["grid"], "constexprs": spec["constexprs"],
                             "args": [{"name": n, "type": t} for n, t in spec["args"]]
-                            + [{"name": n, "type": "*i8"} for n in aot.HIDDEN_ARGS]})
-    (path / "index.json").write_text(json.dumps({"format": 1, "triton_version": "3.9.0", "kernel_abi": 1,
-                                                 "kernels": entries}))
+                            + [{"name": n, "type": "*i8"} for n in abi.HIDDEN_ARGS]})
+    (path / "index.json").write_text(json.dumps({"format": 2, "triton_version": abi.TRITON_VERSION_PIN,
+                                                 "kernel_abi": abi.KERNEL_ABI, "kernels": entries}))
     return path
 
 
@@ -270,49 +293,154 @@ def _read_params(address, types_):
     return [ctypes.cast(arr[i], ctypes.POINTER(ct.get(t, ctypes.c_uint64))).contents.value for i, t in enumerate(types_)]
 
 
-def test_enqueue_launches_planned_kernel(tmp_path, monkeypatch):
-    P.set_kernel_dir(_fake_kernel_dir(tmp_path))
-    index = json.loads((tmp_path / "index.json").read_text())
-    entry = next(e for e in index["kernels"] if e["kernel"] == "global_attention" and e["dtype"] == "fp32")
-    fake = _FakeDriver(sm=89, param_types=[a["type"] for a in entry["args"]])
-    monkeypatch.setattr(P, "_cuda", lambda: fake)
-    monkeypatch.setattr(P, "_functions", {})
-    try:
-        plugin_cls, _ = P._make_classes(trt)
-        plugin = plugin_cls("SmplerGlobalAttention", "g0")
-        desc = lambda *d: types.SimpleNamespace(type=trt.DataType.FLOAT, dims=d)  # noqa: E731
-        ins = [desc(2, 4, 26, 4, 128), desc(2, 3136, 128), desc(2, 784, 128), desc(2, 196, 128), desc(2, 49, 128)]
-        plugin.enqueue(ins, [desc(2, 4, 26, 4, 128)], [0x1000, 0x2000, 0x3000, 0x4000, 0x5000], [0x6000], 0, 77)
-        launch = fake.calls[-1]
-        assert ("load", b"global_attention-fp32-89") in fake.calls
-        assert ("function", b"global_attention_kernel") in fake.calls
-        assert ("attr", "max_dyn_smem", 57472) in fake.calls  # > 48 KiB needs the opt-in
-        assert launch[1:5] == ((4, 2, 4), (128, 1, 1), 57472, ("stream", 77))
-        assert launch[5] == [0x1000, 0x2000, 0x3000, 0x4000, 0x5000, 0x6000,
-                                                   104, 128, 3136, 784, 196, 49, 0, 0]
-        # a second enqueue reuses the loaded module
-        n_loads = sum(c[0] == "load" for c in fake.calls)
-        plugin.enqueue(ins, [desc(2, 4, 26, 4, 128)], [1, 2, 3, 4, 5], [6], 0, 77)
-        assert sum(c[0] == "load" for c in fake.calls) == n_loads
-    finally:
-        P.set_kernel_dir(None)
+def _desc(t, *dims):
+    return types.SimpleNamespace(type=t, dims=dims, format=trt.TensorFormat.LINEAR)
 
 
-def test_enqueue_missing_sm_names_command(tmp_path, monkeypatch):
-    monkeypatch.setattr(P, "_cuda", lambda: _FakeDriver(sm=75))
-    monkeypatch.setattr(P, "_functions", {})
-    P.set_kernel_dir(_fake_kernel_dir(tmp_path))
-    try:
-        plugin_cls, _ = P._make_classes(trt)
-        plugin = plugin_cls("SmplerLocalAttention", "l0")
-        d = lambda t, *s: types.SimpleNamespace(type=t, dims=s)  # noqa: E731
-        H, F = trt.DataType.HALF, trt.DataType.FLOAT
-        ins = [d(H, 1, 56, 56, 128), d(F, 1, 24, 2), d(H, 1, 24, 4, 128), d(F, 4, 9, 9)]
-        with pytest.raises(SmplerError, match=r"local_attention \(fp16\): no cubin for sm_75 .*smpler-aot --sm 75"):
-            plugin.enqueue(ins, [d(H, 1, 24, 4, 128)], [1, 2, 3, 4], [5], 0, 0)
-        assert "sm_75" in P.plugin_errors()[-1]
-    finally:
-        P.set_kernel_dir(None)
+GLOBAL_IN = [(2, 4, 26, 4, 128), (2, 3136, 128), (2, 784, 128), (2, 196, 128), (2, 49, 128)]
+LOCAL_IN = [(1, 56, 56, 128), (1, 24, 2), (1, 24, 4, 128), (4, 9, 9)]
+
+
+@pytest.fixture
+def driver(tmp_path, monkeypatch):
+    """Plugins wired to a fresh fake driver and an empty launch cache; returns a factory for the driver."""
+    state = {}
+
+    def make(sm=89, **kw):
+        state["fake"] = _FakeDriver(sm=sm, **kw)
+        return state["fake"]
+
+    monkeypatch.setattr(L, "cuda_driver", lambda: state["fake"])
+    for name in ("_functions", "_sm"):
+        monkeypatch.setattr(L, name, {})
+    monkeypatch.setattr(L, "_driver_version", [])
+    P.set_kernel_dir(tmp_path)
+    yield make
+    P.set_kernel_dir(None)
+
+
+def _global_plugin(phase=None):
+    plugin_cls, _ = P._make_classes(trt)
+    return plugin_cls("SmplerGlobalAttention", "g0", phase=phase)
+
+
+def test_kernel_resolved_once_per_context_not_per_enqueue(tmp_path, driver):
+    _fake_kernel_dir(tmp_path)
+    entry = next(e for e in json.loads((tmp_path / "index.json").read_text())["kernels"]
+                 if e["kernel"] == "global_attention" and e["dtype"] == "fp32")
+    fake = driver(param_types=[a["type"] for a in entry["args"]])
+    F = trt.DataType.FLOAT
+    ins, outs = [_desc(F, *s) for s in GLOBAL_IN], [_desc(F, *GLOBAL_IN[0])]
+    plugin = _global_plugin(trt.TensorRTPhase.RUNTIME).attach_to_context(None)
+    plugin.on_shape_change(ins, outs)  # TensorRT: once per shape change, before the enqueues
+    assert fake.names() == ["cuCtxGetCurrent", "cuCtxGetDevice", "cuDeviceGetAttribute", "cuDeviceGetAttribute",
+                            "cuDriverGetVersion", "cuModuleLoadData", "cuModuleGetFunction", "cuFuncSetAttribute"]
+    assert fake.calls[5][1] == b"CUBIN-global_attention-fp32-89"  # a CUDA 13 driver loads the cubin
+    assert ("cuFuncSetAttribute", "max_dyn_smem", 57472) in fake.calls  # > 48 KiB needs the opt-in
+    fake.calls.clear()
+    ptrs = [0x1000, 0x2000, 0x3000, 0x4000, 0x5000]
+    for i in range(5):
+        plugin.enqueue(ins, outs, ptrs, [0x6000 + 0x100 * (i % 2)], 0, 77)
+    assert fake.names() == ["cuLaunchKernel"] * 5  # no queries, no index search per enqueue
+    launch = fake.calls[-1]
+    assert launch[2:6] == ((4, 2, 4), (128, 1, 1), 57472, ("stream", 77))
+    assert launch[6] == [0x1000, 0x2000, 0x3000, 0x4000, 0x5000, 0x6000, 104, 128, 3136, 784, 196, 49, 0, 0]
+    assert fake.calls[-2][6][5] == 0x6100  # the packed pointers follow the addresses
+    # another layer (or execution context) in the same CUDA context shares the loaded module
+    other = _global_plugin(trt.TensorRTPhase.RUNTIME)
+    fake.calls.clear()
+    other.on_shape_change(ins, outs)
+    assert fake.names() == ["cuCtxGetCurrent"]
+    # a new shape set re-plans without reloading; a new CUDA context loads its own module
+    plugin.on_shape_change([_desc(F, 1, *s[1:]) for s in GLOBAL_IN], outs)
+    assert "cuModuleLoadData" not in fake.names()
+    fake.ctx = 0xC1
+    fake.calls.clear()
+    plugin.on_shape_change(ins, outs)
+    assert fake.names().count("cuModuleLoadData") == 1 and fake.names().count("cuCtxGetDevice") == 1
+
+
+def test_build_phase_needs_no_gpu_and_enqueue_resolves_lazily(tmp_path, driver):
+    _fake_kernel_dir(tmp_path)
+    fake = driver(param_types=["*fp32"] * 6 + ["i32"] * 6 + ["*i8"] * 2)
+    F = trt.DataType.FLOAT
+    ins = [_desc(F, *s) for s in GLOBAL_IN]
+    plugin = _global_plugin(trt.TensorRTPhase.BUILD)
+    plugin.on_shape_change(ins, ins[:1])  # TensorRT-RTX builds call it without a GPU: no driver call
+    assert fake.calls == []
+    plugin.enqueue(ins, ins[:1], [16, 32, 48, 64, 80], [96], 0, 0)  # a timing build: resolved at first use
+    assert fake.names().count("cuModuleLoadData") == 1 and fake.names()[-1] == "cuLaunchKernel"
+
+
+def test_empty_batch_launches_nothing(tmp_path, driver):
+    _fake_kernel_dir(tmp_path)
+    fake = driver()
+    H, F = trt.DataType.HALF, trt.DataType.FLOAT
+    plugin_cls, _ = P._make_classes(trt)
+    plugin = plugin_cls("SmplerLocalAttention", "l0", phase=trt.TensorRTPhase.RUNTIME)
+    ins = [_desc(H, 0, 56, 56, 128), _desc(F, 0, 24, 2), _desc(H, 0, 24, 4, 128), _desc(F, 4, 9, 9)]
+    plugin.on_shape_change(ins, ins[2:3])
+    plugin.enqueue(ins, ins[2:3], [16, 32, 48, 64], [80], 0, 0)
+    assert "cuLaunchKernel" not in fake.names()
+
+
+def test_misaligned_buffer_refused(tmp_path, driver):
+    _fake_kernel_dir(tmp_path)
+    driver()
+    F = trt.DataType.FLOAT
+    ins = [_desc(F, *s) for s in GLOBAL_IN]
+    plugin = _global_plugin(trt.TensorRTPhase.RUNTIME)
+    plugin.on_shape_change(ins, ins[:1])
+    with pytest.raises(SmplerError, match=r"g0: buffer k1_ptr at 0x2008 is not 16-byte aligned"):
+        plugin.enqueue(ins, ins[:1], [0x1000, 0x2000, 0x2008, 0x3000, 0x4000], [0x5000], 0, 0)
+
+
+def test_multi_cta_kernel_refused(tmp_path, driver):
+    _fake_kernel_dir(tmp_path, num_ctas=2)
+    driver()
+    F = trt.DataType.FLOAT
+    ins = [_desc(F, *s) for s in GLOBAL_IN]
+    with pytest.raises(SmplerError, match="num_ctas=2"):
+        _global_plugin(trt.TensorRTPhase.RUNTIME).on_shape_change(ins, ins[:1])
+
+
+@pytest.mark.parametrize("version,cubin_loads,loaded", [
+    (12060, True, ["PTX"]),  # CUDA 12 driver, CUDA 13 ptxas cubin: straight to the PTX
+    (13000, False, ["CUBIN", "PTX"]),  # the cubin fails to load: fall back to the PTX
+    (13000, True, ["CUBIN"]),
+])
+def test_ptx_when_the_driver_cannot_take_the_cubin(tmp_path, driver, version, cubin_loads, loaded):
+    _fake_kernel_dir(tmp_path, sm=90, ptxas="13.4")
+    fake = driver(sm=90, version=version, cubin_loads=cubin_loads)
+    fn = L.resolve_function(fake, "local_attention", "fp16", tmp_path)
+    images = [c[1] for c in fake.calls if c[0] == "cuModuleLoadData"]
+    assert ["PTX" if i.startswith(b"// PTX") else "CUBIN" for i in images] == loaded
+    assert fn.image == loaded[-1].lower()
+    if "PTX" in loaded:
+        assert images[-1] == b"// PTX local_attention fp16 90\n\0"  # NUL-terminated text for the JIT
+
+
+def test_launch_functions_callable_without_tensorrt(tmp_path, driver):
+    """The plain launch functions a GPU self-check calls with its own buffers (no TensorRT descriptors)."""
+    _fake_kernel_dir(tmp_path)
+    fake = driver(param_types=["*fp16", "*fp32", "*fp16", "*fp32", "*fp16", "i32", "i32", "i32", "*i8", "*i8"])
+    fn = L.resolve_function(fake, "local_attention", "fp16", tmp_path)
+    assert L.launch_local_attention(fake, fn, 0x100, 0x200, 0x300, 0x400, 0x500, LOCAL_IN, stream=5)
+    assert fake.calls[-1][2] == (24, 1, 1) and fake.calls[-1][6][5:8] == [24, 56, 128]
+    assert not L.launch_local_attention(fake, fn, 0x100, 0x200, 0x300, 0x400, 0x500,
+                                        [(0, *s[1:]) for s in LOCAL_IN[:3]] + LOCAL_IN[3:], stream=5)
+
+
+def test_enqueue_missing_sm_names_command(tmp_path, driver):
+    _fake_kernel_dir(tmp_path)
+    driver(sm=75)
+    plugin_cls, _ = P._make_classes(trt)
+    plugin = plugin_cls("SmplerLocalAttention", "l0")
+    H, F = trt.DataType.HALF, trt.DataType.FLOAT
+    ins = [_desc(H, *LOCAL_IN[0]), _desc(F, *LOCAL_IN[1]), _desc(H, *LOCAL_IN[2]), _desc(F, *LOCAL_IN[3])]
+    with pytest.raises(SmplerError, match=r"local_attention \(fp16\): no cubin for sm_75 .*smpler-aot --sm 75"):
+        plugin.enqueue(ins, ins[2:3], [16, 32, 48, 64], [80], 0, 0)
+    assert "sm_75" in P.plugin_errors()[-1]
 
 
 def test_cuda_python_is_lazy():

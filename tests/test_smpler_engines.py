@@ -18,14 +18,14 @@ from smpler_deploy.errors import SmplerError
 from smpler_deploy.fileio import sha256_file
 
 try:
-    from smpler_deploy.engine.trt_import import import_trt
+    from smpler_deploy.trt.importer import import_trt
 
     import_trt("tensorrt-rtx")
 except SmplerError as e:  # pragma: no cover
     pytest.skip(f"TensorRT-RTX unavailable: {e}", allow_module_level=True)
 
 from smpler_deploy.engine.builder import build_engine  # noqa: E402
-from smpler_deploy.engine.manifest import layers_path, manifest_path  # noqa: E402
+from smpler_deploy.trt.manifest import layers_path, manifest_path  # noqa: E402
 from smpler_deploy.plugins.onnx_nodes import plugin_nodes  # noqa: E402
 
 pytestmark = [pytest.mark.slow,

@@ -157,7 +157,8 @@ def test_engine_and_runtime_modules_import_without_torch_or_triton():
     import subprocess
     import sys
 
-    code = ("import sys, smpler_deploy.engine.builder, smpler_deploy.plugins.trt_plugins, "
-            "smpler_deploy.runtime.tensorrt; print('torch' in sys.modules, 'triton' in sys.modules)")
+    code = ("import sys, smpler_deploy.engine.builder, smpler_deploy.trt.plugins, smpler_deploy.trt.launch, "
+            "smpler_deploy.runtime.tensorrt, smpler_deploy.plugins.kernel_store; "
+            "print('torch' in sys.modules, 'triton' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]

@@ -10,157 +10,13 @@ import json
 import numpy as np
 import pytest
 
-from smpler_deploy.engine.manifest import SCHEMA, write_manifest
+from trt_standin import OUT_SHAPES, TRT_VERSION, RecordingCudaStandIn, write_kernel_index
+
 from smpler_deploy.errors import SmplerError
 from smpler_deploy.outputs import OUTPUT_NAMES, SMPLOutput
 from smpler_deploy.runtime.base import Session
 from smpler_deploy.runtime.tensorrt import TensorRTSession
-from smpler_deploy.runtime.trt_plan import Profile, TensorSpec
-
-OUT_SHAPES = {  # per-sample output shapes of an SMPLer engine
-    "vertices": (6890, 3), "joints": (14, 3), "smpl_joints": (24, 3), "smpl_joints2d": (24, 2),
-    "rotmat": (24, 3, 3), "betas": (10,), "cam": (3,),
-}  # fmt: skip
-TRT_VERSION = "1.7.1.116"
-
-
-class RecordingCudaStandIn:
-    """Records every TensorRT/CUDA call the session makes; hands out fake device addresses."""
-
-    def __init__(self, device_sm=89, corrupt=False, fail_capture=False, out_dtype=np.float32):
-        self.calls: list[tuple] = []
-        self.sm, self.corrupt, self.fail_capture = device_sm, corrupt, fail_capture
-        self.next_ptr = 0x1000
-        self.live_device: dict[int, int] = {}
-        self.live_host: dict[int, np.ndarray] = {}
-        self.out_dtype = out_dtype
-        self.batch = None
-
-    def _rec(self, *call):
-        self.calls.append(call)
-
-    def names(self):
-        return [c[0] for c in self.calls]
-
-    # TensorRT
-    def trt_version(self):
-        return TRT_VERSION
-
-    def device_sm(self):
-        return self.sm
-
-    def register_plugins(self, plugins, what):
-        self._rec("register_plugins", tuple(p["name"] for p in plugins))
-        return [p["name"] for p in plugins]
-
-    def deserialize(self, plan, host_code_allowed=False):
-        self._rec("deserialize", len(plan))
-        return None if self.corrupt else "engine"
-
-    def create_context(self, engine):
-        self._rec("create_context")
-        return "ctx"
-
-    def io_tensors(self, engine):
-        specs = [TensorSpec("images", True, np.dtype(np.float32), (-1, 3, 224, 224))]
-        return specs + [TensorSpec(n, False, np.dtype(self.out_dtype), (-1, *s)) for n, s in OUT_SHAPES.items()]
-
-    def profile(self, engine, name):
-        return Profile((1, 3, 224, 224), (1, 3, 224, 224), (4, 3, 224, 224))
-
-    def set_input_shape(self, ctx, name, shape):
-        self._rec("set_input_shape", name, tuple(shape))
-        self.batch = shape[0]
-        return True
-
-    def get_tensor_shape(self, ctx, name):
-        return (self.batch, *OUT_SHAPES[name])
-
-    def set_tensor_address(self, ctx, name, ptr):
-        self._rec("set_tensor_address", name, ptr)
-        return True
-
-    def execute_async(self, ctx, stream):
-        self._rec("execute_async", stream)
-        return True
-
-    def release(self, ctx, engine):
-        self._rec("release")
-
-    # CUDA
-    def stream_create(self):
-        self._rec("stream_create")
-        return "stream0"
-
-    def stream_destroy(self, stream):
-        self._rec("stream_destroy", stream)
-
-    def malloc(self, n):
-        ptr, self.next_ptr = self.next_ptr, self.next_ptr + n + 256
-        self.live_device[ptr] = n
-        self._rec("malloc", n, ptr)
-        return ptr
-
-    def free(self, ptr):
-        self._rec("free", ptr)
-        del self.live_device[ptr]
-
-    def host_alloc(self, n):
-        buf = np.zeros(n, np.uint8)
-        self.live_host[buf.ctypes.data] = buf
-        self._rec("host_alloc", n)
-        return buf.ctypes.data, buf
-
-    def host_free(self, ptr):
-        self._rec("host_free")
-        del self.live_host[ptr]
-
-    def memcpy_htod(self, dst, src, n, stream):
-        self._rec("memcpy_htod", dst, n)
-
-    def memcpy_dtoh(self, dst, src, n, stream):
-        self.live_host[dst][:n] = 1  # something visible in the outputs
-        self._rec("memcpy_dtoh", src, n)
-
-    def synchronize(self, stream):
-        self._rec("synchronize")
-
-    def begin_capture(self, stream):
-        self._rec("begin_capture")
-
-    def end_capture(self, stream):
-        self._rec("end_capture")
-        if self.fail_capture:
-            raise RuntimeError("cudaErrorStreamCaptureUnsupported")
-        return f"graph{self.names().count('end_capture')}"
-
-    def graph_instantiate(self, graph):
-        self._rec("graph_instantiate", graph)
-        return graph + "_exec"
-
-    def event_create(self):
-        self._rec("event_create")
-        return f"event{self.names().count('event_create')}"
-
-    def event_record(self, event, stream):
-        self._rec("event_record", event)
-
-    def event_elapsed_ms(self, start, end):
-        self._rec("event_elapsed_ms", start, end)
-        return 1.5
-
-    def event_destroy(self, event):
-        self._rec("event_destroy", event)
-
-    def device_memory_used_mb(self):
-        return 512.0
-
-    def graph_launch(self, graph_exec, stream):
-        self._rec("graph_launch", graph_exec)
-
-    def graph_destroy(self, graph, graph_exec):
-        self._rec("graph_destroy", graph)
-
+from smpler_deploy.trt.manifest import SCHEMA, write_manifest
 
 @pytest.fixture
 def engine(tmp_path):
@@ -310,15 +166,92 @@ def test_manifest_checked_before_deserialize(engine, tmp_path):
         TensorRTSession(tmp_path / "x.engine", api=RecordingCudaStandIn())
 
 
-def test_corrupt_engine_and_plugins(engine):
-    with pytest.raises(SmplerError, match="could not deserialize the engine"):
-        TensorRTSession(engine, api=RecordingCudaStandIn(corrupt=True))
+def _with_plugins(engine):
     m = json.loads((engine.parent / (engine.name + ".json")).read_text())
     m["plugins"] = [{"name": "SmplerGlobalAttention", "namespace": "smpler", "version": "1", "count": 3}]
     write_manifest(engine, m)
+
+
+def test_corrupt_engine_and_plugins(engine, tmp_path):
+    with pytest.raises(SmplerError, match="could not deserialize the engine"):
+        TensorRTSession(engine, api=RecordingCudaStandIn(corrupt=True))
+    _with_plugins(engine)
+    kdir = write_kernel_index(tmp_path / "kernels", sms=(89,))
     api = RecordingCudaStandIn()
+    TensorRTSession(engine, api=api, kernel_dir=kdir).close()
+    assert api.calls[0] == ("register_plugins", ("SmplerGlobalAttention",), kdir)  # before deserialize
+
+
+def test_plugin_kernels_checked_at_open(engine, tmp_path, monkeypatch):
+    """No kernel for this GPU's SM: refused when the session opens (not at the first execute), naming the SM
+    and the command that builds it; --kernel-dir, else $SMPLER_KERNEL_DIR, is where it looks."""
+    _with_plugins(engine)
+    kdir = write_kernel_index(tmp_path / "kernels", sms=(86,))
+    api = RecordingCudaStandIn(device_sm=89)
+    m = json.loads((engine.parent / (engine.name + ".json")).read_text())
+    m["target"] = {"sms": [], "hardware_compatibility_level": "none"}  # a --trt tensorrt engine: local GPU
+    write_manifest(engine, m)
+    with pytest.raises(SmplerError) as e:
+        TensorRTSession(engine, api=api, kernel_dir=kdir)
+    assert str(e.value) == (f"{engine}: no global_attention kernel for this GPU (SM89) in {kdir}; "
+                            f"build it with `smpler-aot --sm 89 -o {kdir}` (or pass --kernel-dir DIR)")
+    assert api.calls == []  # nothing registered, deserialized or allocated
+    monkeypatch.setenv("SMPLER_KERNEL_DIR", str(write_kernel_index(tmp_path / "env", sms=(89,))))
     TensorRTSession(engine, api=api).close()
-    assert api.names()[0] == "register_plugins"  # before deserialize
+    assert api.calls[0][2] == tmp_path / "env"
+
+
+def test_session_open_imports_no_torch_or_triton(engine, tmp_path):
+    """The TensorRT side in a process where torch and triton cannot be imported: the kernel directory
+    resolves, and a whole session opens with real TensorRT-RTX and our real plugin registration (only the
+    GPU calls come from the recording stand-in), then runs a batch."""
+    pytest.importorskip("tensorrt_rtx")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import tensorrt_rtx
+
+    _with_plugins(engine)
+    m = json.loads((engine.parent / (engine.name + ".json")).read_text())
+    m["trt"]["version"] = tensorrt_rtx.__version__
+    write_manifest(engine, m)
+    kdir = write_kernel_index(tmp_path / "kernels", sms=(89,))
+    code = f"""
+import sys
+class Blocked:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "triton"):
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Blocked())
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import numpy as np
+from trt_standin import RecordingCudaStandIn
+from smpler_deploy.runtime.tensorrt import TensorRTSession, TrtCudaApi
+from smpler_deploy.trt import plugins
+
+assert str(plugins.kernel_dir())
+
+class HostOnlyApi(TrtCudaApi):  # real tensorrt_rtx import and plugin registration; GPU calls recorded
+    def __init__(self):
+        super().__init__("tensorrt-rtx")
+        self.gpu = RecordingCudaStandIn()
+    def __getattribute__(self, name):
+        if name in ("trt_version", "register_plugins", "trt", "flavour", "gpu") or name.startswith("__"):
+            return object.__getattribute__(self, name)
+        return getattr(object.__getattribute__(self, "gpu"), name)
+
+api = HostOnlyApi()
+s = TensorRTSession({str(engine)!r}, api=api, kernel_dir={str(kdir)!r})
+out = s.infer(np.zeros((1, 3, 224, 224), np.float32))
+s.close()
+reg = api.trt.get_plugin_registry()
+assert reg.get_creator("SmplerGlobalAttention", "1", "smpler") is not None
+print(out.vertices.shape, "torch" in sys.modules, "triton" in sys.modules)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["(1,", "6890,", "3)", "False", "False"]
 
 
 def test_real_api_without_cuda_python(engine, tmp_path):

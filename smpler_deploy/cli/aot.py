@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
         # compiler. If triton is already loaded in interpreter mode, aot.build moves to a child process.
         os.environ["TRITON_INTERPRET"] = "0"
     from ..plugins import aot
+    from ..plugins.kernel_store import ENV, resolve_kernel_dir
 
     p = _Parser(prog="smpler-aot", description=__doc__)
     p.add_argument("--sm", action="append", metavar="N",
@@ -30,17 +31,20 @@ def main(argv: list[str] | None = None) -> int:
                         f"({', '.join(map(str, aot.SUPPORTED_SMS))}; default: all)")
     p.add_argument("--kernel", action="append", choices=aot.KERNEL_NAMES, help="default: both")
     p.add_argument("--dtype", action="append", choices=aot.DTYPES, help="default: both")
-    p.add_argument("-o", "--output", metavar="DIR", help="output directory (default: $SMPLER_KERNEL_DIR or "
-                   "~/.cache/smpler_deploy/kernels-triton<pin>, where the plugins look)")
+    p.add_argument("-o", "--output", metavar="DIR", help=f"output directory (default: ${ENV}, else "
+                   f"~/.cache/smpler_deploy/kernels-triton<pin>: where the plugins look unless given --kernel-dir)")
     p.add_argument("-q", "--quiet", action="store_true")
     a = p.parse_args(argv)
     sms = aot.parse_sms(a.sm)
-    out = a.output or aot.default_kernel_dir()
+    out = resolve_kernel_dir(a.output)  # the same rule the runtime uses, so the default is where it looks
     t0 = time.perf_counter()
     index = aot.build(out, sms, kernels=a.kernel or aot.KERNEL_NAMES, dtypes=a.dtype or aot.DTYPES,
                       progress=None if a.quiet else (lambda m: print(f"  {m}", flush=True)))
     print(f"wrote {out}/index.json ({len(index['kernels'])} variants, sm {', '.join(map(str, sms))}) "
           f"in {time.perf_counter() - t0:.1f}s")
+    if out.resolve() != resolve_kernel_dir().resolve():
+        print(f"note: the plugins look in {resolve_kernel_dir()} by default; pass --kernel-dir {out} to "
+              f"smpler-export/-bench/-demo, or export {ENV}={out}")
     return 0
 
 

@@ -23,11 +23,11 @@ from ..errors import SmplerError
 from ..fileio import atomic_path, outputs, sha256_file, write_bytes_atomic
 from ..outputs import INPUT_NAME
 from . import layer_summary
-from .manifest import FLAVOUR_TITLES, SCHEMA, layers_path, manifest_path
+from ..trt.manifest import FLAVOUR_TITLES, SCHEMA, layers_path, manifest_path
 from ..outputs import parse_batch  # noqa: F401  (re-exported)
 from ..plugins.graph import plugin_summary
-from .plugin_glue import register_smpler_plugins
-from .trt_import import import_trt
+from ..trt.importer import import_trt
+from ..trt.plugins import register_smpler_plugins
 
 DEFAULT_SMS = (89,)
 # trtexec --memPoolSize pool names -> trt.MemoryPoolType members.
@@ -279,7 +279,7 @@ def _dtype_name(dt) -> str:
 
 def _local_sm() -> int | None:
     try:
-        from ..runtime import cuda_mem
+        from ..trt import cuda_mem
 
         return cuda_mem.device_sm()
     except Exception:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-RADIUS = 4  # sampling radius r: 2r x 2r window, (2r+1)^2 relative-position table
+from ..plugins.abi import RADIUS  # noqa: F401  (sampling radius r: 2r x 2r window, (2r+1)^2 table)
 
 
 def window_coords(joints2d: torch.Tensor, size: int, radius: int = RADIUS):

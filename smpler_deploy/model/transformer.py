@@ -16,10 +16,8 @@ from torch import nn
 
 from . import attention as A
 from ..body.lbs import rot6d_to_rotmat
+from ..plugins.abi import CHANNELS as HIDDEN, HEAD_DIM, HEADS, RADIUS  # one definition, shared with the kernels
 
-HIDDEN = 128
-HEADS = 4
-HEAD_DIM = HIDDEN // HEADS
 NUM_TOKENS = 26  # 24 joints + shape + camera
 NUM_JOINTS = 24
 LN_EPS = 1e-12
@@ -124,7 +122,7 @@ class GlobalUnit(nn.Module):
 class LocalUnit(nn.Module):
     def __init__(self):
         super().__init__()
-        self.relative_position_encoding_table = nn.ParameterList([nn.Parameter(torch.zeros(1, HEADS, 9, 9))])
+        self.relative_position_encoding_table = nn.ParameterList([nn.Parameter(torch.zeros(1, HEADS, 2 * RADIUS + 1, 2 * RADIUS + 1))])
         self.trans_layer_list = nn.ModuleList([_Wrap()])
 
     def forward(self, x, feat_nhwc, joints2d, ops, standard: bool = False):

@@ -28,18 +28,13 @@ import triton  # noqa: E402  (must follow the TRITON_INTERPRET default above)
 import triton.language as tl  # noqa: E402
 
 from ..errors import SmplerError  # noqa: E402
+# Sizes, tiling and the argument lists (KERNEL_ABI) are defined once, torch-free, in `abi`; heads are just
+# more query rows in the global kernel, since qk already spans the full C channels of the raw keys.
+from .abi import (  # noqa: E402,F401  (TRITON_VERSION_PIN, KERNEL_ABI: re-exported for callers of the kernels)
+    GLOBAL_BLOCK_M, GLOBAL_BLOCK_N, KERNEL_ABI, NUM_SCALES, TRITON_VERSION_PIN, global_grid,
+)
 
-TRITON_VERSION_PIN = "3.9.0"
-# Version of the kernel argument lists below; stored in the AOT index and in engines' plugin fields, so an
-# engine never launches a cubin with a different ABI.
-KERNEL_ABI = 1
-
-# Global kernel tiling: rows = Q*NH query vectors of one (batch, scale) (heads are just more queries, since
-# qk already spans the full C channels of the raw keys), keys streamed in BLOCK_N chunks.
-GLOBAL_BLOCK_M = 32
-GLOBAL_BLOCK_N = 64
-NUM_SCALES = 4
-NUM_SCALES_C = tl.constexpr(NUM_SCALES)  # the same, as a global the kernels may read
+NUM_SCALES_C = tl.constexpr(NUM_SCALES)  # as a global the kernels may read
 
 
 @triton.jit
@@ -256,7 +251,3 @@ def global_attention_multiscale(keys: list[torch.Tensor], qk: torch.Tensor) -> t
         IEEE=qk.dtype == torch.float32,
     )
     return out
-
-
-def global_grid(batch: int, rows: int, block_m: int = GLOBAL_BLOCK_M) -> tuple[int, int, int]:
-    return (triton.cdiv(rows, block_m), batch, NUM_SCALES)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine.manifest import check_manifest, read_manifest
 from ..errors import SmplerError
 from ..outputs import OUTPUT_NAMES, SMPLOutput
+from ..trt.manifest import check_manifest, read_manifest
 from .base import check_images
 from .trt_plan import GraphPolicy, Profile, TensorSpec, buffers_to_grow, nbytes, np_dtype, plan_input_shape
 
@@ -23,8 +23,8 @@ class TrtCudaApi:
     """The real TensorRT + CUDA calls, one method each (imports are lazy: the package imports without them)."""
 
     def __init__(self, flavour: str):
-        from ..engine.trt_import import import_trt
-        from . import cuda_mem
+        from ..trt import cuda_mem
+        from ..trt.importer import import_trt
 
         self.trt, self.flavour = import_trt(flavour)
         self.cuda = cuda_mem
@@ -37,10 +37,10 @@ class TrtCudaApi:
     def device_sm(self) -> int | None:
         return self.cuda.device_sm()
 
-    def register_plugins(self, plugins: list[dict], what: str) -> list[str]:
-        from ..engine.plugin_glue import register_smpler_plugins
+    def register_plugins(self, plugins: list[dict], what: str, kernel_dir) -> list[str]:
+        from ..trt.plugins import register_smpler_plugins
 
-        return register_smpler_plugins(self.trt, self.flavour, what, plugins)
+        return register_smpler_plugins(self.trt, self.flavour, what, plugins, kernel_dir=kernel_dir)
 
     def deserialize(self, plan: bytes, host_code_allowed: bool = False):
         trt = self.trt
@@ -144,7 +144,10 @@ class TensorRTSession:
 
     backend = "tensorrt"
 
-    def __init__(self, engine_path, *, flavour: str | None = None, cuda_graphs: bool = True, warmup: int = 2, api=None):
+    def __init__(self, engine_path, *, flavour: str | None = None, cuda_graphs: bool = True, warmup: int = 2,
+                 kernel_dir=None, api=None):
+        """kernel_dir: where the attention plugins' AOT kernels are (--kernel-dir; default $SMPLER_KERNEL_DIR,
+        else the cache directory `smpler-aot` writes to); only engines with plugins need it."""
         path = Path(engine_path)
         self.name = path.name
         if not path.is_file():
@@ -156,10 +159,20 @@ class TensorRTSession:
         flavour = flavour or manifest["trt"]["flavour"]
         self.api = api = api if api is not None else TrtCudaApi(flavour)
         plan = path.read_bytes()
-        check_manifest(manifest, path, api.trt_version(), api.device_sm(), flavour=flavour,
+        sm = api.device_sm()
+        check_manifest(manifest, path, api.trt_version(), sm, flavour=flavour,
                        engine_sha256=hashlib.sha256(plan).hexdigest())  # fmt: skip
         if manifest["plugins"]:
-            api.register_plugins(manifest["plugins"], str(path))
+            # Kernels for this GPU are checked now, not at the first execute (TensorRT would only report a
+            # failed enqueue): the message names the SM and the smpler-aot command that builds them.
+            from ..plugins.kernel_store import check_kernels_for, resolve_kernel_dir
+            from ..trt.plugins import kernels_needed
+
+            kdir = resolve_kernel_dir(kernel_dir)
+            if sm is not None:
+                check_kernels_for(kdir, sm, kernels_needed(manifest["plugins"]), str(path))
+            self.kernel_dir = kdir
+            api.register_plugins(manifest["plugins"], str(path), kdir)
         vc = bool(manifest["build"].get("options", {}).get("version_compatible"))
         self.engine = api.deserialize(plan, host_code_allowed=vc)
         if self.engine is None:

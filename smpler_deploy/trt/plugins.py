@@ -1,33 +1,31 @@
 """TensorRT IPluginV3 (OneCore/OneBuild/OneRuntime) Python plugins for the two attention kernels.
 
-Works with `tensorrt` 10.3..11.x and `tensorrt_rtx`: pass the module (from `engine.trt_import.import_trt`).
-The ONNX parser maps `SmplerLocalAttention` / `SmplerGlobalAttention` nodes (see `onnx_nodes`) to these
-creators through namespace "smpler", version "1". `register_plugins(trt)` must run before parsing (build) and
-before deserializing an engine (runtime): the engine stores only the plugin's name and fields.
+Works with `tensorrt` 10.3..11.x and `tensorrt_rtx`: pass the module (from `trt.importer.import_trt`).
+The ONNX parser maps `SmplerLocalAttention` / `SmplerGlobalAttention` nodes (see `plugins.onnx_nodes`) to these
+creators through namespace "smpler", version "1". `register_smpler_plugins` must run before parsing (build)
+and before deserializing an engine (runtime): the engine stores only the plugin's name and fields.
 
-Build-time methods never touch CUDA (TensorRT-RTX builds without a GPU and calls all of them). `enqueue` loads
-the AOT cubin for the device's SM (`smpler-aot`, see `plugins.aot`) with cuda-python's driver API, imported
-there, and launches it with arguments from `aot.plan_launch` (pure code).
+Build-time methods never touch CUDA (TensorRT-RTX builds without a GPU and calls all of them). At run time
+`on_shape_change` resolves the AOT kernel for the context's GPU once (`trt.launch`) and `enqueue` only
+launches it. Nothing here imports torch or Triton.
 """
 
 from __future__ import annotations
 
 import collections
-import ctypes
 import functools
-import hashlib
 import logging
 import os
-import threading
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import SmplerError
-from . import aot
-from .graph import GLOBAL_OP, LOCAL_OP, PLUGIN_NAMESPACE, PLUGIN_VERSION  # torch-free: the runtime needs no torch
-
-KERNEL_ABI = 1  # equals kernels.KERNEL_ABI; not imported from there so the runtime needs no Triton
+from ..plugins.abi import CHANNELS, HEADS, KERNEL_ABI, RADIUS
+from ..plugins.graph import GLOBAL_OP, LOCAL_OP, PLUGIN_NAMESPACE, PLUGIN_VERSION
+from ..plugins.kernel_store import check_kernels_for, resolve_kernel_dir
+from . import launch as L
+from .importer import ensure_rtx_soname, rtx_soname_fix_command
 
 # Per op: AOT kernel name, input roles ("F" = the float storage type shared by feature/qk/output, fp32 or fp16;
 # "32" = always fp32), the input whose shape/type the output copies, ranks, and the ONNX attributes (fields).
@@ -48,18 +46,23 @@ _creators: list = []  # registered creators stay referenced for the life of the 
 
 
 def set_kernel_dir(path: str | os.PathLike | None) -> None:
+    """--kernel-dir for this process's plugins (None: $SMPLER_KERNEL_DIR or the cache directory)."""
     global _kernel_dir
     _kernel_dir = Path(path) if path is not None else None
 
 
 def kernel_dir() -> Path:
-    return _kernel_dir or aot.default_kernel_dir()
+    return resolve_kernel_dir(_kernel_dir)
 
 
-def register_plugins(trt, kernel_dir: str | os.PathLike | None = None) -> list[str]:
+def kernels_needed(plugins) -> list[str]:
+    """AOT kernel names an engine's plugin list (manifest/ONNX summary: dicts with "name") launches."""
+    names = {p["name"] if isinstance(p, dict) else p for p in plugins}
+    return [SPECS[op]["kernel"] for op in SPECS if op in names]
+
+
+def register_plugins(trt) -> list[str]:
     """Register both creators under namespace "smpler" (idempotent). Returns the plugin names."""
-    if kernel_dir is not None:
-        set_kernel_dir(kernel_dir)
     _, creator_cls = _make_classes(trt)
     registry = trt.get_plugin_registry()
     for op in SPECS:
@@ -158,6 +161,7 @@ def _make_classes(trt):
             self.plugin_version = PLUGIN_VERSION
             self.dtype = None
             self._field_arrays: list = []
+            self._launch = None  # trt.launch.PreparedLaunch for the current shapes (runtime)
 
         # -- core / build (no CUDA here: TensorRT-RTX calls these on GPU-less machines)
         def get_capability_interface(self, type):
@@ -199,17 +203,17 @@ def _make_classes(trt):
             self._check_static(dims)
 
         def _check_static(self, dims):
-            c_ok = lambda c: 0 < c <= aot.CHANNELS and c % 16 == 0  # noqa: E731  (BLOCK_C, 16-divisible hint)
+            c_ok = lambda c: 0 < c <= CHANNELS and c % 16 == 0  # noqa: E731  (BLOCK_C, 16-divisible hint)
             if self.op == LOCAL_OP:
                 c, nh, r = dims[0][3], dims[2][2], self.fields["radius"]
-                ok = c_ok(c) and (nh, r, dims[3]) == (aot.HEADS, aot.RADIUS, (aot.HEADS, 2 * r + 1, 2 * r + 1))
+                ok = c_ok(c) and (nh, r, dims[3]) == (HEADS, RADIUS, (HEADS, 2 * r + 1, 2 * r + 1))
                 ok = ok and dims[0][1] == dims[0][2] and dims[1][2] == 2 and dims[2][3] == c
             else:
                 c = dims[0][4]
                 ok = dims[0][1] == 4 and c_ok(c) and all(d[2] == c for d in dims[1:5])
             if not ok:
                 raise SmplerError(f"{self.layer} ({self.op}): shapes {dims} do not match the compiled kernels "
-                                  f"(C<={aot.CHANNELS} and a multiple of 16, NH={aot.HEADS}, radius={aot.RADIUS})")
+                                  f"(C<={CHANNELS} and a multiple of 16, NH={HEADS}, radius={RADIUS})")
 
         def get_workspace_size(self, inp, out):
             return 0
@@ -220,9 +224,21 @@ def _make_classes(trt):
         def set_tactic(self, tactic):
             pass
 
-        # -- runtime
+        # -- runtime: resolve the kernel once per context and shape set, launch in enqueue
         def on_shape_change(self, inp, out):
-            pass
+            self._prepare([getattr(d, "desc", d) for d in inp])
+
+        @_reported
+        def _prepare(self, descs):
+            dtype = check_types(self.op, self.layer, [_dtype_name(trt, d.type) for d in descs])
+            self._launch = None
+            if self.phase == trt.TensorRTPhase.BUILD:  # no GPU needed to build; a timing build resolves in enqueue
+                return
+            self._resolve(L.cuda_driver(), dtype, tuple(tuple(d.dims) for d in descs))
+
+        def _resolve(self, cu, dtype, shapes):
+            fn = L.resolve_function(cu, SPECS[self.op]["kernel"], dtype, kernel_dir(), self.fields["kernel_abi"])
+            self._launch = L.PreparedLaunch(cu, fn, shapes, self.layer)
 
         def attach_to_context(self, context):
             return self.clone()
@@ -232,10 +248,12 @@ def _make_classes(trt):
 
         @_reported
         def enqueue(self, input_desc, output_desc, inputs, outputs, workspace, stream):
-            dtype = check_types(self.op, self.layer, [_dtype_name(trt, d.type) for d in input_desc])
-            shapes = [tuple(d.dims) for d in input_desc]
-            launch(self.op, dtype, shapes, [int(p) for p in inputs] + [int(outputs[0])], int(stream),
-                   abi=self.fields["kernel_abi"], layer=self.layer)
+            launch = self._launch
+            if launch is None or launch.shapes != tuple(tuple(d.dims) for d in input_desc):
+                dtype = check_types(self.op, self.layer, [_dtype_name(trt, d.type) for d in input_desc])
+                self._resolve(L.cuda_driver(), dtype, tuple(tuple(d.dims) for d in input_desc))
+                launch = self._launch
+            launch([*inputs, outputs[0]], stream)
 
     class AttentionCreator(trt.IPluginCreatorV3One):
         def __init__(self, op: str):
@@ -256,80 +274,26 @@ def _make_classes(trt):
     return _classes[key]
 
 
-# ------------------------------------------------------------------------------------------------ runtime
 
-def _cuda():
-    try:
-        from cuda.bindings import driver  # cuda-python >= 12.6
-    except ImportError:
-        try:
-            from cuda import cuda as driver  # older cuda-python
-        except ImportError:
-            raise SmplerError("TensorRT plugins need cuda-python at runtime: pip install 'cuda-python>=12.6'") from None
-    return driver
+def register_smpler_plugins(trt, flavour: str, what: str, needed: list[dict] = (), *,
+                            kernel_dir: str | os.PathLike | None = None, sm: int | None = None) -> list[str]:
+    """Register our plugin creators with `trt` (build and runtime side); one-line errors when impossible.
 
-
-def _check(cu, res, what):
-    err, *rest = res if isinstance(res, tuple) else (res,)
-    if err != cu.CUresult.CUDA_SUCCESS:
-        raise SmplerError(f"{what} failed: {err}")
-    return rest[0] if len(rest) == 1 else rest
-
-
-_lock = threading.Lock()
-_functions: dict = {}  # (context, kernel, dtype) -> (CUfunction, entry); modules stay loaded for the process
-
-
-def device_sm(cu) -> tuple[int, object]:
-    ctx = _check(cu, cu.cuCtxGetCurrent(), "cuCtxGetCurrent")
-    if not int(ctx):
-        raise SmplerError("no current CUDA context in enqueue")
-    dev = _check(cu, cu.cuCtxGetDevice(), "cuCtxGetDevice")
-    a = cu.CUdevice_attribute
-    major = _check(cu, cu.cuDeviceGetAttribute(a.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev), "cuDeviceGetAttribute")
-    minor = _check(cu, cu.cuDeviceGetAttribute(a.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev), "cuDeviceGetAttribute")
-    return major * 10 + minor, ctx
-
-
-def _function(cu, kernel: str, dtype: str, abi: int):
-    sm, ctx = device_sm(cu)
-    key = (int(ctx), kernel, dtype)
-    with _lock:
-        if key not in _functions:
-            kdir = kernel_dir()
-            index = aot.load_index(kdir)
-            if index.get("kernel_abi") != abi:
-                raise SmplerError(f"{kdir}: kernels have ABI {index.get('kernel_abi')}, the engine expects {abi}; "
-                                  f"rerun `{aot.aot_command(sm, kdir)}` with this smpler-deploy version")
-            entry = aot.find_entry(index, kernel, dtype, sm, kdir)
-            data = (kdir / entry["cubin"]).read_bytes()
-            if hashlib.sha256(data).hexdigest() != entry["cubin_sha256"]:
-                raise SmplerError(f"{kdir / entry['cubin']}: checksum differs from index.json; rerun "
-                                  f"`{aot.aot_command(sm, kdir)}`")
-            module = _check(cu, cu.cuModuleLoadData(data), f"cuModuleLoadData({entry['cubin']})")
-            fn = _check(cu, cu.cuModuleGetFunction(module, entry["entry_name"].encode()), "cuModuleGetFunction")
-            if entry["shared"] > 48 * 1024:  # dynamic shared memory above 48 KiB needs an explicit opt-in
-                attr = cu.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-                _check(cu, cu.cuFuncSetAttribute(fn, attr, entry["shared"]), "cuFuncSetAttribute")
-            _functions[key] = (fn, entry, module)
-        return _functions[key][:2]
-
-
-_CTYPES = {"i32": ctypes.c_int32, "i64": ctypes.c_int64, "fp32": ctypes.c_float}
-
-
-def pack_args(plan: aot.LaunchPlan):
-    """ctypes storage for each parameter plus the void*[] array cuLaunchKernel reads (keep both alive)."""
-    vals = [ctypes.c_uint64(v) if t.startswith("*") else _CTYPES[t](v) for t, v in plan.args]
-    ptrs = (ctypes.c_void_p * len(vals))(*[ctypes.addressof(v) for v in vals])
-    return vals, ptrs
-
-
-def launch(op: str, dtype: str, shapes, pointers, stream: int, abi: int = KERNEL_ABI, layer: str = "") -> None:
-    cu = _cuda()
-    fn, entry = _function(cu, SPECS[op]["kernel"], dtype, abi)
-    plan = aot.plan_launch(entry, shapes, pointers)
-    vals, ptrs = pack_args(plan)
-    _check(cu, cu.cuLaunchKernel(fn, *plan.grid, *plan.block, plan.shared, cu.CUstream(stream),
-                              ctypes.addressof(ptrs), 0),
-           f"{layer or op}: cuLaunchKernel")
+    kernel_dir: --kernel-dir for the plugins' AOT kernels (None: $SMPLER_KERNEL_DIR, else the cache).
+    sm: the GPU that will run the plugins (session open, `--trt tensorrt` builds): refuse now, naming the SM
+    and the command that builds its kernels, rather than at the first execute."""
+    if flavour == "tensorrt-rtx" and not ensure_rtx_soname():
+        # The TRT-RTX parser dlopens libtensorrt_rtx.so for plugin nodes and aborts the process without it.
+        raise SmplerError(
+            f"{what}: has plugin nodes, and TensorRT-RTX cannot import plugins until this link exists: "
+            f"{rtx_soname_fix_command()} (or export with --no-plugins)"
+        )
+    if kernel_dir is not None:
+        set_kernel_dir(kernel_dir)
+    if sm is not None and needed:
+        check_kernels_for(resolve_kernel_dir(_kernel_dir), sm, kernels_needed(needed), what)
+    registered = [str(n).split("::")[-1] for n in register_plugins(trt) or []]
+    missing = sorted({p["name"] for p in needed} - set(registered))
+    if registered and missing:
+        raise SmplerError(f"{what}: plugin(s) {', '.join(missing)} are not provided by this smpler-deploy ({registered})")
+    return registered

@@ -1,0 +1,124 @@
+"""Where the AOT attention kernels live and how the runtime picks one: directory, index.json, cubin vs PTX.
+
+Torch- and Triton-free (the TensorRT side imports it). `smpler-aot` writes a kernel directory; the plugins,
+smpler-export, the TensorRT session, smpler-bench and smpler-demo all find it through `resolve_kernel_dir`:
+an explicit `--kernel-dir` / `-o`, else $SMPLER_KERNEL_DIR, else the per-user cache directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from ..errors import SmplerError
+from .abi import KERNEL_ABI, TRITON_VERSION_PIN
+
+INDEX_FORMAT = 2  # 2: per-kernel ptxas toolkit, PTX minimum driver, num_ctas
+# 87 = Jetson Orin; 90/120 compile as the arch-specific sm_90a/sm_120a (Triton's choice): they run only there.
+SUPPORTED_SMS = (75, 80, 86, 87, 89, 90, 120)
+ENV = "SMPLER_KERNEL_DIR"
+
+# PTX ISA -> first CUDA release whose driver JITs it (PTX ISA release notes), as cuDriverGetVersion spells it.
+PTX_ISA_DRIVER = {"7.8": 11080, "8.0": 12000, "8.1": 12010, "8.2": 12020, "8.3": 12030, "8.4": 12040,
+                  "8.5": 12050, "8.6": 12070, "8.7": 12080, "8.8": 12090, "9.0": 13000, "9.1": 13010}
+
+
+def resolve_kernel_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """The kernel directory: `explicit` (--kernel-dir, smpler-aot -o), else $SMPLER_KERNEL_DIR, else the cache.
+
+    The one rule for both sides, so smpler-aot writes where the runtime looks unless told otherwise."""
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get(ENV)
+    if env:
+        return Path(env).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "smpler_deploy" / f"kernels-triton{TRITON_VERSION_PIN}"
+
+
+def aot_command(sm: int | None = None, outdir: str | os.PathLike | None = None) -> str:
+    cmd = "smpler-aot" + (f" --sm {sm}" if sm is not None else "")
+    return cmd + (f" -o {outdir}" if outdir is not None else "")
+
+
+def cuda_version_int(text: str) -> int:
+    """"13.4" -> 13040, the encoding of cuDriverGetVersion / CUDA_VERSION."""
+    m = re.fullmatch(r"\s*(\d+)\.(\d+).*", str(text))
+    if not m:
+        raise SmplerError(f"CUDA version {text!r}: expected MAJOR.MINOR")
+    return int(m.group(1)) * 1000 + int(m.group(2)) * 10
+
+
+def cuda_version_text(v: int) -> str:
+    return f"{v // 1000}.{v % 1000 // 10}"
+
+
+def load_index(kernel_dir: str | os.PathLike) -> dict:
+    path = Path(kernel_dir) / "index.json"
+    fix = f"run `{aot_command(outdir=kernel_dir)}`"
+    try:
+        index = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SmplerError(f"{path}: no compiled attention kernels; {fix}") from None
+    except (OSError, ValueError) as e:
+        raise SmplerError(f"{path}: unreadable kernel index ({e}); re{fix}") from None
+    if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT or "kernels" not in index:
+        raise SmplerError(f"{path}: kernel index format {index.get('format') if isinstance(index, dict) else '?'}, "
+                          f"this smpler-deploy reads format {INDEX_FORMAT}; re{fix}")
+    return index
+
+
+def find_entry(index: dict, kernel: str, dtype: str, sm: int, kernel_dir: str | os.PathLike = "DIR") -> dict:
+    for e in index["kernels"]:
+        if e["kernel"] == kernel and e["dtype"] == dtype and e["sm"] == sm:
+            return e
+    have = sorted({e["sm"] for e in index["kernels"] if e["kernel"] == kernel and e["dtype"] == dtype})
+    raise SmplerError(
+        f"{kernel} ({dtype}): no cubin for sm_{sm} in {kernel_dir} (have: {', '.join(f'sm_{s}' for s in have) or 'none'}); "
+        f"run `{aot_command(sm, kernel_dir)}`"
+    )
+
+
+def check_kernels_for(kernel_dir: str | os.PathLike, sm: int, kernels, what: str = "engine") -> dict:
+    """Refuse early (session open, build start) when the kernel directory cannot serve this GPU.
+
+    Checks the index exists, has this smpler-deploy's ABI, and lists every kernel in `kernels` for `sm`
+    (at least one dtype; the dtype is resolved when TensorRT reports the tensor types). Returns the index."""
+    kdir = Path(kernel_dir)
+    if sm not in SUPPORTED_SMS:
+        raise SmplerError(f"{what}: its attention plugins have no kernels for SM{sm} (smpler-aot targets "
+                          f"{', '.join(map(str, SUPPORTED_SMS))}); export with --no-plugins for this GPU")
+    index = load_index(kdir)
+    if index.get("kernel_abi") != KERNEL_ABI:
+        raise SmplerError(f"{kdir}: kernels have ABI {index.get('kernel_abi')}, this smpler-deploy needs {KERNEL_ABI}; "
+                          f"rerun `{aot_command(sm, kdir)}`")
+    missing = [k for k in kernels if not any(e["kernel"] == k and e["sm"] == sm for e in index["kernels"])]
+    if missing:
+        raise SmplerError(f"{what}: no {', '.join(missing)} kernel for this GPU (SM{sm}) in {kdir}; "
+                          f"build it with `{aot_command(sm, kdir)}` (or pass --kernel-dir DIR)")
+    return index
+
+
+def load_order(entry: dict, driver_version: int) -> list[str]:
+    """Which images of an index entry to try, in order ("cubin", "ptx"); pure code, tested on CPU.
+
+    A cubin loads on drivers of its ptxas toolkit's major version or later (CUDA minor-version compatibility):
+    sm_90/sm_120 cubins from Triton's CUDA 13 ptxas (ELF ABI 8) do not load on a CUDA 12 driver, so such a
+    driver goes straight to the PTX, which it JITs when it knows the PTX ISA. The plugin also falls back to the
+    PTX when a cubin it tried fails to load."""
+    order = []
+    ptxas = entry.get("ptxas_cuda")
+    if ptxas is None or driver_version // 1000 >= cuda_version_int(ptxas) // 1000:
+        order.append("cubin")
+    need = entry.get("ptx_min_driver") or PTX_ISA_DRIVER.get(str(entry.get("ptx_version")), 0)
+    if entry.get("ptx") and driver_version >= need:
+        order.append("ptx")
+    if not order:
+        raise SmplerError(
+            f"{entry['kernel']} ({entry['dtype']}) sm_{entry['sm']}: this driver supports CUDA "
+            f"{cuda_version_text(driver_version)}; the cubin needs a CUDA {cuda_version_int(ptxas) // 1000}.x driver "
+            f"and its PTX (ISA {entry.get('ptx_version')}) CUDA {cuda_version_text(need)} or later; update the driver"
+        )
+    return order

@@ -1,0 +1,201 @@
+"""Load and launch the AOT attention kernels through the CUDA driver API (cuda-python); no torch, no Triton.
+
+`resolve_function` (index -> module -> CUfunction) runs once per CUDA context and kernel variant — the
+plugins call it from `on_shape_change`, not per enqueue — and picks cubin or PTX for this driver
+(`kernel_store.load_order`, with a PTX fallback when a cubin fails to load). The launch is a plain function
+(`launch_local_attention`, `launch_global_attention`, `launch_kernel`), callable with any object that has
+the driver's functions, a resolved `KernelFunction`, device pointers, shapes and a stream: the TensorRT
+plugins use it, and so can a GPU self-check without TensorRT.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import hashlib
+import threading
+from pathlib import Path
+
+from ..errors import SmplerError
+from ..plugins.abi import HIDDEN_ARGS, KERNEL_ABI, POINTER_ALIGN, LaunchPlan, plan_launch
+from ..plugins.kernel_store import aot_command, find_entry, load_index, load_order
+
+
+def cuda_driver():
+    """`cuda.bindings.driver` (cuda-python >= 12.6), or `cuda.cuda` of older releases."""
+    try:
+        from cuda.bindings import driver  # cuda-python >= 12.6
+    except ImportError:
+        try:
+            from cuda import cuda as driver  # older cuda-python
+        except ImportError:
+            raise SmplerError("TensorRT plugins need cuda-python at runtime: pip install 'smpler-deploy[trt]' "
+                              "(CUDA 12 driver) or 'smpler-deploy[trt-cu13]' (CUDA 13, driver R580+)") from None
+    return driver
+
+
+def check(cu, res, what):
+    """Unpack cuda-python's `(CUresult, *values)`; raise naming the call on error."""
+    err, *rest = res if isinstance(res, tuple) else (res,)
+    if err != cu.CUresult.CUDA_SUCCESS:
+        raise SmplerError(f"{what} failed: {err}")
+    return rest[0] if len(rest) == 1 else rest
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelFunction:
+    function: object  # CUfunction
+    entry: dict  # the index entry (argument list, block, shared memory)
+    image: str  # "cubin" or "ptx": what the driver loaded
+    sm: int
+    context: int
+
+
+_lock = threading.Lock()
+_functions: dict = {}  # (context, kernel dir, kernel, dtype, abi) -> KernelFunction
+_modules: list = []  # loaded modules stay loaded for the life of the process
+_sm: dict = {}  # context -> compute capability
+_driver_version: list = []
+
+
+def current_context(cu) -> int:
+    ctx = int(check(cu, cu.cuCtxGetCurrent(), "cuCtxGetCurrent"))
+    if not ctx:
+        raise SmplerError("no current CUDA context (the attention plugins run inside a TensorRT execution context)")
+    return ctx
+
+
+def context_sm(cu, ctx: int) -> int:
+    """Compute capability of the current context's device as an int (8.9 -> 89), queried once per context."""
+    if ctx not in _sm:
+        dev = check(cu, cu.cuCtxGetDevice(), "cuCtxGetDevice")
+        a = cu.CUdevice_attribute
+        major = check(cu, cu.cuDeviceGetAttribute(a.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev), "cuDeviceGetAttribute")
+        minor = check(cu, cu.cuDeviceGetAttribute(a.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev), "cuDeviceGetAttribute")
+        _sm[ctx] = int(major) * 10 + int(minor)
+    return _sm[ctx]
+
+
+def driver_version(cu) -> int:
+    """cuDriverGetVersion: the CUDA version the installed driver supports, e.g. 12060 for 12.6."""
+    if not _driver_version:
+        _driver_version.append(int(check(cu, cu.cuDriverGetVersion(), "cuDriverGetVersion")))
+    return _driver_version[0]
+
+
+def _image(kdir: Path, entry: dict, kind: str, sm: int) -> bytes:
+    path = kdir / entry[kind]
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise SmplerError(f"{path}: cannot read ({e.__class__.__name__}); rerun `{aot_command(sm, kdir)}`") from None
+    digest = entry.get(f"{kind}_sha256")
+    if digest and hashlib.sha256(data).hexdigest() != digest:
+        raise SmplerError(f"{path}: checksum differs from index.json; rerun `{aot_command(sm, kdir)}`")
+    return data + b"\0" if kind == "ptx" else data  # the driver reads PTX as a NUL-terminated string
+
+
+def resolve_function(cu, kernel: str, dtype: str, kernel_dir, abi: int = KERNEL_ABI) -> KernelFunction:
+    """The CUfunction of (kernel, dtype) for the current context's GPU, loaded once per context."""
+    ctx = current_context(cu)
+    kdir = Path(kernel_dir)
+    key = (ctx, str(kdir), kernel, dtype, abi)
+    with _lock:
+        if key in _functions:
+            return _functions[key]
+        sm = context_sm(cu, ctx)
+        index = load_index(kdir)
+        if index.get("kernel_abi") != abi:
+            raise SmplerError(f"{kdir}: kernels have ABI {index.get('kernel_abi')}, the engine expects {abi}; "
+                              f"rerun `{aot_command(sm, kdir)}` with this smpler-deploy version")
+        entry = find_entry(index, kernel, dtype, sm, kdir)
+        if entry.get("num_ctas", 1) != 1:  # clusters would need cuLaunchKernelEx with a cluster attribute
+            raise SmplerError(f"{kdir / entry['cubin']}: compiled with num_ctas={entry['num_ctas']}; the plugins "
+                              f"launch one CTA per program; rerun `{aot_command(sm, kdir)}`")
+        failures = []
+        for kind in load_order(entry, driver_version(cu)):
+            err, module = cu.cuModuleLoadData(_image(kdir, entry, kind, sm))
+            if err == cu.CUresult.CUDA_SUCCESS:
+                break
+            failures.append(f"{kind}: {err}")
+        else:
+            raise SmplerError(f"{kernel} ({dtype}) sm_{sm}: the driver (CUDA {driver_version(cu)}) loaded neither "
+                              f"image ({'; '.join(failures)}); rerun `{aot_command(sm, kdir)}` or update the driver")
+        _modules.append(module)
+        fn = check(cu, cu.cuModuleGetFunction(module, entry["entry_name"].encode()), "cuModuleGetFunction")
+        if entry["shared"] > 48 * 1024:  # dynamic shared memory above 48 KiB needs an explicit opt-in
+            attr = cu.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+            check(cu, cu.cuFuncSetAttribute(fn, attr, entry["shared"]), "cuFuncSetAttribute")
+        _functions[key] = KernelFunction(fn, entry, kind, sm, ctx)
+        return _functions[key]
+
+
+_CTYPES = {"i32": ctypes.c_int32, "i64": ctypes.c_int64, "fp32": ctypes.c_float}
+
+
+def pack_args(plan: LaunchPlan):
+    """ctypes storage for each parameter plus the void*[] array cuLaunchKernel reads (keep both alive)."""
+    vals = [ctypes.c_uint64(v) if t.startswith("*") else _CTYPES[t](v) for t, v in plan.args]
+    ptrs = (ctypes.c_void_p * len(vals))(*[ctypes.addressof(v) for v in vals])
+    return vals, ptrs
+
+
+def check_alignment(plan: LaunchPlan, entry: dict, what: str) -> None:
+    """Every buffer must be 16-byte aligned: the binaries were compiled assuming it (tt.divisibility)."""
+    names = [a["name"] for a in entry["args"]]
+    for name, (ty, ptr) in zip(names, plan.args):
+        if ty.startswith("*") and name not in HIDDEN_ARGS and ptr % POINTER_ALIGN:
+            raise SmplerError(f"{what}: buffer {name} at {ptr:#x} is not {POINTER_ALIGN}-byte aligned")
+
+
+def launch_kernel(cu, fn: KernelFunction, plan: LaunchPlan, stream: int, what: str = "") -> bool:
+    """cuLaunchKernel of a planned launch; False (nothing launched) for an empty grid (batch 0)."""
+    if plan.empty:
+        return False
+    what = what or fn.entry["kernel"]
+    check_alignment(plan, fn.entry, what)
+    vals, ptrs = pack_args(plan)
+    check(cu, cu.cuLaunchKernel(fn.function, *plan.grid, *plan.block, plan.shared, cu.CUstream(stream),
+                                ctypes.addressof(ptrs), 0), f"{what}: cuLaunchKernel")
+    return True
+
+
+def launch_local_attention(cu, fn: KernelFunction, feat: int, joints: int, qk: int, table: int, out: int,
+                           shapes, stream: int, what: str = "") -> bool:
+    """Local attention on device pointers. shapes: feat [B,S,S,C], joints [B,J,2], qk [B,J,NH,C], table [NH,T,T]."""
+    return launch_kernel(cu, fn, plan_launch(fn.entry, list(shapes), [feat, joints, qk, table, out]), stream, what)
+
+
+def launch_global_attention(cu, fn: KernelFunction, qk: int, keys, out: int, shapes, stream: int,
+                            what: str = "") -> bool:
+    """Multi-scale global attention on device pointers. shapes: qk [B,4,Q,NH,C], keys0..3 [B,N_s,C]."""
+    return launch_kernel(cu, fn, plan_launch(fn.entry, list(shapes), [qk, *keys, out]), stream, what)
+
+
+class PreparedLaunch:
+    """A resolved function and fixed shapes (one plugin, one shape configuration): per enqueue only the
+    pointers change; the packed argument array is reused while they stay (the common case, and graph replays)."""
+
+    def __init__(self, cu, fn: KernelFunction, shapes, what: str = ""):
+        self.cu, self.fn, self.shapes, self.what = cu, fn, tuple(tuple(s) for s in shapes), what
+        n_ptr = sum(1 for a in fn.entry["args"] if a["type"].startswith("*") and a["name"] not in HIDDEN_ARGS)
+        self.template = plan_launch(fn.entry, list(self.shapes), [0] * n_ptr)  # shapes checked once, here
+        self.n_ptr = n_ptr
+        self._packed = None  # (pointers, vals, ptrs)
+
+    def __call__(self, pointers, stream: int) -> bool:
+        if self.template.empty:
+            return False
+        pointers = tuple(int(p) for p in pointers)
+        if self._packed is None or self._packed[0] != pointers:
+            if len(pointers) != self.n_ptr:
+                raise SmplerError(f"{self.what}: {len(pointers)} buffers given, kernel takes {self.n_ptr}")
+            plan = dataclasses.replace(self.template, args=tuple(
+                (t, pointers[i] if i < self.n_ptr else v) for i, (t, v) in enumerate(self.template.args)))
+            check_alignment(plan, self.fn.entry, self.what)
+            self._packed = (pointers, *pack_args(plan))
+        t = self.template
+        cu = self.cu
+        check(cu, cu.cuLaunchKernel(self.fn.function, *t.grid, *t.block, t.shared, cu.CUstream(stream),
+                                    ctypes.addressof(self._packed[2]), 0), f"{self.what}: cuLaunchKernel")
+        return True
