@@ -17,13 +17,14 @@ _rt = None
 
 
 def rt():
-    """`cuda.bindings.runtime` (cuda-python >= 12.6.1; 12.x on JetPack 6, 13.x with CUDA 13)."""
+    """`cuda.bindings.runtime` (cuda-python 12.x with a CUDA 12 driver / JetPack 6, 13.x with CUDA 13, R580+)."""
     global _rt
     if _rt is None:
         try:
             from cuda.bindings import runtime
         except ImportError as e:
-            raise SmplerError(f"the tensorrt backend needs cuda-python (pip install 'cuda-python>=12.6.1'): {e}")
+            raise SmplerError("the tensorrt backend needs cuda-python: pip install 'smpler-deploy[trt]' (CUDA 12 driver) "
+                              f"or 'smpler-deploy[trt-cu13]' (CUDA 13, driver R580+) ({e})")
         _rt = runtime
     return _rt
 
