@@ -22,6 +22,7 @@ import fcntl
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -93,22 +94,25 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _reclaim_stale(p: Path) -> list[Path]:
-    """Remove temp files and backups of `p` left by runs that were killed (their pid is gone)."""
+    """Remove temp files, backups and staging directories of `p` left by runs that were killed (pid gone)."""
     removed = []
     try:
         names = os.listdir(p.parent)
     except OSError:
         return removed
-    scratch = re.compile(rf"^\.{re.escape(p.name)}\.(\d+)\.[^/]+\.(?:tmp|bak)$")  # see _scratch
+    scratch = re.compile(rf"^\.{re.escape(p.name)}\.(\d+)\.[^/]+\.(?:tmp|bak|stage)$")  # see _scratch
     for n in names:
         m = scratch.match(n)
         if not m:
             continue
         pid = int(m.group(1))
         if pid != os.getpid() and not _pid_alive(pid):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(p.parent / n)
-                removed.append(p.parent / n)
+            q = p.parent / n
+            if q.is_dir() and not q.is_symlink():
+                shutil.rmtree(q, ignore_errors=True)
+            else:
+                q.unlink(missing_ok=True)
+            removed.append(q)
     return removed
 
 

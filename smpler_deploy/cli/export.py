@@ -116,7 +116,8 @@ def _build(spec) -> None:
     man = build_engine(spec.onnx, out, flavour=e.flavour, sms=e.sms, batch=spec.batch, timing_cache=e.timing_cache,
                        builder_optimization_level=e.builder_optimization_level, mem_pool_size=e.mem_pool_size,
                        version_compatible=e.version_compatible,
-                       hardware_compatibility_level=e.hardware_compatibility_level, force=spec.force, log=say)
+                       hardware_compatibility_level=e.hardware_compatibility_level, force=spec.force,
+                       isolate=True, log=say)  # a child process: Ctrl-C stops the build at once
     trt, tgt = man["trt"], man["target"]["sms"]
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {trt['flavour']} {trt['version']}, "
           f"target {'SM' + ', SM'.join(map(str, tgt)) if tgt else 'local GPU'}, "

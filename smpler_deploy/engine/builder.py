@@ -313,12 +313,15 @@ def build_engine(
     version_compatible: bool = False,
     hardware_compatibility_level: str | None = None,
     force: bool = False,
+    isolate: bool = False,
     log=print,
 ) -> dict:
     """Build `engine_path` from `onnx_path`, write `NAME.engine.json` beside it, return the manifest.
 
     `sms`: TensorRT-RTX targets (default 89); `tensorrt` always targets the local GPU. `batch`: MIN:OPT:MAX.
-    Nothing is written unless the build succeeds.
+    Nothing is written unless the build succeeds. Ctrl-C cancels the build through TensorRT's progress monitor,
+    which TensorRT only consults between steps (one step of the SMPLer build runs ~40 s); `isolate=True` (the CLI)
+    builds in a child process instead, which Ctrl-C stops at once.
     """
     t_start = time.perf_counter()
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
@@ -349,9 +352,54 @@ def build_engine(
     shapes = profile_shapes(facts["shape"], batch, facts["input"])
     destinations = (engine_path, manifest_path(engine_path), layers_path(engine_path))
     with outputs(*destinations, force=force, flag="-o"):  # checked and claimed before any work
+        if isolate:
+            return _build_in_child(onnx_path, engine_path, log, flavour=flavour, sms=sms, batch=list(batch),
+                                   timing_cache=str(timing_cache) if timing_cache else None,
+                                   builder_optimization_level=builder_optimization_level, mem_pool_size=mem_pool_size,
+                                   version_compatible=version_compatible, hardware_compatibility_level=hcl)
         return _build(onnx_path, engine_path, facts, shapes, trt=trt, flavour=flavour, title=title, t_start=t_start, sms=sms,
                       batch=batch, timing_cache=timing_cache, builder_optimization_level=builder_optimization_level,
                       pools=pools, version_compatible=version_compatible, hcl=hcl, log=log)
+
+
+def _build_in_child(onnx_path: Path, engine_path: Path, log, **options) -> dict:
+    """Run the build in `python -m smpler_deploy.engine.build_worker` (its own session, so a terminal's Ctrl-C
+    reaches only us), into a private staging directory beside the engine; its messages are passed to `log`.
+    On Ctrl-C (or any error) the child is killed and its files removed; on success the files are committed
+    through the claimed outputs."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    stage = Path(tempfile.mkdtemp(prefix=f".{engine_path.name}.{os.getpid()}.", suffix=".stage",
+                                  dir=engine_path.parent))
+    staged = stage / engine_path.name
+    job = {"onnx": str(onnx_path), "engine": str(staged), "result": str(stage / "result.json"), **options}
+    proc = None
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "smpler_deploy.engine.build_worker", json.dumps(job)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+        for line in proc.stderr:
+            log(line.rstrip("\n"))
+        rc = proc.wait()
+        result = json.loads((stage / "result.json").read_text()) if (stage / "result.json").exists() else {}
+        if "error" in result:
+            raise SmplerError(result["error"])
+        if rc != 0 or "manifest" not in result:
+            raise SmplerError(f"{onnx_path}: the engine build process failed (exit {rc}); see the messages above")
+        for src, dst in ((staged, engine_path), (manifest_path(staged), manifest_path(engine_path)),
+                         (layers_path(staged), layers_path(engine_path))):
+            with atomic_path(dst) as tmp:
+                os.replace(src, tmp)
+        return result["manifest"]
+    except BaseException:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _build(onnx_path, engine_path, facts, shapes, *, trt, flavour, title, t_start, sms, batch, timing_cache,
@@ -476,5 +524,5 @@ def _build(onnx_path, engine_path, facts, shapes, *, trt, flavour, title, t_star
         e_tmp.write_bytes(plan)
         m_tmp.write_text(json.dumps(manifest, indent=2) + "\n")
         l_tmp.write_text(json.dumps(layer_summary.records_to_json(records), indent=1) + "\n")
-    log(f"built {engine_path} in {build_s:.1f} s ({summary['layers']} layers)")
+    log(f"built {engine_path.name} in {build_s:.1f} s ({summary['layers']} layers)")
     return manifest
