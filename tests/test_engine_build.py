@@ -331,3 +331,25 @@ def test_sm_spellings(graphs, tmp_path):
     with pytest.raises(SmplerError) as e:
         check_sms(["9.9"], [75, 89])
     assert _one_line(e) == "--sm 9.9: not a TensorRT-RTX target; valid: 75, 89"
+
+
+@pytest.mark.parametrize("field,value", [
+    ("schema", "1"), ("engine.size", True), ("trt.version", 11), ("target.sms", ["89"]), ("profiles", {}),
+    ("inputs[0].shape", "dynamic"), ("profiles[0].images.max", [8, "3", 64, 64]), ("build.options", []),
+    ("precision", 16), ("engine.sha256", None),
+])  # fmt: skip
+def test_manifest_wrong_value_types_are_one_line(graphs, tmp_path, field, value):
+    """A hand-edited manifest: one line naming the file and the field, never a TypeError in a session."""
+    import re
+
+    engine = tmp_path / "m.engine"
+    build_engine(graphs / "fp32.onnx", engine, log=_quiet)
+    data = json.loads(manifest_path(engine).read_text())
+    node, parts = data, re.findall(r"[^.\[\]]+", field)
+    for part in parts[:-1]:
+        node = node[int(part)] if part.isdigit() else node[part]
+    node[parts[-1]] = value
+    manifest_path(engine).write_text(json.dumps(data))
+    with pytest.raises(SmplerError) as e:
+        read_manifest(engine)
+    assert _one_line(e).startswith(f"{manifest_path(engine)}: field {field} is {json.dumps(value)}, expected ")

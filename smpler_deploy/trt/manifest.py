@@ -19,6 +19,69 @@ FLAVOUR_TITLES = {"tensorrt": "TensorRT", "tensorrt-rtx": "TensorRT-RTX"}
 REQUIRED = ("schema", "engine", "source", "trt", "target", "profiles", "inputs", "outputs", "plugins", "build")
 
 
+# Value types of the fields the runtime and the checks read: a hand-edited or foreign file is refused in one line
+# naming the field, instead of a TypeError deep in a session. "?" = may be null; "list[int]" = list of ints.
+FIELD_TYPES = {
+    "schema": "int", "variant": "str?", "precision": "str?",
+    "engine": "dict", "engine.file": "str", "engine.sha256": "str", "engine.size": "int",
+    "source": "dict", "trt": "dict", "trt.flavour": "str", "trt.version": "str",
+    "target": "dict", "target.sms": "list[int]", "target.hardware_compatibility_level": "str?",
+    "profiles": "list[dict]", "inputs": "list[dict]", "outputs": "list[dict]", "plugins": "list[dict]",
+    "build": "dict", "build.options": "dict?", "build.options.version_compatible": "bool?",
+}
+TENSOR_TYPES = {"name": "str", "shape": "list[int]", "dtype": "str"}
+_PY = {"int": int, "str": str, "dict": dict, "list": list, "bool": bool}
+_WORDS = {"int": "an integer", "str": "a string", "dict": "an object", "bool": "true or false",
+          "list[int]": "a list of integers", "list[dict]": "a list of objects"}
+
+
+def _is(value, kind: str) -> bool:
+    if kind.endswith("?"):
+        return value is None or _is(value, kind[:-1])
+    if kind.startswith("list["):
+        return isinstance(value, list) and all(_is(v, kind[5:-1]) for v in value)
+    if kind == "int" and isinstance(value, bool):
+        return False
+    return isinstance(value, _PY[kind])
+
+
+def _missing(d: dict, dotted: str):
+    node = d
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return True, None
+        node = node[part]
+    return False, node
+
+
+def check_field_types(data: dict, path) -> None:
+    """One-line SmplerError naming the file and the first field whose value has the wrong type."""
+    def bad(field, value, kind):
+        shown = json.dumps(value)[:40]
+        want = _WORDS.get(kind.rstrip("?"), kind) + (" or null" if kind.endswith("?") else "")
+        raise SmplerError(f"{path}: field {field} is {shown}, expected {want}; rebuild the engine")
+
+    for field, kind in FIELD_TYPES.items():
+        absent, value = _missing(data, field)
+        if absent:
+            if kind.endswith("?") or "." in field and _missing(data, field.rsplit(".", 1)[0])[1] is None:
+                continue
+            raise SmplerError(f"{path}: field {field} is missing; rebuild the engine")
+        if not _is(value, kind):
+            bad(field, value, kind)
+    for section in ("inputs", "outputs"):
+        for i, t in enumerate(data[section]):
+            for key, kind in TENSOR_TYPES.items():
+                if not _is(t.get(key), kind):
+                    bad(f"{section}[{i}].{key}", t.get(key), kind)
+    for i, prof in enumerate(data["profiles"]):
+        for name, shapes in prof.items():
+            for key in ("min", "opt", "max"):
+                value = shapes.get(key) if isinstance(shapes, dict) else None
+                if not _is(value, "list[int]"):
+                    bad(f"profiles[{i}].{name}.{key}", value, "list[int]")
+
+
 def manifest_path(engine_path: str | os.PathLike) -> Path:
     return Path(str(engine_path) + ".json")
 
@@ -45,6 +108,7 @@ def read_manifest(engine_path: str | os.PathLike) -> dict:
     missing = [k for k in REQUIRED if k not in data] if isinstance(data, dict) else list(REQUIRED)
     if missing:
         raise SmplerError(f"{path}: manifest lacks {', '.join(missing)}; rebuild the engine")
+    check_field_types(data, path)
     if data["schema"] > SCHEMA:
         raise SmplerError(f"{path}: manifest schema {data['schema']} is newer than this smpler-deploy ({SCHEMA})")
     return data
