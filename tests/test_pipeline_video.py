@@ -215,3 +215,16 @@ def test_cli_video_end_to_end_onnxruntime(tmp_path, onnx_fp32, capsys):
     # rerun refuses to overwrite without --force
     assert main([str(video), "-o", str(out), "--backend", "onnxruntime", "--onnx", str(onnx_fp32)]) == 2
     assert "--force" in capsys.readouterr().err
+
+
+def test_writer_error_stops_the_run_without_hanging(torch_session, default_model):
+    from smpler_deploy.pipeline.detect import OpenCVDetector
+    from smpler_deploy.pipeline.runner import run
+    from skimage import data
+
+    def full_disk(frame, overlay, people):
+        raise SmplerError("overlay.mp4: no space left on device")
+
+    with pytest.raises(SmplerError, match="no space left"):
+        run(ListSource([data.astronaut()] * 3), OpenCVDetector(), torch_session,
+            faces=default_model.smpl_handler.faces, on_frame=full_disk, log=lambda *a: None)

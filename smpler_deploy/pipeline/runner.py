@@ -1,8 +1,9 @@
-"""The smpler-run loop: a background thread decodes, detects and crops frames into a bounded queue while the main
-thread batches crops into session calls, tracks, smooths, and draws; per-stage times are summed for a summary.
+"""The smpler-run loop, three threads joined by bounded queues: a background thread decodes, detects and crops
+frames; the main thread batches crops into session calls, tracks and smooths; an output thread draws the overlays
+and hands finished frames (in order) to the caller's writer. Per-stage times are summed for a summary.
 
-Memory stays bounded: at most `queue_size` prepared frames wait for inference, and the session sees at most
-`max_batch` crops per call.
+Memory stays bounded: at most `queue_size` prepared frames wait for inference and as many finished frames wait
+for drawing, and the session sees at most `max_batch` crops per call.
 """
 
 from __future__ import annotations
@@ -21,7 +22,12 @@ from .params import PersonParams, people_params, weak_camera
 from .track import BoxTracker, ParamSmoother
 
 PRODUCER_STAGES = ("decode", "detect", "crop")
-CONSUMER_STAGES = ("infer", "track+params", "overlay", "write")
+CONSUMER_STAGES = ("infer", "track+params")
+OUTPUT_STAGES = ("overlay", "write")
+
+
+_THREAD = {**{s: "decode" for s in PRODUCER_STAGES}, **{s: "main" for s in CONSUMER_STAGES},
+           **{s: "output" for s in OUTPUT_STAGES}}
 
 
 @dataclass
@@ -38,7 +44,7 @@ class RunConfig:
 
 @dataclass
 class StageTimes:
-    seconds: dict = field(default_factory=lambda: {s: 0.0 for s in PRODUCER_STAGES + CONSUMER_STAGES})
+    seconds: dict = field(default_factory=lambda: {s: 0.0 for s in PRODUCER_STAGES + CONSUMER_STAGES + OUTPUT_STAGES})
     frames: int = 0
     people: int = 0
     calls: int = 0
@@ -54,7 +60,7 @@ class StageTimes:
             "frames_per_s": round(self.frames / self.wall_s, 3) if self.wall_s > 0 else None,
             "stages": {s: {"total_s": round(t, 3), "ms_per_frame": round(1000 * t / f, 2),
                            "frames_per_s_alone": round(self.frames / t, 2) if t > 0 else None,
-                           "thread": "background" if s in PRODUCER_STAGES else "main"}
+                           "thread": _THREAD[s]}
                        for s, t in self.seconds.items()},
         }
 
@@ -66,7 +72,7 @@ class StageTimes:
             rows.append(f"{name:<14}{v['thread']:<12}{v['total_s']:>9.2f}{v['ms_per_frame']:>10.1f}{fps:>11}")
         fps = s["frames_per_s"] or 0.0
         rows.append(f"whole pipeline: {s['frames']} frames, {s['people']} people, {s['session_calls']} session "
-                    f"calls, {s['wall_s']:.2f} s wall, {fps:.2f} frames/s (background stages overlap inference)")
+                    f"calls, {s['wall_s']:.2f} s wall, {fps:.2f} frames/s (the decode and output threads overlap inference)")
         return "\n".join(rows)
 
 
@@ -99,16 +105,10 @@ def _produce(source, detector, times: StageTimes, q: queue.Queue, stop: threadin
             times.add("decode", t1 - t0)
             times.add("detect", t2 - t1)
             times.add("crop", t3 - t2)
-            item = Prepared(frame, dets, crops, transforms, keep)
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-        q.put(_DONE)
+            _put(q, Prepared(frame, dets, crops, transforms, keep), stop)
+        _put(q, _DONE, stop)
     except BaseException as e:  # handed to the main thread, which re-raises it
-        q.put(e)
+        _put(q, e, stop)
 
 
 class Body:
@@ -127,12 +127,57 @@ class Body:
         return v[0].numpy(), j2d[0].numpy()
 
 
+def _drain(thread: threading.Thread, q: queue.Queue) -> None:
+    while thread.is_alive():
+        try:
+            q.get_nowait()
+        except queue.Empty:
+            thread.join(timeout=0.1)
+
+
+def _put(q: queue.Queue, item, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
+def _output(q: queue.Queue, faces, label, on_frame, times: StageTimes, stop: threading.Event, errors: list) -> None:
+    """Draw and hand over finished frames in order; the first error stops the run (the main thread re-raises)."""
+    from ..render import render_people
+
+    try:
+        while True:
+            try:
+                item = q.get(timeout=0.1)
+            except queue.Empty:
+                if stop.is_set():  # the run was aborted
+                    return
+                continue
+            if item is _DONE or stop.is_set():
+                return
+            frame, meshes, people, draw = item
+            t1 = time.perf_counter()
+            overlay = render_people(frame.image, meshes, faces, label=label) if draw else None
+            t2 = time.perf_counter()
+            if on_frame is not None:
+                on_frame(frame, overlay, people)
+            times.add("overlay", t2 - t1)
+            times.add("write", time.perf_counter() - t2)
+            times.frames += 1
+            times.people += len(people)
+    except BaseException as e:
+        errors.append(e)
+        stop.set()
+
+
 def run(source, detector, session, *, faces=None, body: Body | None = None, config: RunConfig | None = None,
         label: str | None = None, on_frame=None, log=print) -> tuple[list[PersonParams], StageTimes]:
     """Process every frame of `source`. `on_frame(frame, overlay_or_None, people)` receives each finished frame in
-    order (the CLI writes overlays there). Returns all people of all frames and the stage times."""
-    from ..render import render_people
-
+    order, on the output thread (the CLI writes overlays there). Returns all people of all frames and the stage
+    times."""
     cfg = config or RunConfig()
     tracker = BoxTracker() if cfg.track else None
     smoother = ParamSmoother(cfg.smooth, getattr(source, "fps", None))
@@ -142,16 +187,21 @@ def run(source, detector, session, *, faces=None, body: Body | None = None, conf
         raise SmplerError("overlay: needs the mesh faces")
     times = StageTimes()
     q: queue.Queue = queue.Queue(maxsize=max(1, cfg.queue_size))
-    stop = threading.Event()
+    out_q: queue.Queue = queue.Queue(maxsize=max(1, cfg.queue_size))
+    stop, out_stop = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
     producer = threading.Thread(target=_produce, args=(source, detector, times, q, stop), daemon=True,
                                 name="smpler-run-decode")
+    writer = threading.Thread(target=_output, args=(out_q, faces, label, on_frame, times, out_stop, errors),
+                              daemon=True, name="smpler-run-output")
     all_people: list[PersonParams] = []
     pending = None
     start = time.perf_counter()
     producer.start()
+    writer.start()
+    finished = False
     try:
-        done = False
-        while not done:
+        while not out_stop.is_set():
             item = pending if pending is not None else q.get()
             pending = None
             if item is _DONE:
@@ -175,26 +225,35 @@ def run(source, detector, session, *, faces=None, body: Body | None = None, conf
             times.add("infer", time.perf_counter() - t0)
             times.calls += -(-n // cfg.max_batch) if n else 0
             for g, out in zip(group, outs):
-                _finish(g, out, cfg, tracker, smoother, body, faces, label, times, all_people, on_frame,
-                        render_people)
+                people, meshes = _finish(g, out, cfg, tracker, smoother, body, times)
+                all_people.extend(people)
+                _put(out_q, (g.frame, meshes, people, cfg.overlay), out_stop)
+        finished = True
     except KeyboardInterrupt:
         if getattr(source, "kind", "") != "camera":
             raise
         log("stopped (Ctrl-C): writing what was captured")
+        finished = True
     finally:
         stop.set()
-        while producer.is_alive():
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                producer.join(timeout=0.1)
+        _drain(producer, q)
+        if finished:
+            _put(out_q, _DONE, out_stop)
+            writer.join()
+        else:
+            out_stop.set()
+            _drain(writer, out_q)
         source.close()
+    if errors:
+        raise errors[0]
     times.wall_s = time.perf_counter() - start
     return all_people, times
 
 
-def _finish(g: Prepared, out, cfg, tracker, smoother, body, faces, label, times, all_people, on_frame,
-            render_people) -> None:
+def _finish(g: Prepared, out, cfg, tracker, smoother, body, times) -> tuple[list[PersonParams], list[dict]]:
+    """Track ids, parameters, optional smoothing for one frame -> (people, meshes to draw)."""
+    from ..render import to_pixels
+
     t0 = time.perf_counter()
     frame = g.frame
     boxes = g.dets.boxes[g.keep] if len(g.keep) else np.zeros((0, 4))
@@ -214,8 +273,6 @@ def _finish(g: Prepared, out, cfg, tracker, smoother, body, faces, label, times,
             cam = weak_camera(transl, g.transforms[i], p.focal_length, p.principal_point)
             verts, j2d = body(rot, betas, cam)
             p.rotmat, p.betas, p.transl, p.cam = rot, betas, transl, cam
-            from ..render import to_pixels
-
             p.joints2d = to_pixels(j2d, g.transforms[i])
             p.vertices = verts
         meshes.append({"vertices": verts, "cam": p.cam, "transform": g.transforms[i], "depth": p.transl[2],
@@ -224,13 +281,4 @@ def _finish(g: Prepared, out, cfg, tracker, smoother, body, faces, label, times,
         if not cfg.keep_vertices:
             p.vertices = None
     times.add("track+params", time.perf_counter() - t0)
-    t1 = time.perf_counter()
-    overlay = render_people(frame.image, meshes, faces, label=label) if cfg.overlay else None
-    times.add("overlay", time.perf_counter() - t1)
-    t2 = time.perf_counter()
-    if on_frame is not None:
-        on_frame(frame, overlay, people)
-    times.add("write", time.perf_counter() - t2)
-    times.frames += 1
-    times.people += len(people)
-    all_people.extend(people)
+    return people, meshes
