@@ -42,12 +42,13 @@ def _yolo_output(n: int = 100) -> np.ndarray:
     return out
 
 
-def _write_model(path, out_shape, const=None, in_shape=(1, 3, INPUT, INPUT), outputs=1):
+def _write_model(path, out_shape, const=None, in_shape=(1, 3, INPUT, INPUT), outputs=1, dtype=np.float32):
     """An ONNX graph in (or deliberately not in) YOLO's export layout: output = constant + 0 * mean(images)."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
-    const = np.zeros(out_shape, np.float32) if const is None else const
+    const = (np.zeros(out_shape) if const is None else const).astype(dtype)
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     nodes = [
         helper.make_node("ReduceMean", ["images"], ["m"], axes=[1, 2, 3], keepdims=0),
         helper.make_node("Mul", ["m", "zero"], ["z"]),
@@ -55,10 +56,10 @@ def _write_model(path, out_shape, const=None, in_shape=(1, 3, INPUT, INPUT), out
     outs = []
     for k in range(outputs):
         nodes.append(helper.make_node("Add", ["c", "z"], [f"output{k}"]))
-        outs.append(helper.make_tensor_value_info(f"output{k}", TensorProto.FLOAT, list(out_shape)))
+        outs.append(helper.make_tensor_value_info(f"output{k}", elem, list(out_shape)))
     graph = helper.make_graph(
-        nodes, "tiny_yolo", [helper.make_tensor_value_info("images", TensorProto.FLOAT, list(in_shape))], outs,
-        initializer=[numpy_helper.from_array(const, "c"), numpy_helper.from_array(np.zeros(1, np.float32), "zero")])
+        nodes, "tiny_yolo", [helper.make_tensor_value_info("images", elem, list(in_shape))], outs,
+        initializer=[numpy_helper.from_array(const, "c"), numpy_helper.from_array(np.zeros(1, dtype), "zero")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -76,6 +77,12 @@ def test_letterbox_geometry():
     assert x.shape == (1, 3, INPUT, INPUT) and x.dtype == np.float32
     assert (lb.scale, lb.pad_x, lb.pad_y) == (0.5, 0.0, 40.0)
     assert np.allclose(x[0, :, :40], 114 / 255) and np.allclose(x[0, :, 40:280], 0)
+
+
+def test_half_precision_yolo_export(tmp_path):  # ultralytics' half=True: fp16 input and output
+    path = _write_model(tmp_path / "half.onnx", (1, 84, 100), _yolo_output(), dtype=np.float16)
+    d = YoloDetector(path, threads=1)(np.zeros((*IMAGE_HW, 3), np.uint8))
+    assert np.allclose(d.boxes, EXPECTED, atol=0.5) and np.allclose(d.scores, [0.9, 0.6, 0.4], atol=1e-3)
 
 
 def test_yolo_decoding_and_nms_through_onnxruntime(tiny_yolo):

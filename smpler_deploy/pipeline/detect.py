@@ -152,9 +152,10 @@ class _OrtRunner:
         self.inputs = [dims(t) for t in self.sess.get_inputs()]
         self.outputs = [dims(t) for t in self.sess.get_outputs()]
         self.in_name = self.sess.get_inputs()[0].name
+        self.in_dtype = np.float16 if self.sess.get_inputs()[0].type == "tensor(float16)" else np.float32  # half=True
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.sess.run(None, {self.in_name: x})[0]
+        return self.sess.run(None, {self.in_name: x.astype(self.in_dtype, copy=False)})[0]
 
 
 class _TrtRunner:
