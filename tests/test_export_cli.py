@@ -287,7 +287,7 @@ def test_concurrent_export_to_the_same_output_fails_before_work(tmp_path, capsys
     assert rc == 2 and f"another process (pid {p.pid}) is writing m.onnx" in err, err
 
 
-@pytest.mark.parametrize("prog", ["export", "bench", "demo"])
+@pytest.mark.parametrize("prog", ["export", "bench", "demo", "run"])
 def test_argparse_errors_are_one_line(prog, capsys):
     import importlib
 

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 
-from .common import cli_main
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2, like every smpler-* command
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2)
+from .common import ArgumentParser, cli_main
 
 
 @cli_main
@@ -25,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..plugins import aot
     from ..plugins.kernel_store import ENV, resolve_kernel_dir
 
-    p = _Parser(prog="smpler-aot", description=__doc__)
+    p = ArgumentParser(prog="smpler-aot", description=__doc__)
     p.add_argument("--sm", action="append", metavar="N",
                    help=f"target compute capability, repeatable or comma-separated "
                         f"({', '.join(map(str, aot.SUPPORTED_SMS))}; default: all)")

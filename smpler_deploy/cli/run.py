@@ -16,11 +16,11 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import SmplerError
-from .common import cli_main
+from .common import ArgumentParser, cli_main
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="smpler-run", description=__doc__.split("\n\n")[0],
+    ap = ArgumentParser(prog="smpler-run", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     ap.add_argument("source", help="image, folder of images, video file, or camera (/dev/video0, 0, cam:0)")

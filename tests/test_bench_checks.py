@@ -1,0 +1,84 @@
+"""smpler-bench checks its destination and every --onnx/--engine artifact before any baseline runs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from smpler_deploy.cli.bench import main
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    from tiny_smpler import tiny_smpler_onnx
+
+    d = tmp_path_factory.mktemp("art")
+    out = {"fp32": tiny_smpler_onnx(d / "fp32.onnx"), "foreign": tiny_smpler_onnx(d / "f.onnx", smpler=False),
+           "int8cpu": tiny_smpler_onnx(d / "c.onnx", "int8", "cpu")}
+    try:
+        from smpler_deploy.engine.builder import build_engine
+
+        build_engine(out["fp32"], d / "fp32.engine", batch="1:1:2", log=lambda *_: None)
+        out["engine"] = d / "fp32.engine"
+        (d / "bare.engine").write_bytes(b"no manifest beside me")
+        out["bare"] = d / "bare.engine"
+    except ImportError:
+        pass
+    return out
+
+
+@pytest.fixture
+def no_baselines(monkeypatch):
+    import smpler_deploy.bench.runner as R
+
+    def refuse(*a, **k):
+        raise AssertionError("a baseline ran before the artifacts were checked")
+
+    monkeypatch.setattr(R, "run_benchmark", refuse)
+
+
+def _fail(capsys, argv, *names):
+    rc = main(argv)
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.startswith("error:")]
+    assert rc == 2 and len(lines) == 1, err
+    for n in names:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("spec,names", [
+    ("fp16={fp32}", ["--onnx fp16=", "carries precision fp32; pass it as fp32="]),
+    ("{foreign}", ["--onnx", "not an SMPLer graph"]),
+    ("int8={int8cpu}", ["carries precision int8-cpu"]),
+    ("{int8cpu}", None),  # a plain path takes its precision from the metadata: accepted as int8-cpu
+])  # fmt: skip
+def test_onnx_artifacts_checked_first(tmp_path, capsys, files, no_baselines, spec, names):
+    out = tmp_path / "report"
+    argv = ["--onnx", spec.format(**files), "--precisions", "fp32,int8-cpu", "--out", str(out)]
+    if names is None:
+        with pytest.raises(AssertionError, match="a baseline ran"):  # got past every check
+            main(argv)
+    else:
+        _fail(capsys, argv, *names)
+    assert not out.exists()
+
+
+def test_engine_artifacts_checked_first(tmp_path, capsys, files, no_baselines):
+    if "engine" not in files:
+        pytest.skip("no TensorRT flavour to build the test engine")
+    out = tmp_path / "report"
+    _fail(capsys, ["--engine", f"fp16={files['engine']}", "--out", str(out)], "--engine fp16=", "carries precision fp32")
+    _fail(capsys, ["--engine", f"fp32={files['bare']}", "--out", str(out)], "no manifest bare.engine.json")
+    _fail(capsys, ["--engine", f"fp32={files['engine']}", "--variant", "smpler-l", "--out", str(out)],
+          "a smpler engine, but the benchmark is --variant smpler-l")
+    assert not out.exists()
+
+
+def test_out_checked_first(tmp_path, capsys, no_baselines):
+    f = tmp_path / "file"
+    f.write_text("x")
+    _fail(capsys, ["--out", str(f)], "--out", "exists and is not a directory")
+    _fail(capsys, ["--out", str(tmp_path / "missing" / "report")], "does not exist")
+    assert sorted(os.listdir(tmp_path)) == ["file"]
