@@ -78,6 +78,10 @@ class Precision:
 # ---------------------------------------------------------------- TensorRT-RTX targets
 
 
+# GPUs TensorRT-RTX cannot target: their engines come from full TensorRT on the device (docs/jetson.md).
+ON_DEVICE_SMS = {87: "Jetson Orin", 90: "Hopper"}
+
+
 def parse_sm(text) -> int:
     """"89", 89, "8.9", "sm_89", "SM89", "sm89" -> 89; anything else a one-line error naming --sm."""
     t = str(text).strip().lower().removeprefix("sm").lstrip("_")
@@ -100,7 +104,10 @@ def parse_sms(values, valid: list[int] | None = None) -> list[int] | None:
                 continue
             sm = parse_sm(item)
             if valid is not None and sm not in valid:
-                raise SmplerError(f"--sm {item.strip()}: not a TensorRT-RTX target; valid: {', '.join(map(str, valid))}")
+                hint = (f"; {ON_DEVICE_SMS[sm]} (SM{sm}) engines are built on the device itself with --trt tensorrt"
+                        if sm in ON_DEVICE_SMS else "")
+                raise SmplerError(f"--sm {item.strip()}: not a TensorRT-RTX target; valid: {', '.join(map(str, valid))}"
+                                  + hint)
             if sm not in out:
                 out.append(sm)
     if not out:
@@ -120,6 +127,7 @@ class EngineOptions:
     mem_pool_size: str | None = None
     version_compatible: bool = False
     hardware_compatibility_level: str | None = None
+    tf32: bool = True  # fp32 layers may use TF32 tensor cores, as trtexec (--no-tf32 = trtexec --noTF32)
 
 
 @dataclass
@@ -216,7 +224,8 @@ def export_spec(a) -> ExportSpec:
     opts = EngineOptions(timing_cache=Path(a.timing_cache) if a.timing_cache else None,
                          builder_optimization_level=a.builder_optimization_level, mem_pool_size=a.mem_pool_size,
                          version_compatible=a.version_compatible,
-                         hardware_compatibility_level=a.hardware_compatibility_level)
+                         hardware_compatibility_level=a.hardware_compatibility_level,
+                         tf32=getattr(a, "tf32", None) is not False)
     if a.format == "engine":
         if not precision.buildable:
             src = f"--onnx {a.onnx}" if a.onnx else "--target cpu"

@@ -7,6 +7,7 @@ import sys
 import time
 
 from .. import __version__
+from ..plugins.kernel_store import add_kernel_dir_argument, use_kernel_dir
 from .common import ArgumentParser, cli_main
 
 
@@ -35,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mem-pool-size", help="e.g. workspace:2G")
     p.add_argument("--version-compatible", action="store_true")
     p.add_argument("--hardware-compatibility-level", help="none | ampere_plus (ampere+) | same_compute_capability")
+    p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
+                   help="fp32 layers may use TF32 tensor cores (default, as trtexec; --no-tf32 = trtexec --noTF32)")
+    add_kernel_dir_argument(p)  # --trt tensorrt builds run the plugins' kernels while timing
     p.add_argument("--no-fidelity", action="store_true", help="skip the ONNX Runtime fidelity check")
     p.add_argument("--force", action="store_true", help="overwrite existing output")
     p.add_argument("-o", "--output", required=True, help="output file (.onnx or .engine)")
@@ -51,6 +55,7 @@ def main(argv=None) -> int:
     from ..spec import export_spec
 
     a = build_parser().parse_args(argv)
+    use_kernel_dir(a.kernel_dir)
     spec = export_spec(a)  # every flag checked (and the TensorRT flavour imported) before any work
     calib_images = None
     if spec.calib:  # read the images now: a bad directory fails before the model is built
@@ -115,7 +120,7 @@ def _build(spec) -> None:
     e, out = spec.engine, spec.output
     man = build_engine(spec.onnx, out, flavour=e.flavour, sms=e.sms, batch=spec.batch, timing_cache=e.timing_cache,
                        builder_optimization_level=e.builder_optimization_level, mem_pool_size=e.mem_pool_size,
-                       version_compatible=e.version_compatible,
+                       version_compatible=e.version_compatible, tf32=e.tf32,
                        hardware_compatibility_level=e.hardware_compatibility_level, force=spec.force,
                        isolate=True, log=say)  # a child process: Ctrl-C stops the build at once
     trt, tgt = man["trt"], man["target"]["sms"]

@@ -312,6 +312,7 @@ def build_engine(
     mem_pool_size: str | None = None,
     version_compatible: bool = False,
     hardware_compatibility_level: str | None = None,
+    tf32: bool = True,
     force: bool = False,
     isolate: bool = False,
     log=print,
@@ -319,6 +320,8 @@ def build_engine(
     """Build `engine_path` from `onnx_path`, write `NAME.engine.json` beside it, return the manifest.
 
     `sms`: TensorRT-RTX targets (default 89); `tensorrt` always targets the local GPU. `batch`: MIN:OPT:MAX.
+    `tf32`: fp32 layers may use TF32 tensor cores (trtexec's default; False = trtexec --noTF32). Polygraphy
+    would clear the flag unless told, so it is always passed and recorded in the manifest.
     Nothing is written unless the build succeeds. Ctrl-C cancels the build through TensorRT's progress monitor,
     which TensorRT only consults between steps (one step of the SMPLer build runs ~40 s); `isolate=True` (the CLI)
     builds in a child process instead, which Ctrl-C stops at once.
@@ -356,10 +359,10 @@ def build_engine(
             return _build_in_child(onnx_path, engine_path, log, flavour=flavour, sms=sms, batch=list(batch),
                                    timing_cache=str(timing_cache) if timing_cache else None,
                                    builder_optimization_level=builder_optimization_level, mem_pool_size=mem_pool_size,
-                                   version_compatible=version_compatible, hardware_compatibility_level=hcl)
+                                   version_compatible=version_compatible, hardware_compatibility_level=hcl, tf32=tf32)
         return _build(onnx_path, engine_path, facts, shapes, trt=trt, flavour=flavour, title=title, t_start=t_start, sms=sms,
                       batch=batch, timing_cache=timing_cache, builder_optimization_level=builder_optimization_level,
-                      pools=pools, version_compatible=version_compatible, hcl=hcl, log=log)
+                      pools=pools, version_compatible=version_compatible, hcl=hcl, tf32=tf32, log=log)
 
 
 def _build_in_child(onnx_path: Path, engine_path: Path, log, **options) -> dict:
@@ -403,11 +406,13 @@ def _build_in_child(onnx_path: Path, engine_path: Path, log, **options) -> dict:
 
 
 def _build(onnx_path, engine_path, facts, shapes, *, trt, flavour, title, t_start, sms, batch, timing_cache,
-           builder_optimization_level, pools, version_compatible, hcl, log) -> dict:
+           builder_optimization_level, pools, version_compatible, hcl, tf32, log) -> dict:
     meta = facts["metadata"]
     registered = []
     if facts["plugins"]:
-        registered = register_smpler_plugins(trt, flavour, str(onnx_path), facts["plugins"])
+        # Full TensorRT runs the plugins while timing the build: their kernels for this GPU must be there.
+        registered = register_smpler_plugins(trt, flavour, str(onnx_path), facts["plugins"],
+                                             sm=sms[0] if flavour == "tensorrt" and sms else None)
 
     ptrt = _polygraphy_for(flavour)
     from polygraphy.exception import PolygraphyException
@@ -444,6 +449,8 @@ def _build(onnx_path, engine_path, facts, shapes, *, trt, flavour, title, t_star
                 config = CreateConfigRTX(compute_capabilities=[sm_to_major_minor(s) for s in sms], **common)(builder, network)
             else:
                 config = ptrt.CreateConfig(**common)(builder, network)
+            # Set either way: Polygraphy's CreateConfig clears TF32 unless told, TensorRT(-RTX) itself defaults it on.
+            (config.set_flag if tf32 else config.clear_flag)(trt.BuilderFlag.TF32)
         except PolygraphyException:
             raise SmplerError(_first_error(cap, f"{title}: could not create the builder config")) from None
 
@@ -509,6 +516,7 @@ def _build(onnx_path, engine_path, facts, shapes, *, trt, flavour, title, t_star
                 "builder_optimization_level": builder_optimization_level,
                 "mem_pool_size": pools,
                 "version_compatible": bool(version_compatible),
+                "tf32": bool(tf32),
                 "hardware_compatibility_level": hcl,
                 "timing_cache": timing_out,
                 "timing_cache_loaded": cache_loaded,

@@ -122,3 +122,21 @@ def load_order(entry: dict, driver_version: int) -> list[str]:
             f"and its PTX (ISA {entry.get('ptx_version')}) CUDA {cuda_version_text(need)} or later; update the driver"
         )
     return order
+
+
+def add_kernel_dir_argument(parser) -> None:
+    """`--kernel-dir DIR`, the same flag in smpler-export, smpler-bench and smpler-demo."""
+    parser.add_argument("--kernel-dir", metavar="DIR", help=f"AOT attention kernels for --plugins engines "
+                        f"(what `smpler-aot -o DIR` wrote; default ${ENV}, else the smpler-aot cache directory)")
+
+
+def use_kernel_dir(path: str | os.PathLike | None) -> Path | None:
+    """Apply --kernel-dir for this command and every process it starts (an engine build runs in a child):
+    it becomes $SMPLER_KERNEL_DIR, which `resolve_kernel_dir` reads when no directory is passed explicitly."""
+    if not path:
+        return None
+    kdir = Path(path).expanduser()
+    if not (kdir / "index.json").is_file():
+        raise SmplerError(f"--kernel-dir {kdir}: no index.json there; build the kernels with `{aot_command(outdir=kdir)}`")
+    os.environ[ENV] = str(kdir.resolve())
+    return kdir
