@@ -98,7 +98,7 @@ def test_plan_skips_and_names_missing_artifacts(tmp_path):
     kinds = [(g.backend, g.precision, g.kind) for g in groups]
     assert kinds[:2] == [("torch", "fp32", "reference"), ("torch", "fp32", "official")]
     reasons = {(g.backend, g.precision): g.reason for g in groups}
-    assert "fp32 only" in reasons[("torch", "int8")]
+    assert "runs fp32, fp16, bf16" in reasons[("torch", "int8")]
     if not R.gpu_available():
         assert "no CUDA GPU" in reasons[("tensorrt", "fp32")]
     assert all(len(g.cells) == 2 for g in groups)
@@ -112,7 +112,7 @@ def test_plan_skips_and_names_missing_artifacts(tmp_path):
 def test_cli_bad_input_exits_2(capsys, tmp_path):
     from smpler_deploy.cli.bench import main
 
-    for argv, msg in ((["--backends", "cuda"], "--backends"), (["--precisions", "bf16"], "--precisions"),
+    for argv, msg in ((["--backends", "cuda"], "--backends"), (["--precisions", "fp64"], "--precisions"),
                       (["--batch", "1,a"], "--batch"), (["--engine", "nope.engine"], "nope.engine"),
                       (["--dataset", str(tmp_path / "x.npz"), "--images", str(tmp_path)], "x.npz")):
         assert main(argv + ["--out", str(tmp_path / "out")]) == 2

@@ -209,3 +209,100 @@ def test_demo_provider_flags(tmp_path, capsys, argv, msg):
     assert main([str(img), *argv, "--out", str(tmp_path / "o.png")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and msg in err and "\n" not in err
+
+
+# --- smpler-bench --device cuda: cell plan ----------------------------------------------------------------------
+
+GPU_ENV = dict(cuda=None, ort_providers=["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+               tensorrt=True)
+
+
+def _plan(env=GPU_ENV, **kw):
+    from smpler_deploy.bench import runner as R
+
+    cfg = R.BenchConfig(**{"backends": ["torch", "onnxruntime", "tensorrt"], "precisions": ["fp32", "fp16"],
+                           "batches": [1, 8], **kw})
+    return R.plan(cfg, R.BenchEnv(**env))
+
+
+def test_cuda_plan_puts_every_cell_on_the_gpu(tmp_path):
+    eng = {"fp32": tmp_path / "a.engine", "fp16": tmp_path / "b.engine"}
+    groups = _plan(device="cuda", engines=eng, cache_dir=tmp_path)
+    by = {(g.backend, g.precision, g.kind): g for g in groups}
+    assert [k for k in by][:2] == [("torch", "fp32", "reference"), ("torch", "fp32", "official")]
+    for key in (("torch", "fp32", "reference"), ("torch", "fp32", "official"), ("torch", "fp16", "deployed")):
+        assert by[key].kw["device"] == "cuda" and by[key].kw["cuda_graphs"] is False  # eager
+    for pr in ("fp32", "fp16"):
+        g = by[("torch-cudagraph", pr, "deployed")]
+        assert g.runtime == "torch" and g.kw == {"device": "cuda", "cuda_graphs": True, "precision": pr}
+        assert by[("onnxruntime-cuda", pr, "deployed")].kw["provider"] == "cuda"
+        trt = by[("onnxruntime-tensorrt", pr, "deployed")]
+        assert trt.kw["trt_cache"] == tmp_path / "ort-trt" and trt.kw["batches"] == (1, 8)
+        assert by[("tensorrt", pr, "deployed")].artifact == eng[pr]
+    assert all(g.reason is None for g in groups)
+    assert not any(g.backend == "onnxruntime" for g in groups)  # no CPU provider cell in a GPU report
+    assert all([c.batch for c in g.cells] == [1, 8] for g in groups)
+
+
+def test_cuda_plan_skips_what_is_not_installed():
+    env = dict(GPU_ENV, ort_providers=["CPUExecutionProvider"], tensorrt=False)
+    groups = _plan(env, device="cuda", precisions=["fp32", "int8-cpu", "bf16"])
+    why = {(g.backend, g.precision): g.reason for g in groups}
+    assert "CUDAExecutionProvider not available" in why[("onnxruntime-cuda", "fp32")]
+    assert "available: CPUExecutionProvider" in why[("onnxruntime-cuda", "fp32")]
+    assert "TensorRT refuses" in why[("onnxruntime-tensorrt", "int8-cpu")]
+    assert "TensorRT Python package not installed" in why[("tensorrt", "fp32")]
+    assert "torch precision" in why[("onnxruntime-cuda", "bf16")]
+    assert why[("torch", "bf16")] is None and why[("torch-cudagraph", "bf16")] is None
+    assert "graph precision" in why[("torch", "int8-cpu")]
+
+
+def test_cpu_plan_never_runs_gpu_cells():
+    groups = _plan(device="cpu", precisions=["fp32", "bf16"])
+    why = {(g.backend, g.precision): g.reason for g in groups}
+    assert "measure it with --device cuda" in why[("tensorrt", "fp32")]
+    assert not any(g.backend.startswith("torch-cudagraph") or g.kw.get("device") == "cuda" for g in groups)
+    assert [g.kw for g in groups if g.runtime == "onnxruntime"] == [{"provider": "cpu"}] * 2
+    assert why[("torch", "bf16")] is None  # bf16 runs on CPU too
+    no_gpu = _plan(dict(GPU_ENV, cuda="no CUDA GPU"), device="cpu")
+    assert "no CUDA GPU" in {g.backend: g.reason for g in no_gpu}["tensorrt"]
+
+
+@pytest.mark.parametrize("kw, env, msg", [
+    ({"device": "cuda"}, dict(GPU_ENV, cuda="torch 2.13.0+cpu is a CPU-only build"), "--device cuda: torch 2.13.0+cpu"),
+    ({"device": "cuda", "providers": ["cpu"]}, GPU_ENV, "--provider cpu: a CPU provider with --device cuda"),
+    ({"device": "cpu", "providers": ["cuda"]}, GPU_ENV, "--provider cuda: a GPU provider with --device cpu"),
+    ({"device": "cuda", "providers": ["cuda"], "trt_fp16": True}, GPU_ENV, "--trt-fp16: applies to the tensorrt"),
+    ({"device": "tpu"}, GPU_ENV, "--device tpu: expected one of cpu, cuda"),
+])
+def test_plan_refusals_are_one_line(kw, env, msg):
+    with pytest.raises(SmplerError, match=msg.replace("+", r"\+")):
+        _plan(env, **kw)
+
+
+@no_cuda
+def test_bench_cli_device_cuda_without_cuda(tmp_path, capsys):
+    from smpler_deploy.cli.bench import main
+
+    assert main(["--device", "cuda", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --device cuda: torch") and "\n" not in err
+    assert not (tmp_path / "r" / "report.json").exists()
+
+
+def test_report_ratio_uses_the_same_device_official_cell():
+    """The speed-up column divides by the official-style cell of the report, which the plan puts on the report's
+    device; a GPU report's markdown says so."""
+    from smpler_deploy.bench.report import Cell, Report, render_markdown
+
+    lat = lambda ms: {"iters": 2, "batch": 1, "min_ms": ms, "mean_ms": ms, "p50_ms": ms, "p90_ms": ms,  # noqa: E731
+                      "p95_ms": ms, "p99_ms": ms, "max_ms": ms, "throughput_ips": 1000 / ms}
+    cells = [Cell("torch", "fp32", 1, "official", latency=lat(20.0)), Cell("torch", "fp32", 1, "reference", latency=lat(10.0)),
+             Cell("torch-cudagraph", "fp16", 1, latency=lat(4.0), device_latency=lat(3.0), device_memory_mb=300.0)]
+    rep = Report(model={"variant": "smpler", "untrained": True, "standin_body": True}, machine={},
+                 settings={"device": "cuda", "providers": ["cuda"], "device_memory_method": "delta"}, cells=cells)
+    d = rep.finalize().to_dict()
+    assert [c["speedup_vs_official"] for c in d["cells"]] == [1.0, 2.0, 5.0]
+    md = render_markdown(d)
+    assert "device: cuda — every cell, baselines included, ran there" in md and "Device memory: delta" in md
+    assert "| torch-cudagraph/fp16/b1 | 3.00 |" in md

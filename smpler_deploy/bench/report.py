@@ -154,6 +154,8 @@ def render_markdown(rep: dict, plots: list[str] | None = None) -> str:
           f"model cost {m.get('gflops_per_image')} GFLOPs/image (nominal: the official computation, which our "
           "folded attention and joints-only refinement undercut)",
           f"- {s.get('warmup')} warm-up + {s.get('iters')} timed iterations per cell; inputs: {s.get('inputs', {}).get('description', '-')}",
+          f"- device: {s.get('device') or 'cpu'} — every cell, baselines included, ran there"
+          + (f"; ONNX Runtime providers: {', '.join(s['providers'])}" if s.get("providers") else ""),
           ""]
     ok = [c for c in rep["cells"] if c["status"] == "ok"]
     L += ["## Latency and fidelity", "",
@@ -174,7 +176,8 @@ def render_markdown(rep: dict, plots: list[str] | None = None) -> str:
                  f"{_n(c.get('peak_rss_mb'), '{:.0f}')} |")
     dev = [c for c in ok if c.get("device_latency")]
     if dev:
-        L += ["", "### GPU compute (engine time alone, CUDA events) vs host latency", "",
+        L += ["", "### GPU compute (the forward / engine alone, CUDA events) vs host latency", "",
+              f"Device memory: {s.get('device_memory_method') or 'in use after the cell'}.", "",
               "| cell | device p50 | device p99 | host p50 | device memory (MB) |", "|---|---:|---:|---:|---:|"]
         L += [f"| {c['id']} | {_n(c['device_latency']['p50_ms'])} | {_n(c['device_latency']['p99_ms'])} | "
               f"{_n(c['latency']['p50_ms'])} | {_n(c.get('device_memory_mb'), '{:.0f}')} |" for c in dev]

@@ -1,7 +1,9 @@
 """The benchmark matrix: backends × precisions × batches on one fixed input set, plus two baselines.
 
 Baselines always run: the official-style eager forward (torch, fp32, full SMPL mesh four times) and our torch fp32
-reference. Each runnable cell: open a session, warm up, time N calls, record peak host RSS, and compare its
+reference, on the report's one device (`--device cpu|cuda`): with --device cuda every cell (baselines, torch
+fp16/bf16, torch CUDA graphs, ONNX Runtime CUDA/TensorRT EPs, engines) runs on the same GPU, so speed-ups are
+GPU against GPU; with --device cpu the GPU-only cells are skipped. Each runnable cell: open a session, warm up, time N calls, record peak host RSS, and compare its
 outputs on the same inputs with the reference (`smpler_deploy.fidelity`). Cells that cannot run here are kept in
 the report as `skipped` with the reason; cells that raise are kept as `failed`.
 """
@@ -25,7 +27,8 @@ from .stats import latency_stats
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 # "int8" is the TensorRT layout (symmetric Q/DQ; fake-quantized on ONNX Runtime: its fidelity is the engine's),
 # "int8-cpu" ONNX Runtime's own fused layout (what CPU users run for speed; TensorRT refuses its zero points).
-PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu")
+# "bf16" runs in torch only (the fp16 policy in bfloat16).
+PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu", "bf16")
 VARIANTS = tuple(MODEL_GFLOPS)
 
 
@@ -117,6 +120,24 @@ def gpu_available() -> bool:
     return bool(gpu_info())
 
 
+def device_used_mb(release_cache: bool = True) -> float | None:
+    """Device memory in use on the current GPU (cudaMemGetInfo through torch), None without CUDA. Taken before a
+    cell's session opens and after its timed loop, the difference is what that session holds (weights,
+    activations, workspaces, CUDA graphs, allocator caches), whichever library allocated it."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        torch.cuda.synchronize()
+        if release_cache:  # before a cell: the previous cell's cached blocks are not this cell's; after a cell
+            torch.cuda.empty_cache()  # they stay: torch's cache then holds this cell's peak working set
+        free, total = torch.cuda.mem_get_info()
+        return (total - free) / 2**20
+    except Exception:  # noqa: BLE001 - memory is a column, never a reason to fail a cell
+        return None
+
+
 def tensorrt_importable() -> bool:
     import importlib.util
 
@@ -124,6 +145,9 @@ def tensorrt_importable() -> bool:
 
 
 # --- the matrix --------------------------------------------------------------------------------------------------
+
+DEVICES = ("cpu", "cuda")
+
 
 @dataclass
 class BenchConfig:
@@ -146,11 +170,19 @@ class BenchConfig:
     j_regressor_h36m: object | None = None
     session_kw: dict = field(default_factory=dict)  # extra open_session kwargs (checkpoint, smpl_model, ...)
     command: str = ""
+    # Where every cell runs. cuda: baselines, torch, ONNX Runtime (cuda/tensorrt EPs) and engines all on one GPU,
+    # so no GPU cell is ever set against a CPU baseline; cpu: GPU-only cells are skipped.
+    device: str = "cpu"
+    providers: list[str] | None = None  # ONNX Runtime EPs; None = cpu on --device cpu, cuda+tensorrt on cuda
+    cuda_graphs: bool = True  # --device cuda: add torch CUDA-graph cells
+    trt_cache: Path | None = None  # TensorRT EP engine/timing cache (default cache_dir/ort-trt)
+    trt_fp16: bool = False
 
 
 @dataclass
 class _Group:
-    """One session spec, timed at every batch size."""
+    """One session spec, timed at every batch size. `backend` is the cell label (e.g. onnxruntime-cuda),
+    `runtime` the open_session backend, `kw` its extra options."""
 
     backend: str
     precision: str
@@ -158,42 +190,115 @@ class _Group:
     cells: list[Cell]
     reason: str | None = None
     artifact: Path | None = None
+    runtime: str = ""
+    kw: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.runtime = self.runtime or self.backend
 
 
-def plan(cfg: BenchConfig) -> list[_Group]:
+@dataclass
+class BenchEnv:
+    """What this machine can run (probed once; injected in tests)."""
+
+    cuda: str | None  # None: torch can use a CUDA device; else why not
+    ort_providers: list[str]
+    tensorrt: bool
+
+    @classmethod
+    def probe(cls, device: str) -> "BenchEnv":
+        import onnxruntime as ort
+
+        from ..runtime.torch_plan import cuda_unavailable_reason
+
+        gpu = gpu_available()
+        return cls(cuda_unavailable_reason() if device == "cuda" else (None if gpu else "no CUDA GPU"),
+                   list(ort.get_available_providers()), tensorrt_importable())
+
+
+TORCH_PRECISIONS = ("fp32", "fp16", "bf16")
+GPU_ONLY = ("tensorrt",)
+
+
+def plan(cfg: BenchConfig, env: BenchEnv | None = None) -> list[_Group]:
     """All groups in run order (reference first: its outputs are what the others are compared with).
-    Raises SmplerError when the user named artifacts but not one a requested cell needs."""
-    mk = lambda be, pr, kind: _Group(be, pr, kind, [Cell(be, pr, b, kind) for b in cfg.batches])  # noqa: E731
-    groups = [mk("torch", "fp32", "reference"), mk("torch", "fp32", "official")]
-    have_gpu, have_trt = None, None
+
+    Raises SmplerError when the user named artifacts but not one a requested cell needs, or asked for a device
+    or provider this machine lacks in a way that no cell could run (--device cuda without CUDA)."""
+    from ..runtime.ort_providers import check_available, parse_provider
+
+    env = env or BenchEnv.probe(cfg.device)
+    on_gpu = cfg.device == "cuda"
+    if cfg.device not in DEVICES:
+        raise SmplerError(f"--device {cfg.device}: expected one of {', '.join(DEVICES)}")
+    if on_gpu and env.cuda:
+        raise SmplerError(f"--device cuda: {env.cuda}; use --device cpu")
+    providers = [parse_provider(p) for p in (cfg.providers or (["cuda", "tensorrt"] if on_gpu else ["cpu"]))]
+    for p in providers:
+        if (p == "cpu") == on_gpu:
+            raise SmplerError(f"--provider {p}: {'a CPU' if p == 'cpu' else 'a GPU'} provider with --device "
+                              f"{cfg.device}; every cell of one report runs on one device (its baseline's), so "
+                              f"use --device {'cpu' if p == 'cpu' else 'cuda'}")
+    if cfg.trt_fp16 and "tensorrt" not in providers:
+        raise SmplerError("--trt-fp16: applies to the tensorrt provider (--device cuda --provider tensorrt)")
+    tkw = {"device": cfg.device, "cuda_graphs": False} if on_gpu else {}
+    mk = lambda be, pr, kind, **g: _Group(be, pr, kind, [Cell(be, pr, b, kind) for b in cfg.batches], **g)  # noqa: E731
+    groups = [mk("torch", "fp32", "reference", kw=dict(tkw)), mk("torch", "fp32", "official", kw=dict(tkw))]
     for be in cfg.backends:
         for pr in cfg.precisions:
-            if be == "torch" and pr == "fp32":
-                continue  # that is the reference cell
-            g = mk(be, pr, "deployed")
             if be == "torch":
-                g.reason = (f"the torch backend runs fp32 only ({pr} is a graph precision: the exported ONNX "
-                            "carries it; measure it with onnxruntime or tensorrt)")
+                if pr not in TORCH_PRECISIONS:
+                    groups.append(mk(be, pr, "deployed", reason=(
+                        f"the torch backend runs {', '.join(TORCH_PRECISIONS)} ({pr} is a graph precision: the "
+                        "exported ONNX carries it; measure it with onnxruntime or tensorrt)")))
+                    continue
+                if pr != "fp32":  # fp32 eager is the reference cell
+                    groups.append(mk(be, pr, "deployed", kw=dict(tkw, precision=pr)))
+                if on_gpu and cfg.cuda_graphs:
+                    groups.append(mk("torch-cudagraph", pr, "deployed", runtime="torch",
+                                     kw=dict(tkw, precision=pr, cuda_graphs=True)))
             elif be == "onnxruntime":
-                if cfg.onnx and pr not in cfg.onnx:
-                    raise SmplerError(f"cell onnxruntime/{pr}: no ONNX file for {pr} in --onnx "
-                                      f"(have {', '.join(sorted(cfg.onnx))}); add {pr}=PATH")
-                g.artifact = cfg.onnx.get(pr)
-            elif be == "tensorrt" and pr == "int8-cpu":
-                g.reason = "int8-cpu is ONNX Runtime's layout (non-zero zero points TensorRT refuses); use int8"
+                for prov in providers:
+                    label = "onnxruntime" if prov == "cpu" else f"onnxruntime-{prov}"
+                    g = mk(label, pr, "deployed", runtime="onnxruntime", kw={"provider": prov})
+                    groups.append(g)
+                    if pr == "bf16":
+                        g.reason = "bf16 is a torch precision here (no bf16 ONNX graph is exported)"
+                        continue
+                    if prov == "tensorrt" and pr == "int8-cpu":
+                        g.reason = "int8-cpu is ONNX Runtime's layout (non-zero zero points TensorRT refuses); use int8"
+                        continue
+                    try:
+                        check_available(prov, env.ort_providers)
+                    except SmplerError as e:
+                        g.reason = str(e).split(": ", 1)[1]
+                        continue
+                    if cfg.onnx and pr not in cfg.onnx:
+                        raise SmplerError(f"cell onnxruntime/{pr}: no ONNX file for {pr} in --onnx "
+                                          f"(have {', '.join(sorted(cfg.onnx))}); add {pr}=PATH")
+                    g.artifact = cfg.onnx.get(pr)
+                    if prov == "tensorrt":
+                        cache = cfg.trt_cache or (cfg.cache_dir or Path("bench-cache")) / "ort-trt"
+                        g.kw |= {"trt_cache": cache, "trt_fp16": cfg.trt_fp16, "batches": tuple(cfg.batches)}
+                    elif prov == "cuda":
+                        g.kw |= {"batches": tuple(cfg.batches)}
             elif be == "tensorrt":
-                have_trt = tensorrt_importable() if have_trt is None else have_trt
-                have_gpu = gpu_available() if have_gpu is None else have_gpu
-                if not have_gpu:
-                    g.reason = "no CUDA GPU on this machine (TensorRT engines run only on a GPU)"
-                elif not have_trt:
+                g = mk(be, pr, "deployed")
+                groups.append(g)
+                if pr in ("int8-cpu", "bf16"):
+                    g.reason = ("int8-cpu is ONNX Runtime's layout (non-zero zero points TensorRT refuses); use int8"
+                                if pr == "int8-cpu" else "bf16 is a torch precision here (no bf16 engine is built)")
+                elif not on_gpu:
+                    g.reason = ("no CUDA GPU on this machine (TensorRT engines run only on a GPU)" if env.cuda else
+                                "runs on the GPU: measure it with --device cuda, where its baseline is the "
+                                "official-style forward on the same GPU")
+                elif not env.tensorrt:
                     g.reason = "TensorRT Python package not installed (pip install smpler-deploy[trt])"
                 elif pr not in cfg.engines:
                     raise SmplerError(f"cell tensorrt/{pr}: no engine for {pr}; pass --engine {pr}=PATH "
                                       "(build one with smpler-export --format engine)")
                 else:
                     g.artifact = cfg.engines[pr]
-            groups.append(g)
     return groups
 
 
@@ -224,12 +329,14 @@ def _ensure_onnx(cfg: BenchConfig, precision: str) -> Path:
 def _open(cfg: BenchConfig, g: _Group):
     from ..runtime import open_session
 
-    kw = dict(cfg.session_kw) if g.backend == "torch" else {}  # checkpoint/body model are baked into artifacts
+    kw = dict(cfg.session_kw) if g.runtime == "torch" else {}  # checkpoint/body model are baked into artifacts
+    kw |= g.kw
+    kw.pop("precision", None)
     if g.kind == "official":
         kw["official"] = True
-    if g.backend == "onnxruntime" and g.artifact is None:
+    if g.runtime == "onnxruntime" and g.artifact is None:
         g.artifact = _ensure_onnx(cfg, g.precision)
-    return open_session(g.backend, precision=g.precision, path=str(g.artifact) if g.artifact else None,
+    return open_session(g.runtime, precision=g.precision, path=str(g.artifact) if g.artifact else None,
                         variant=cfg.variant, threads=cfg.threads, **kw)
 
 
@@ -247,7 +354,10 @@ def run_benchmark(cfg: BenchConfig) -> Report:
              "standin_body": bool(info.get("standin_body", True)), "gflops_per_image": MODEL_GFLOPS[cfg.variant],
              "info": info}
     settings = {"iters": cfg.iters, "warmup": cfg.warmup, "threads": cfg.threads, "backends": cfg.backends,
-                "precisions": cfg.precisions, "batches": cfg.batches, "seed": cfg.seed,
+                "precisions": cfg.precisions, "batches": cfg.batches, "seed": cfg.seed, "device": cfg.device,
+                "providers": sorted({g.kw["provider"] for g in groups if "provider" in g.kw}),
+                "device_memory_method": ("cudaMemGetInfo in use after the cell minus before its session opened"
+                                         if cfg.device == "cuda" else None),
                 "inputs": {"description": desc, "shape": [max(cfg.batches), 3, 224, 224]},
                 "rss_method": "VmHWM reset per cell" if reset_peak_rss() else "ru_maxrss (process peak)"}
     rep = Report(model=model, settings=settings, machine=machine_info(cfg.threads, cfg.measure_gemm),
@@ -282,6 +392,7 @@ def _run_group(cfg, g: _Group, inputs, ref_out, bar, model: dict | None = None) 
     try:
         gc.collect()
         reset_peak_rss()
+        mem0 = device_used_mb() if cfg.device == "cuda" else None
         t0 = time.perf_counter()
         sess = _open(cfg, g)
         setup = time.perf_counter() - t0
@@ -298,7 +409,7 @@ def _run_group(cfg, g: _Group, inputs, ref_out, bar, model: dict | None = None) 
         return
     try:
         span = None
-        if g.backend == "tensorrt" and g.artifact:
+        if g.runtime == "tensorrt" and g.artifact:
             from ..artifacts import engine_batch_range
             from ..engine.manifest import read_manifest
 
@@ -328,7 +439,8 @@ def _run_group(cfg, g: _Group, inputs, ref_out, bar, model: dict | None = None) 
                 c.latency = latency_stats(times, c.batch).to_dict()
                 if device:
                     c.device_latency = latency_stats(device, c.batch).to_dict()
-                    c.device_memory_mb = getattr(sess, "device_memory_mb", None)
+                if mem0 is not None:  # one method for every GPU cell: what this cell's session holds
+                    c.device_memory_mb = device_used_mb(release_cache=False) - mem0
                 c.peak_rss_mb = peak_rss_mb()
                 if g.kind == "reference":
                     ref_out[c.batch] = out

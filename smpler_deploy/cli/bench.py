@@ -2,6 +2,7 @@
 
   smpler-bench --backends torch,onnxruntime,tensorrt --precisions fp32,fp16,int8 --batch 1,8 \
       --iters 50 --warmup 5 [--threads N] [--onnx PREC=PATH,...] [--engine PREC=PATH,...] \
+      [--device cpu|cuda [--provider cuda,tensorrt] [--no-cuda-graphs] [--trt-cache DIR] [--trt-fp16]] \
       [--dataset FILE.npz --images ROOT [--smpl-model PATH]] --out benchmarks/reports/NAME
 """
 
@@ -16,6 +17,7 @@ from ..artifacts import check_bench_artifacts
 from ..errors import SmplerError
 from ..fileio import check_output_dir, outputs
 from .. import __version__
+from ..plugins.kernel_store import add_kernel_dir_argument, use_kernel_dir
 from .common import ArgumentParser, cli_main
 
 
@@ -23,7 +25,16 @@ def build_parser() -> argparse.ArgumentParser:
     ap = ArgumentParser(prog="smpler-bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     ap.add_argument("--backends", default="torch,onnxruntime", help="comma list of torch,onnxruntime,tensorrt")
-    ap.add_argument("--precisions", default="fp32", help="comma list of fp32,fp16,int8 (TensorRT layout),int8-cpu (ONNX Runtime layout)")
+    ap.add_argument("--precisions", default="fp32", help="comma list of fp32,fp16,int8 (TensorRT layout),int8-cpu "
+                    "(ONNX Runtime layout),bf16 (torch only)")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda: every cell, baselines included, on that "
+                    "device (cuda: one GPU; CUDA-event compute time and device memory per cell)")
+    ap.add_argument("--provider", default=None, help="ONNX Runtime providers, comma list: cpu (default on --device "
+                    "cpu), cuda,tensorrt (default on --device cuda; needs onnxruntime-gpu)")
+    ap.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
+                    help="--device cuda: add torch CUDA-graph cells (torch-cudagraph/PREC)")
+    ap.add_argument("--trt-cache", default=None, help="TensorRT EP engine/timing cache (default CACHE_DIR/ort-trt)")
+    ap.add_argument("--trt-fp16", action="store_true", help="TensorRT EP: let TensorRT pick fp16 per layer")
     ap.add_argument("--batch", default="1", help="comma list of batch sizes, e.g. 1,8")
     ap.add_argument("--iters", type=int, default=20, help="timed iterations per cell")
     ap.add_argument("--warmup", type=int, default=3, help="warm-up iterations per cell")
@@ -39,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--no-plots", action="store_true")
+    add_kernel_dir_argument(ap)  # tensorrt cells, --plugins engines
     ap.add_argument("--out", required=True, help="report directory, e.g. benchmarks/reports/NAME")
     return ap
 
@@ -60,7 +72,11 @@ def _config(a, argv):
         batches=R.parse_batches(a.batch), iters=a.iters, warmup=a.warmup, threads=a.threads, variant=a.variant,
         onnx=R.parse_artifacts(a.onnx, "--onnx"), engines=R.parse_artifacts(a.engine, "--engine"),
         cache_dir=Path(a.cache_dir) if a.cache_dir else out / "cache", seed=a.seed, progress=not a.no_progress,
-        command="smpler-bench " + " ".join(shlex.quote(s) for s in argv))
+        command="smpler-bench " + " ".join(shlex.quote(s) for s in argv),
+        device=R.parse_choices(a.device, R.DEVICES, "--device")[0],
+        providers=R.parse_choices(a.provider, ("cpu", "cuda", "tensorrt"), "--provider") if a.provider else None,
+        cuda_graphs=a.cuda_graphs, trt_cache=Path(a.trt_cache) if a.trt_cache else None, trt_fp16=a.trt_fp16)
+    R.plan(cfg)  # device/provider/artifact problems: one line now, before the baselines run
     check_bench_artifacts(cfg.onnx, cfg.engines, cfg.variant)  # before any baseline runs
     for flag, val, key in (("--checkpoint", a.checkpoint, "checkpoint"), ("--smpl-model", a.smpl_model, "smpl_model")):
         if val:
@@ -86,6 +102,7 @@ def _config(a, argv):
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     a = build_parser().parse_args(argv)
+    use_kernel_dir(a.kernel_dir)
     from ..bench.report import write_report
     from ..bench.runner import run_benchmark
 
