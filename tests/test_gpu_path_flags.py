@@ -120,3 +120,22 @@ def test_jetson_doc_commands_use_real_flags():
     flags = set(re.findall(r"`(--[a-z][a-z0-9-]*)[` ]", text))
     known = {o for action in parser._actions for o in action.option_strings}
     assert flags - known == {"--fp16", "--int8", "--best"}
+
+
+@pytest.mark.parametrize("cli,argv", [
+    ("export", ["-o", "OUT/x.onnx"]),
+    ("bench", ["--backends", "torch", "--out", "OUT/rep"]),
+    ("demo", ["IMG.png", "--out", "OUT/o.png"]),
+])
+def test_kernel_dir_flag_in_every_command(cli, argv, tmp_path, capsys, monkeypatch):
+    """smpler-export, -bench and -demo take --kernel-dir and check it before any work."""
+    import importlib
+
+    monkeypatch.delenv("SMPLER_KERNEL_DIR", raising=False)
+    main = importlib.import_module(f"smpler_deploy.cli.{cli}").main
+    bad = tmp_path / "nokernels"
+    argv = [a.replace("OUT", str(tmp_path)).replace("IMG.png", str(tmp_path / "img.png")) for a in argv]
+    assert main([*argv, "--kernel-dir", str(bad)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: --kernel-dir {bad}: no index.json there; build the kernels with `smpler-aot -o {bad}`"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

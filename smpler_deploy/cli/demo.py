@@ -14,6 +14,7 @@ from pathlib import Path
 from ..errors import SmplerError
 from ..fileio import check_output_path, outputs
 from .. import __version__
+from ..plugins.kernel_store import add_kernel_dir_argument, use_kernel_dir
 from .common import ArgumentParser, cli_main
 
 
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default ~/.cache/smpler_deploy/ort-trt)")
     ap.add_argument("--trt-fp16", action="store_true", help="--provider tensorrt: let TensorRT pick fp16 per layer")
     ap.add_argument("--no-joints", action="store_true", help="do not draw the 24 SMPL joints")
+    add_kernel_dir_argument(ap)  # tensorrt backend, --plugins engines
     ap.add_argument("--out", required=True, help="overlay PNG path; .obj/.ply are written beside it")
     return ap
 
@@ -119,6 +121,7 @@ def _faces(sess, a):
 @cli_main
 def main(argv=None) -> int:
     a = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    use_kernel_dir(a.kernel_dir)
     from ..runtime import BACKENDS
 
     if a.backend not in BACKENDS:
