@@ -48,15 +48,16 @@ def _fail(capsys, argv, *names):
     return lines[0]
 
 
-@pytest.mark.parametrize("spec,names", [
-    ("fp16={fp32}", ["--onnx fp16=", "carries precision fp32; pass it as fp32="]),
-    ("{foreign}", ["--onnx", "not an SMPLer graph"]),
-    ("int8={int8cpu}", ["carries precision int8-cpu"]),
-    ("{int8cpu}", None),  # a plain path takes its precision from the metadata: accepted as int8-cpu
+@pytest.mark.parametrize("spec,precisions,names", [
+    ("fp16={fp32}", "fp16", ["--onnx fp16=", "carries precision fp32; pass it as fp32="]),
+    ("{foreign}", "fp32", ["--onnx", "not an SMPLer graph"]),
+    ("int8={int8cpu}", "int8", ["carries precision int8-cpu"]),
+    ("{int8cpu}", "int8-cpu", None),  # a plain path takes its precision from the metadata: accepted as int8-cpu
 ])  # fmt: skip
-def test_onnx_artifacts_checked_first(tmp_path, capsys, files, no_baselines, spec, names):
+def test_onnx_artifacts_checked_first(tmp_path, capsys, files, no_baselines, spec, precisions, names):
     out = tmp_path / "report"
-    argv = ["--onnx", spec.format(**files), "--precisions", "fp32,int8-cpu", "--out", str(out)]
+    argv = ["--onnx", spec.format(**files), "--backends", "onnxruntime", "--precisions", precisions,
+            "--out", str(out)]
     if names is None:
         with pytest.raises(AssertionError, match="a baseline ran"):  # got past every check
             main(argv)
@@ -69,9 +70,11 @@ def test_engine_artifacts_checked_first(tmp_path, capsys, files, no_baselines):
     if "engine" not in files:
         pytest.skip("no TensorRT flavour to build the test engine")
     out = tmp_path / "report"
-    _fail(capsys, ["--engine", f"fp16={files['engine']}", "--out", str(out)], "--engine fp16=", "carries precision fp32")
-    _fail(capsys, ["--engine", f"fp32={files['bare']}", "--out", str(out)], "no manifest bare.engine.json")
-    _fail(capsys, ["--engine", f"fp32={files['engine']}", "--variant", "smpler-l", "--out", str(out)],
+    trt = ["--backends", "tensorrt", "--precisions"]
+    _fail(capsys, ["--engine", f"fp16={files['engine']}", *trt, "fp16", "--out", str(out)], "--engine fp16=",
+          "carries precision fp32")
+    _fail(capsys, ["--engine", f"fp32={files['bare']}", *trt, "fp32", "--out", str(out)], "no manifest bare.engine.json")
+    _fail(capsys, ["--engine", f"fp32={files['engine']}", *trt, "fp32", "--variant", "smpler-l", "--out", str(out)],
           "a smpler engine, but the benchmark is --variant smpler-l")
     assert not out.exists()
 
@@ -82,3 +85,39 @@ def test_out_checked_first(tmp_path, capsys, no_baselines):
     _fail(capsys, ["--out", str(f)], "--out", "exists and is not a directory")
     _fail(capsys, ["--out", str(tmp_path / "missing" / "report")], "does not exist")
     assert sorted(os.listdir(tmp_path)) == ["file"]
+
+
+def test_batch_outside_the_engine_profile_is_a_failed_cell(files, monkeypatch):
+    """The engine (a real TensorRT-RTX build, profile 1..2) cannot run here (no GPU): the session is a recording
+    stand-in. Batch 4 is refused as a failed cell, the in-profile batch still runs, nothing aborts the matrix."""
+    if "engine" not in files:
+        pytest.skip("no TensorRT flavour to build the test engine")
+    import numpy as np
+    from tqdm import tqdm
+
+    import smpler_deploy.bench.runner as R
+    from smpler_deploy.bench.report import Cell
+    from smpler_deploy.outputs import SMPLOutput
+
+    class RecordingStandInSession:  # stands in for a TensorRT session, which needs a GPU
+        precision = "fp32"
+        batches: list = []
+
+        def infer(self, x):
+            self.batches.append(len(x))
+            b, z = len(x), np.zeros
+            return SMPLOutput(z((b, 6890, 3)), z((b, 14, 3)), z((b, 24, 3)), z((b, 24, 2)), z((b, 24, 3, 3)),
+                              z((b, 10)), z((b, 3)))
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(R, "_open", lambda cfg, g: RecordingStandInSession())
+    cfg = R.BenchConfig(backends=["tensorrt"], batches=[1, 4], iters=1, warmup=1)
+    g = R._Group("tensorrt", "fp32", "deployed", [Cell("tensorrt", "fp32", b) for b in (1, 4)],
+                 artifact=files["engine"])
+    R._run_group(cfg, g, np.zeros((4, 3, 224, 224), np.float32), {}, tqdm(disable=True))
+    ok, out = g.cells
+    assert ok.status == "ok" and ok.latency["iters"] == 1
+    assert out.status == "failed" and out.reason == "batch 4 is outside the engine's profile 1..2 (rebuild with --batch)"
+    assert RecordingStandInSession.batches == [1, 1]  # batch 4 never reached the engine
