@@ -387,6 +387,37 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def save_onnx(model, path: str | os.PathLike, external_data: bool | None = None) -> Path:
+    """Write an ONNX model through this writer. Over protobuf's 2 GiB limit (or with `external_data=True`) the
+    weights go to `NAME.data` beside it: both are staged in a private directory (so the graph's relative data
+    reference is right from the start) and committed together, data first, or not at all."""
+    import onnx
+
+    final = Path(path)
+    if external_data is None:
+        try:
+            external_data = model.ByteSize() >= 2**31 - 1
+        except Exception:  # noqa: BLE001 - protobuf refuses to size messages past the limit
+            external_data = True
+    if not external_data:
+        with atomic_path(final, suffix=".onnx") as tmp:
+            onnx.save_model(model, str(tmp))
+        return final
+    data = final.with_name(final.name + ".data")
+    stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".stage", dir=final.parent))
+    try:
+        onnx.save_model(model, str(stage / final.name), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data.name, size_threshold=1024)
+        with outputs(final, data, force=True):  # joins the caller's claims and transaction, if any
+            with atomic_path(final, suffix=".onnx") as g_tmp:
+                with atomic_path(data) as d_tmp:
+                    os.replace(stage / data.name, d_tmp)
+                os.replace(stage / final.name, g_tmp)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return final
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -212,3 +212,45 @@ def test_stale_scratch_of_live_process_is_kept(tmp_path):
     with outputs(out):
         write_text_atomic(out, "y")
     assert live.exists()
+
+
+# ---------------------------------------------------------------- ONNX with external data
+
+
+def _onnx_model():
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    w = numpy_helper.from_array(np.arange(4096, dtype=np.float32).reshape(64, 64), "w")
+    node = helper.make_node("MatMul", ["x", "w"], ["y"])
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 64])],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 64])], [w])
+    return onnx.helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)])
+
+
+def test_onnx_with_external_data_commits_together(tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+
+    out = tmp_path / "m.onnx"
+    with outputs(out, tmp_path / "m.onnx.data"):
+        fileio.save_onnx(_onnx_model(), out, external_data=True)
+    assert listing(tmp_path) == ["m.onnx", "m.onnx.data"]
+    y = ort.InferenceSession(str(out)).run(None, {"x": np.ones((1, 64), np.float32)})[0]
+    assert y[0, 0] == np.arange(0, 4096, 64).sum()  # the weights were found through the relative reference
+
+
+def test_onnx_external_data_failure_keeps_neither(tmp_path, monkeypatch):
+    out = tmp_path / "m.onnx"
+    real = os.replace
+
+    def fail_on_graph(src, dst):
+        if str(src).endswith("/m.onnx") and ".stage" in str(src):
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(fileio.os, "replace", fail_on_graph)
+    with pytest.raises(OSError):
+        fileio.save_onnx(_onnx_model(), out, external_data=True)
+    assert listing(tmp_path) == []
