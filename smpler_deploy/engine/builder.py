@@ -349,7 +349,9 @@ def build_engine(
 
     facts = onnx_facts(onnx_path)
     meta = facts["metadata"]
-    if meta.get("precision") == "int8" and meta.get("int8_target") == "cpu":
+    from ..spec import KINDS, Precision
+
+    if meta.get("precision") in KINDS and not Precision.from_metadata(meta).buildable:
         raise SmplerError(f"{onnx_path}: an int8-cpu graph (ONNX Runtime's layout, non-zero zero points TensorRT "
                           "refuses); build engines from smpler-export --precision int8 --target trt")
     shapes = profile_shapes(facts["shape"], batch, facts["input"])
