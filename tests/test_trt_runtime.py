@@ -254,14 +254,8 @@ print(out.vertices.shape, "torch" in sys.modules, "triton" in sys.modules)
     assert proc.stdout.split() == ["(1,", "6890,", "3)", "False", "False"]
 
 
-def test_real_api_without_cuda_python(engine, tmp_path):
-    """With the real api the first device query needs cuda-python, which this machine lacks: one line."""
+def test_real_api_on_a_machine_without_gpu(engine):
+    """The real api on this GPU-less machine: one line, whether cuda-python is missing or finds no driver."""
     pytest.importorskip("tensorrt_rtx")
-    try:
-        import cuda.bindings  # noqa: F401
-
-        pytest.skip("cuda-python is installed")
-    except ImportError:
-        pass
-    with pytest.raises(SmplerError, match="needs cuda-python"):
+    with pytest.raises(SmplerError, match=r"needs cuda-python|found no usable CUDA device \(cudaError\w+\): "):
         TensorRTSession(engine)

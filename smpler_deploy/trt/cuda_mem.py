@@ -43,9 +43,19 @@ def call(result):
 
 
 def device_sm(device: int | None = None) -> int:
-    """Compute capability of the current (or given) device as an int: 8.9 -> 89."""
+    """Compute capability of the current (or given) device as an int: 8.9 -> 89. The first CUDA call of a
+    session, so a machine without a usable GPU gets a one-line error here."""
     r = rt()
-    dev = call(r.cudaGetDevice()) if device is None else device
+    try:
+        dev = call(r.cudaGetDevice()) if device is None else device
+    except CudaError as e:
+        from cuda import bindings
+
+        why = {"cudaErrorInsufficientDriver": f"the driver is older than cuda-python {bindings.__version__} needs; "
+                                              "install the cuda-python of the driver's CUDA major: smpler-deploy[trt] "
+                                              "(CUDA 12) or [trt-cu13] (CUDA 13, R580+)",
+               "cudaErrorNoDevice": "no NVIDIA GPU is visible"}.get(str(e), "see docs/gpu-install.md")
+        raise SmplerError(f"the tensorrt backend found no usable CUDA device ({e}): {why}") from None
     major = call(r.cudaDeviceGetAttribute(r.cudaDeviceAttr.cudaDevAttrComputeCapabilityMajor, dev))
     minor = call(r.cudaDeviceGetAttribute(r.cudaDeviceAttr.cudaDevAttrComputeCapabilityMinor, dev))
     return major * 10 + minor

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SmplerError
-from ..plugins.abi import CHANNELS, HEADS, KERNEL_ABI, RADIUS
+from ..plugins.abi import CHANNELS, HEADS, KERNEL_ABI, NUM_SCALES, RADIUS
 from ..plugins.graph import GLOBAL_OP, LOCAL_OP, PLUGIN_NAMESPACE, PLUGIN_VERSION
 from ..plugins.kernel_store import check_kernels_for, resolve_kernel_dir
 from . import launch as L
@@ -31,7 +31,7 @@ from .importer import ensure_rtx_soname, rtx_soname_fix_command
 # "32" = always fp32), the input whose shape/type the output copies, ranks, and the ONNX attributes (fields).
 SPECS = {
     LOCAL_OP: {"kernel": "local_attention", "inputs": ("F", "32", "F", "32"), "out_like": 2,
-               "names": ("feat_nhwc", "joints2d", "qk", "table"), "ranks": (4, 3, 4, 3), "attrs": {"radius": 4},
+               "names": ("feat_nhwc", "joints2d", "qk", "table"), "ranks": (4, 3, 4, 3), "attrs": {"radius": RADIUS},
                "types": "feat_nhwc and qk both fp32 or both fp16, joints2d and table fp32"},
     GLOBAL_OP: {"kernel": "global_attention", "inputs": ("F",) * 5, "out_like": 0,
                 "names": ("qk", "keys0", "keys1", "keys2", "keys3"), "ranks": (5, 3, 3, 3, 3), "attrs": {},
@@ -210,7 +210,7 @@ def _make_classes(trt):
                 ok = ok and dims[0][1] == dims[0][2] and dims[1][2] == 2 and dims[2][3] == c
             else:
                 c = dims[0][4]
-                ok = dims[0][1] == 4 and c_ok(c) and all(d[2] == c for d in dims[1:5])
+                ok = dims[0][1] == NUM_SCALES and c_ok(c) and all(d[2] == c for d in dims[1:5])
             if not ok:
                 raise SmplerError(f"{self.layer} ({self.op}): shapes {dims} do not match the compiled kernels "
                                   f"(C<={CHANNELS} and a multiple of 16, NH={HEADS}, radius={RADIUS})")
