@@ -48,7 +48,7 @@ def onnx_info(path, flag: str = "--onnx") -> GraphInfo:
 
 def engine_info(path, flag: str = "--engine") -> dict:
     """An engine file with a valid manifest that says it is an SMPLer engine; returns the manifest."""
-    from .engine.manifest import read_manifest
+    from .trt.manifest import read_manifest
 
     p = Path(path)
     if not p.is_file():

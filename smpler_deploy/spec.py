@@ -152,7 +152,7 @@ class ExportSpec:
 
     def output_files(self) -> list[tuple[Path, str]]:
         """Every file this export writes, with the flag that names it (claimed before any work)."""
-        from .engine.manifest import layers_path, manifest_path
+        from .trt.manifest import layers_path, manifest_path
 
         files: list[tuple[Path, str]] = []
         if not self.onnx_given:

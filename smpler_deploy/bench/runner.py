@@ -411,7 +411,7 @@ def _run_group(cfg, g: _Group, inputs, ref_out, bar, model: dict | None = None) 
         span = None
         if g.runtime == "tensorrt" and g.artifact:
             from ..artifacts import engine_batch_range
-            from ..engine.manifest import read_manifest
+            from ..trt.manifest import read_manifest
 
             span = engine_batch_range(read_manifest(g.artifact))
         for c in g.cells:
