@@ -19,6 +19,7 @@ import torch
 
 from ..errors import SmplerError
 from ..model import attention as ref
+from .abi import NUM_SCALES
 
 from .graph import (  # noqa: F401  (re-exported: node names and inspection live in the torch-free module)
     DOMAIN, GLOBAL_OP, LOCAL_OP, PLUGIN_NAMESPACE, PLUGIN_OPS, PLUGIN_VERSION, assert_no_plugins, plugin_nodes,
@@ -66,6 +67,6 @@ def local_attention_plugin(feat_nhwc, joints2d, qk, table, radius: int = ref.RAD
 
 def global_attention_multiscale_plugin(keys, qk):
     """Reference multi-scale global attention in eager; one `SmplerGlobalAttention` node when exported."""
-    if len(keys) != 4:
-        raise SmplerError(f"keys: 4 scales expected, got {len(keys)}")
+    if len(keys) != NUM_SCALES:
+        raise SmplerError(f"keys: {NUM_SCALES} scales expected, got {len(keys)}")
     return _GlobalAttention.apply(qk, *keys)
