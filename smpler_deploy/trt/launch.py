@@ -155,7 +155,7 @@ def launch_kernel(cu, fn: KernelFunction, plan: LaunchPlan, stream: int, what: s
     what = what or fn.entry["kernel"]
     check_alignment(plan, fn.entry, what)
     vals, ptrs = pack_args(plan)
-    check(cu, cu.cuLaunchKernel(fn.function, *plan.grid, *plan.block, plan.shared, cu.CUstream(stream),
+    check(cu, cu.cuLaunchKernel(fn.function, *plan.grid, *plan.block, plan.shared, cu.CUstream(int(stream)),
                                 ctypes.addressof(ptrs), 0), f"{what}: cuLaunchKernel")
     return True
 
@@ -183,7 +183,7 @@ class PreparedLaunch:
         self.n_ptr = n_ptr
         self._packed = None  # (pointers, vals, ptrs)
 
-    def __call__(self, pointers, stream: int) -> bool:
+    def __call__(self, pointers, stream) -> bool:  # stream: an int handle or a cuda-python stream object
         if self.template.empty:
             return False
         pointers = tuple(int(p) for p in pointers)
@@ -196,6 +196,6 @@ class PreparedLaunch:
             self._packed = (pointers, *pack_args(plan))
         t = self.template
         cu = self.cu
-        check(cu, cu.cuLaunchKernel(self.fn.function, *t.grid, *t.block, t.shared, cu.CUstream(stream),
+        check(cu, cu.cuLaunchKernel(self.fn.function, *t.grid, *t.block, t.shared, cu.CUstream(int(stream)),
                                     ctypes.addressof(self._packed[2]), 0), f"{self.what}: cuLaunchKernel")
         return True
