@@ -360,6 +360,11 @@ def run_benchmark(cfg: BenchConfig) -> Report:
                                          if cfg.device == "cuda" else None),
                 "inputs": {"description": desc, "shape": [max(cfg.batches), 3, 224, 224]},
                 "rss_method": "VmHWM reset per cell" if reset_peak_rss() else "ru_maxrss (process peak)"}
+    if cfg.device == "cuda":  # torch's TF32 switches decide what its fp32 cells compute; record them
+        import torch
+
+        settings["torch_tf32"] = {"cudnn_conv": torch.backends.cudnn.allow_tf32,
+                                  "matmul": torch.backends.cuda.matmul.allow_tf32}
     rep = Report(model=model, settings=settings, machine=machine_info(cfg.threads, cfg.measure_gemm),
                  command=cfg.command)
     if cfg.dataset is not None:

@@ -1,6 +1,6 @@
 """smpler-check-gpu: run every GPU path this machine can and say, for each, executed / skipped (why) / failed.
 
-  smpler-check-gpu [--name NAME | --out DIR] [--kernel-dir DIR] [--budget-s 330] [--iters 20] [--steps a,b]
+  smpler-check-gpu [--name NAME | --out DIR] [--kernel-dir DIR] [--budget-s 300] [--iters 20] [--steps a,b]
 
 Paths: the model on CUDA vs CPU (mm); Triton kernels (JIT) vs the torch path; the AOT cubins/PTX through the
 plugins' launch code; TensorRTSession's CUDA plumbing (graph capture, replay, regrow); SMPLer engines; ONNX
@@ -39,8 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--interpret", action="store_true",
                     help="with --device cpu: run the Triton kernel check through Triton's interpreter on CPU tensors")
     add_kernel_dir_argument(ap)
-    ap.add_argument("--budget-s", type=float, default=330.0,
-                    help="time budget in seconds; a step that would not fit is skipped, saying so (default 330)")
+    ap.add_argument("--budget-s", type=float, default=300.0,
+                    help="time budget in seconds: a step (or engine build) whose estimate does not fit in what is "
+                         "left is skipped, saying so; the estimates leave room for the check to end within 6 minutes "
+                         "(default 300)")
     ap.add_argument("--iters", type=int, default=20, help="timed iterations per latency (default 20)")
     ap.add_argument("--steps", default=None, help=f"comma list, default all: {','.join(STEP_NAMES)}")
     ap.add_argument("--work-dir", default=None, help="exported graphs and engines (default OUT/tmp, git-ignored)")
