@@ -1,0 +1,66 @@
+"""What the Python-backend model does per request, as plain numpy functions (tested without a server).
+
+- crop: image uint8 [H,W,3] + box (x, y, w, h) -> model input float32 [3,224,224] and the crop (cx, cy, side),
+  through `smpler_deploy.preprocess`, the single crop convention every backend shares.
+- uncrop: 2D joints (normalized crop coordinates) + crop -> image pixels, through the same `CropTransform`.
+- infer: the requests of one dynamic batch run as ONE session call; a request that is not a valid crop batch
+  gets its own error and the others still get their answers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import SmplerError
+from ..outputs import CROP_SIZE, OUTPUT_NAMES
+from ..preprocess import CropTransform, box_transform, crop, norm_to_crop_px, normalize
+
+
+def crop_one(image: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 [H,W,3] + [4] box -> (float32 [3,224,224], float32 [3] = cx, cy, side)."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise SmplerError(f"image: expected uint8 [H,W,3] RGB, got {image.dtype} {list(image.shape)}")
+    box = np.asarray(box, np.float64).reshape(-1)
+    if box.shape != (4,) or not np.isfinite(box).all():
+        raise SmplerError(f"box: expected four finite numbers x,y,w,h, got {box.tolist()}")
+    t = box_transform(image.shape[:2], box)
+    return normalize(crop(image, t)), np.array([t.cx, t.cy, t.side], np.float32)
+
+
+def uncrop_joints(joints2d: np.ndarray, crop_box: np.ndarray) -> np.ndarray:
+    """[24,2] normalized crop coordinates + (cx, cy, side) -> [24,2] image pixels (float32)."""
+    cx, cy, side = (float(v) for v in np.asarray(crop_box).reshape(3))
+    t = CropTransform(cx, cy, side, CROP_SIZE)
+    return t.crop_to_image(norm_to_crop_px(joints2d)).astype(np.float32)
+
+
+def check_crops(images: np.ndarray) -> np.ndarray:
+    """One request's model input: float32 [n,3,224,224], finite (a NaN would spread through the whole batch)."""
+    if images.dtype != np.float32 or images.ndim != 4 or images.shape[1:] != (3, CROP_SIZE, CROP_SIZE):
+        raise SmplerError(f"images: expected float32 [n,3,{CROP_SIZE},{CROP_SIZE}], got {images.dtype} "
+                          f"{list(images.shape)}")
+    if not np.isfinite(images).all():
+        raise SmplerError("images: contains NaN or Inf; expected finite ImageNet-normalized pixels")
+    return images
+
+
+def infer_batch(session, requests: list[np.ndarray]) -> list[dict | SmplerError]:
+    """Each request's crops -> its outputs {name: array}, or its error; valid requests run as one batch."""
+    results: list[dict | SmplerError] = []
+    good: list[tuple[int, np.ndarray]] = []
+    for i, images in enumerate(requests):
+        try:
+            good.append((i, check_crops(images)))
+            results.append({})
+        except SmplerError as e:
+            results.append(e)
+    if good:
+        batch = np.concatenate([x for _, x in good]) if len(good) > 1 else good[0][1]
+        out = session.infer(batch).numpy()
+        start = 0
+        for i, x in good:
+            n = len(x)
+            results[i] = {name: np.ascontiguousarray(getattr(out, name)[start:start + n]) for name in OUTPUT_NAMES}
+            start += n
+    return results
