@@ -306,3 +306,14 @@ def test_report_ratio_uses_the_same_device_official_cell():
     md = render_markdown(d)
     assert "device: cuda — every cell, baselines included, ran there" in md and "Device memory: delta" in md
     assert "| torch-cudagraph/fp16/b1 | 3.00 |" in md
+
+
+def test_compile_flag_wraps_the_model_lazily(default_model):
+    """--compile hands the forward to torch.compile (static shapes); compilation itself happens at the first call
+    (minutes on this 2-core CPU, so not run here)."""
+    from smpler_deploy.runtime.torch_session import TorchSession
+
+    s = TorchSession(default_model, compile=True)
+    assert isinstance(s._forward, torch._dynamo.eval_frame.OptimizedModule) and s.info["compile"]
+    assert s._forward._orig_mod is s.model
+    assert TorchSession(default_model)._forward is default_model
