@@ -228,3 +228,26 @@ def test_writer_error_stops_the_run_without_hanging(torch_session, default_model
     with pytest.raises(SmplerError, match="no space left"):
         run(ListSource([data.astronaut()] * 3), OpenCVDetector(), torch_session,
             faces=default_model.smpl_handler.faces, on_frame=full_disk, log=lambda *a: None)
+
+
+def test_saved_crops_are_the_model_inputs_and_calibration_reads_them_unchanged(tmp_path, onnx_fp32):
+    """--save-crops writes what the model saw; int8 calibration (`--calib DIR`) reads exactly those inputs."""
+    from PIL import Image
+    from skimage import data
+
+    from smpler_deploy.cli.run import main
+    from smpler_deploy.export.int8 import load_calibration_dir
+    from smpler_deploy.pipeline.params import read_params
+    from smpler_deploy.runtime import open_session
+
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(data.astronaut()).save(tmp_path / "photos" / "astronaut.png")
+    assert main([str(tmp_path / "photos"), "-o", str(tmp_path / "out"), "--backend", "onnxruntime", "--onnx",
+                 str(onnx_fp32), "--no-overlay", "--save-crops", str(tmp_path / "crops"), "--threads", "1"]) == 0
+    assert [p.name for p in (tmp_path / "crops").iterdir()] == ["astronaut_p0.png"]
+    assert not (tmp_path / "out" / "overlays").exists()
+    x = load_calibration_dir(tmp_path / "crops")
+    arrays, _ = read_params(tmp_path / "out" / "params.npz")
+    sess = open_session("onnxruntime", path=onnx_fp32, threads=1)
+    assert np.allclose(sess.infer(x).cam, arrays["cam"], atol=1e-5)
+    assert np.allclose(sess.infer(x).betas, arrays["betas"], atol=1e-5)

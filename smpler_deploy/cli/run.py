@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'opencv' (built-in HOG + face cascade; weaker), or a YOLO person detector in ultralytics' "
                         "export layout: .onnx (ONNX Runtime) or .engine/.plan (TensorRT)")
     g.add_argument("--boxes", default=None, help="boxes file instead of a detector: JSON [{frame, bbox:[x,y,w,h], "
-                                                 "track?}] or CSV frame,x,y,w,h[,track]")
+                                                 "track?}] or CSV frame,x,y,w,h[,track]; frame = 0-based index in "
+                                                 "reading order (folders: sorted file names)")
     g.add_argument("--conf", type=float, default=0.25, help="YOLO person score threshold (default 0.25)")
     g.add_argument("--iou", type=float, default=0.45, help="YOLO NMS IoU threshold (default 0.45)")
     g.add_argument("--no-track", action="store_true", help="no track ids (norfair IoU tracker otherwise)")
@@ -55,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--no-overlay", action="store_true", help="parameters only")
     o.add_argument("--no-joints", action="store_true", help="do not draw the 24 SMPL joints")
     o.add_argument("--save-vertices", action="store_true", help="also store vertices [N,6890,3] in params.npz")
+    o.add_argument("--save-crops", default=None, metavar="DIR",
+                   help="write each person's 224x224 crop as PNG (int8 calibration input: smpler-export --calib DIR)")
     o.add_argument("--queue", type=int, default=8, help="prepared frames waiting for inference (default 8)")
     return ap
 
@@ -117,6 +120,7 @@ def main(argv=None) -> int:
     from ..pipeline.params import write_params
     from ..pipeline.runner import Body, RunConfig, run
     from ..pipeline.video import VideoWriter, open_source
+    from ..preprocess import CropTransform, crop
     from ..render import model_label, save_png
     from ..runtime import open_session
 
@@ -161,7 +165,17 @@ def main(argv=None) -> int:
         if video and cfg.overlay:
             writer = VideoWriter(out / "overlay.mp4", source.fps)
 
+        crops_dir = Path(a.save_crops) if a.save_crops else None
+        if crops_dir is not None:
+            crops_dir.mkdir(parents=True, exist_ok=True)
+
         def on_frame(frame, overlay, people):
+            if crops_dir is not None:
+                for p in people:  # the crop the model saw, through the same transform
+                    c = crop(frame.image, CropTransform(*(float(v) for v in p.crop)))
+                    q = crops_dir / f"{Path(frame.name).stem}_p{p.person}.png"
+                    check_output_path(q, a.force, flag="--save-crops")
+                    save_png(c, q)
             if overlay is None:
                 return
             if writer is not None:
