@@ -18,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="official SMPLer .pt (default: the untrained out-of-the-box model)")
     p.add_argument("--smpl-model", help="SMPL .pkl/.npz (default: the checkpoint's arrays, else the stand-in)")
     p.add_argument("--h36m-regressor", help="J_regressor_h36m_correct.npy when the body model has none")
-    p.add_argument("--format", default="onnx", choices=["onnx", "engine"])
+    p.add_argument("--format", default="onnx", choices=["onnx", "engine", "triton"],
+                   help="onnx, engine, or triton: a Triton Inference Server model repository directory")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"],
                    help="default fp32; with --onnx, the graph's own (a different value is refused)")
     p.add_argument("--target", choices=["trt", "cpu"],
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plugins", action=argparse.BooleanOptionalAction, default=False,
                    help="attention as TensorRT plugin nodes (needs the Python plugins at run time)")
     p.add_argument("--batch", default="1:1:8", help="MIN:OPT:MAX batch profile (default 1:1:8)")
-    p.add_argument("--onnx", help="with --format engine: build from this ONNX file instead of exporting")
+    p.add_argument("--onnx", help="with --format engine or triton: use this ONNX file instead of exporting")
     p.add_argument("--trt", choices=["tensorrt", "tensorrt-rtx"], help="TensorRT flavour (default: installed)")
     p.add_argument("--sm", action="append",
                    help="TensorRT-RTX target compute capability (89, 8.9 or sm_89), repeatable (default 89)")
@@ -41,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_kernel_dir_argument(p)  # --trt tensorrt builds run the plugins' kernels while timing
     p.add_argument("--no-fidelity", action="store_true", help="skip the ONNX Runtime fidelity check")
     p.add_argument("--force", action="store_true", help="overwrite existing output")
-    p.add_argument("-o", "--output", required=True, help="output file (.onnx or .engine)")
+    from ..serve.export_triton import add_flags
+
+    add_flags(p)  # --engine, --instances, --ensemble, --triton-device (--format triton)
+    p.add_argument("-o", "--output", required=True, help="output file (.onnx or .engine; a directory for triton)")
     return p
 
 
@@ -55,6 +59,12 @@ def main(argv=None) -> int:
     from ..spec import export_spec
 
     a = build_parser().parse_args(argv)
+    from ..serve.export_triton import export_triton, refuse_misplaced
+
+    refuse_misplaced(a)
+    if a.format == "triton":  # a model repository (smpler_deploy.serve), written all at once
+        return export_triton(a, say, lambda a: _load_model(argparse.Namespace(**{**vars(a),
+                                                                               "variant": a.variant or "smpler"})))
     use_kernel_dir(a.kernel_dir)
     spec = export_spec(a)  # every flag checked (and the TensorRT flavour imported) before any work
     calib_images = None

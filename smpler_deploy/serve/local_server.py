@@ -29,11 +29,12 @@ LOOPBACK = "127.0.0.1"
 
 def bundled_server() -> tuple[Path, Path]:
     """(PyTriton's tritonserver directory, its shared libraries); a one-line error if PyTriton is missing."""
-    try:
-        import pytriton
-    except ImportError:
-        raise SmplerError("the local Triton server needs NVIDIA's PyTriton wheel (pip install nvidia-pytriton)") from None
-    root = Path(pytriton.__file__).parent
+    import importlib.util
+
+    spec = importlib.util.find_spec("pytriton")  # located, not imported: only its files are used
+    if spec is None or not spec.origin:
+        raise SmplerError("the local Triton server needs NVIDIA's PyTriton wheel (pip install nvidia-pytriton)")
+    root = Path(spec.origin).parent
     dist, libs = root / "tritonserver", root.parent / "nvidia_pytriton.libs"
     if not (dist / "bin" / "tritonserver").is_file():
         raise SmplerError(f"{dist}: no bundled tritonserver binary in this PyTriton install")
