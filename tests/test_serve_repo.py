@@ -119,7 +119,14 @@ def test_plugin_engine_and_foreign_graph_refused_before_writing(graph, engine, t
 def test_failed_write_leaves_nothing_and_force_keeps_the_old_repository(graph, tmp_path, monkeypatch):
     import smpler_deploy.serve.repository as R
 
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".repo.{int(dead.stdout)}.abc.stage"  # left by a killed run of that (finished) process
+    (stale / "smpler_onnx").mkdir(parents=True)
     write_repository(tmp_path / "repo", onnx=graph)
+    assert not stale.exists()
     before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
     with pytest.raises(SmplerError, match="exists"):
         write_repository(tmp_path / "repo", onnx=graph)

@@ -3,6 +3,7 @@ repository written all at once (see `repository.py`)."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -66,7 +67,9 @@ def export_triton(a, say, load_model) -> int:
         raise SmplerError("--calib applies to --precision int8 only")
     opts = RepoOptions(max_batch=hi, preferred=(opt, hi), instances=a.instances or 1,
                        onnx_device=a.triton_device or "gpu", ensemble=a.ensemble)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.export.", dir=out.parent if out.parent.is_dir() else None) as tmp:
+    # the graph is exported beside -o (named like fileio's scratch files, so a killed run's is reclaimed)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.{os.getpid()}.", suffix=".stage",
+                                     dir=out.parent if out.parent.is_dir() else None) as tmp:
         onnx = Path(a.onnx) if a.onnx else None
         if precision is not None:
             from ..export.onnx_export import export_onnx

@@ -154,7 +154,7 @@ class LocalTriton:
             return ""
 
     def stop(self) -> int | None:
-        """SIGTERM (Triton drains and unloads), then SIGKILL to its group after stop_timeout; returns the exit code."""
+        """SIGINT (Triton drains and unloads), then SIGKILL to its group after stop_timeout; returns the exit code."""
         rc = None
         if self.proc is not None:
             if self.proc.poll() is None:

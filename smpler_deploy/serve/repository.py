@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SmplerError
-from ..fileio import check_output_dir
+from ..fileio import _reclaim_stale, check_output_dir
 from ..outputs import CROP_SIZE, INPUT_NAME, OUTPUT_NAMES
 from .model_config import config_text, parse_config, tensor
 
@@ -221,6 +221,7 @@ def write_repository(out, *, onnx=None, engine=None, opts: RepoOptions | None = 
         graph = graph or egraph
     cfgs = model_configs(graph, opts, engine_batch, onnx_present=onnx is not None)
 
+    _reclaim_stale(out)  # stage directories of killed runs (their pid is gone), as fileio does for files
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".stage", dir=out.parent))
     try:
         mask = os.umask(0)
