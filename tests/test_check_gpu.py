@@ -155,3 +155,19 @@ def test_aot_step_launches_match_the_kernel_abi(dtype):
         assert [a.dtype for a in c["arrays"]][0] == np.dtype({"fp32": np.float32, "fp16": np.float16}[dtype])
         assert plan.grid == ((2 * 24, 1, 1) if c["kind"] == "local" else (4, 2, 4))  # B*J; cdiv(26*4,32), B, scales
         assert tuple(c["out_shape"]) == tuple(c["ref"].shape)
+
+
+def test_tensorrt_rtx_on_a_datacenter_gpu_is_a_skip_reason(monkeypatch):
+    """TensorRT-RTX (the only TensorRT here) cannot target sm_90: the engine steps say so instead of failing."""
+    pytest.importorskip("tensorrt_rtx")
+    from smpler_deploy.gpucheck import steps
+    from smpler_deploy.trt import cuda_mem
+    from smpler_deploy.trt.importer import import_trt
+
+    if import_trt(None)[1] != "tensorrt-rtx":
+        pytest.skip("full TensorRT installed")
+    monkeypatch.setattr(cuda_mem, "device_sm", lambda device=None: 90)
+    why = steps.trt_for_this_gpu()
+    assert isinstance(why, str) and "does not target sm_90" in why and "smpler-deploy[trt]" in why
+    monkeypatch.setattr(cuda_mem, "device_sm", lambda device=None: 89)
+    assert steps.trt_for_this_gpu()[1:] == ("tensorrt-rtx", 89)

@@ -344,6 +344,28 @@ def _trt_flavour() -> tuple[object, str] | str:
         return str(e)
 
 
+def trt_for_this_gpu() -> tuple[object, str, int] | str:
+    """(trt module, flavour, SM) when an installed TensorRT can build and run engines for this GPU, else why not
+    (TensorRT-RTX targets RTX-class GPUs only: no sm_90 datacenter parts)."""
+    got = _trt_flavour()
+    if isinstance(got, str):
+        return got
+    trt, flavour = got
+    from ..trt import cuda_mem
+
+    try:
+        sm = cuda_mem.device_sm()
+    except Exception as e:  # noqa: BLE001 - no driver / no device: a reason, not a crash
+        return f"cannot query the GPU through cuda-python: {e.__class__.__name__}: {e}"
+    if flavour == "tensorrt-rtx":
+        from ..engine.builder import valid_sms
+
+        if sm not in valid_sms(trt):
+            return (f"TensorRT-RTX {trt.__version__} does not target sm_{sm} (it targets "
+                    f"{', '.join(map(str, valid_sms(trt)))}); install TensorRT: pip install 'smpler-deploy[trt]'")
+    return trt, flavour, sm
+
+
 def tiny_engine(ctx: CheckContext):
     """A tiny SMPLer-shaped engine (builds in seconds) and its ONNX Runtime CPU reference."""
     if "tiny_engine" not in ctx.cache:
@@ -353,7 +375,7 @@ def tiny_engine(ctx: CheckContext):
 
         onnx_path = write_tiny_graph(ctx.work_dir / "tiny_fp32.onnx")
         trt, flavour = _trt_flavour()
-        sms = [cuda_mem.device_sm()] if flavour == "tensorrt-rtx" else None
+        sms = [cuda_mem.device_sm()] if flavour == "tensorrt-rtx" else None  # TRT-RTX: no local default
         engine = ctx.work_dir / "tiny_fp32.engine"
         build_engine(onnx_path, engine, flavour=flavour, sms=sms, batch=(1, 1, 4), tf32=False, force=True,
                      log=ctx.log)
@@ -378,15 +400,9 @@ def step_trt_session(ctx: CheckContext) -> StepResult:
     if ctx.trt_api is None:
         if not ctx.cuda:
             return skipped(name, _no_cuda(ctx))
-        got = _trt_flavour()
+        got = trt_for_this_gpu()
         if isinstance(got, str):
             return skipped(name, got)
-        from ..trt import cuda_mem
-
-        try:
-            cuda_mem.rt()
-        except SmplerError as e:
-            return skipped(name, str(e))
     from ..runtime.tensorrt import TensorRTSession
 
     engine, reference = tiny_engine(ctx)
@@ -478,17 +494,15 @@ def step_engines(ctx: CheckContext) -> StepResult:
     name = "smpler-engines"
     if not ctx.cuda:
         return skipped(name, _no_cuda(ctx))
-    got = _trt_flavour()
+    got = trt_for_this_gpu()
     if isinstance(got, str):
         return skipped(name, got)
-    _, flavour = got
+    _, flavour, sm = got
     from ..engine.builder import build_engine
     from ..plugins.kernel_store import check_kernels_for, resolve_kernel_dir
     from ..runtime.tensorrt import TensorRTSession
-    from ..trt import cuda_mem
 
     x, ref = images(ctx), cpu_reference(ctx)
-    sm = cuda_mem.device_sm()
     variants = [("fp16", False)]
     try:
         check_kernels_for(resolve_kernel_dir(ctx.kernel_dir), sm, ["local_attention", "global_attention"], "check")
