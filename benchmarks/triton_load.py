@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -49,6 +50,9 @@ def main() -> None:
 
             onnx = Path(tmp) / "smpler_fp32.onnx"
             export_onnx(onnx, precision="fp32")
+        import onnx as onnx_lib
+
+        onnx_meta = {p.key: p.value for p in onnx_lib.load(str(onnx), load_external_data=False).metadata_props}
         repo = Path(tmp) / "repo"
         opts = RepoOptions(ensemble="python", onnx_device="cpu", max_batch=8, preferred=(4, 8),
                            queue_delay_us=a.queue_delay_us, session_threads=a.threads)
@@ -66,6 +70,7 @@ def main() -> None:
             t_direct.append((time.perf_counter() - t0) * 1e3)
         direct.close()
 
+        load_before = round(os.getloadavg()[0], 2)  # the machine is shared: say how busy it was
         srv = LocalTriton(repo, models=SERVED)
         t0 = time.perf_counter()
         with srv:
@@ -98,8 +103,9 @@ def main() -> None:
                 "tritonserver bundled with PyTriton, loopback (127.0.0.1), CPU only",
         "machine": {"cpu": cpu_model(), "python": platform.python_version(), "gpu": None},
         "versions": {"triton_server": meta.get("version"), **_versions()},
-        "model": {"onnx": str(a.onnx or "default untrained model, fp32 export"), "precision": "fp32",
-                  "ort_threads": a.threads},
+        "model": {"onnx": str(a.onnx or "exported now"), "metadata": _graph_meta(onnx_meta), "ort_threads": a.threads},
+        "load_average_1min": {"before": load_before, "after": round(os.getloadavg()[0], 2),
+                              "cores": os.cpu_count()},
         "repository": {"max_batch_size": opts.max_batch, "preferred_batch_size": list(opts.preferred),
                        "max_queue_delay_us": opts.queue_delay_us, "instances": opts.instances},
         "server_start_s": round(start_s, 2),
@@ -117,6 +123,11 @@ def main() -> None:
     print(f"p50 {load['latency_ms']['p50']} ms, p99 {load['latency_ms']['p99']} ms, {load['throughput_rps']} req/s")
 
 
+def _graph_meta(meta: dict) -> dict:
+    keys = ("variant", "precision", "checkpoint", "untrained", "body_model", "plugins", "producer")
+    return {k: meta[k] for k in keys if k in meta}
+
+
 def _versions() -> dict:
     from importlib.metadata import version
 
@@ -129,7 +140,9 @@ def write_report(out: Path, r: dict) -> None:
     lines = [
         "# Triton Inference Server: load test (CPU only, loopback)", "",
         f"{r['what']}. Triton server {r['versions'].get('triton_server')}; CPU {r['machine']['cpu']}; "
-        f"ONNX Runtime {r['model']['ort_threads']} threads; {r['model']['onnx']}. "
+        f"ONNX Runtime {r['model']['ort_threads']} threads; graph: {r['model']['metadata']}. "
+        f"1-minute load average {r['load_average_1min']['before']} before / {r['load_average_1min']['after']} after "
+        f"on {r['load_average_1min']['cores']} cores (other work shared the machine). "
         "Written by `python benchmarks/triton_load.py`. No GPU was used; this is not a GPU number.", "",
         f"- {ld['clients']} concurrent clients ({ld['protocols']['http']} HTTP, {ld['protocols']['grpc']} gRPC) x "
         f"{ld['requests_per_client']} requests: {ld['completed']} completed, {len(ld['errors'])} errors",
