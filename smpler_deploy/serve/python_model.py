@@ -38,8 +38,30 @@ def as_numpy(t) -> np.ndarray:
     return np.from_dlpack(_DLPack(t)).copy()  # the request's memory is released after execute returns
 
 
+# The stub marks a consumed capsule "used_dlpack"; the DLPack protocol (and numpy's capsule destructor) expects
+# "used_dltensor", so numpy would report "PyCapsule_GetPointer called with incorrect name" for every output
+# (harmless: it then frees nothing, the stub owns the tensor). Renaming to the protocol's name ends that noise.
+_USED = b"used_dltensor"  # module-level: the capsule keeps a pointer to this name
+
+
+def _capsule_api():
+    import ctypes
+
+    api = ctypes.pythonapi
+    api.PyCapsule_GetName.restype = ctypes.c_char_p
+    api.PyCapsule_GetName.argtypes = [ctypes.py_object]
+    api.PyCapsule_SetName.restype = ctypes.c_int
+    api.PyCapsule_SetName.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    return api
+
+
 def to_tensor(pb_utils, name: str, arr: np.ndarray):
-    return pb_utils.Tensor.from_dlpack(name, np.ascontiguousarray(arr))
+    cap = np.ascontiguousarray(arr).__dlpack__()
+    t = pb_utils.Tensor.from_dlpack(name, cap)
+    api = _capsule_api()
+    if api.PyCapsule_GetName(cap) == b"used_dlpack":
+        api.PyCapsule_SetName(cap, _USED)
+    return t
 
 
 class TritonPythonModel:
