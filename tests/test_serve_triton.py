@@ -6,6 +6,7 @@ the dynamic batcher batches; malformed requests get Triton errors and the server
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,3 +72,4 @@ def test_triton_serves_the_session_batches_refuses_bad_requests_and_stops_cleanl
         ports, proc = list(srv.ports), srv.proc
     assert proc.poll() is not None and proc.returncode == 0
     assert all(port_free(p) for p in ports)
+    assert not list(Path("/dev/shm").glob(f"{srv._shm_prefix}*"))  # no Python-backend regions left behind

@@ -95,6 +95,7 @@ class LocalTriton:
         if not stub.is_file():
             raise SmplerError(f"PyTriton has no Python backend stub for Python {ver} ({stub})")
         self._tmp = Path(tempfile.mkdtemp(prefix="smpler-triton-"))
+        self._shm_prefix = f"smpler{secrets.token_hex(6)}"
         backends = self._tmp / "backends" / "python"
         shutil.copytree(dist / "backends" / "python", backends)  # the stub must sit beside the backend library
         shutil.copy2(stub, backends / "triton_python_backend_stub")
@@ -113,7 +114,7 @@ class LocalTriton:
                "--allow-metrics=false", "--allow-gpu-metrics=false", "--strict-readiness=true",
                f"--exit-timeout-secs={int(self.stop_timeout)}",
                # our own shared-memory names: servers of concurrent tests must not meet in /dev/shm
-               f"--backend-config=python,shm-region-prefix-name=smpler{secrets.token_hex(4)}",
+               f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
                f"--backend-config=python,shm-default-byte-size={self.shm_bytes}"]
         if self.models:  # e.g. leave out models whose backend this build lacks (onnxruntime, tensorrt)
             cmd += ["--model-control-mode=explicit", *(f"--load-model={m}" for m in self.models)]
@@ -172,6 +173,9 @@ class LocalTriton:
             self._log.close()
         if getattr(self, "_tmp", None):
             shutil.rmtree(self._tmp, ignore_errors=True)
+            # a server that had to exit immediately (exit timeout) leaves its Python-backend regions behind
+            for region in Path("/dev/shm").glob(f"{self._shm_prefix}*"):
+                region.unlink(missing_ok=True)
         return rc
 
     def __enter__(self):
