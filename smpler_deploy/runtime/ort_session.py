@@ -95,13 +95,10 @@ class OnnxRuntimeSession:
         assert_no_plugins(header, where=path)
         traits = graph_traits(header)
         meta = traits["meta"]
-        from ..spec import Precision
-
-        # report spelling: "int8-cpu" is ONNX Runtime's int8 layout, "int8" TensorRT's
-        prec = meta.get("precision", "fp32")
-        self.precision = Precision.from_metadata(meta).name if prec in ("fp32", "fp16", "int8") else prec
+        int8_cpu = meta.get("precision") == "int8" and meta.get("int8_target") == "cpu"  # TensorRT refuses it
         self.timer = _EventTimer.maybe(device_id) if provider != "cpu" else None
-        providers = provider_list(provider, precision=self.precision, qdq=traits["qdq"], batches=batches,
+        providers = provider_list(provider, precision="int8-cpu" if int8_cpu else "graph", qdq=traits["qdq"],
+                                  batches=batches,
                                   cache_dir=trt_cache, trt_fp16=trt_fp16, device_id=device_id,
                                   stream=self.timer.handle if self.timer else None)
         if provider == "tensorrt":
@@ -127,6 +124,12 @@ class OnnxRuntimeSession:
             raise SmplerError(f"--provider {provider}: onnxruntime could not start {PROVIDERS[provider]} and fell "
                               f"back to {', '.join(used)} (CUDA/cuDNN/TensorRT libraries not loadable?)")
         check_graph_io(path, self.sess.get_inputs(), self.sess.get_outputs())
+        from ..spec import Precision
+
+        # report spelling: "int8-cpu" is ONNX Runtime's int8 layout, "int8" TensorRT's
+        prec = meta.get("precision", "fp32")  # a graph without smpler metadata runs as fp32
+        self.precision = (Precision.from_metadata({"precision": "fp32", **meta}, f"--onnx {path}").name
+                          if prec in ("fp32", "fp16", "int8") else prec)
         self.path = path
         self.provider = provider
         self.device_id = device_id
