@@ -112,7 +112,7 @@ def test_cli_missing_camera_exit_code(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------------------------------
 
 class CountingSession:
-    """The real torch session, counting calls and batch sizes."""
+    """A real session, counting calls and batch sizes."""
 
     def __init__(self, sess):
         self.sess, self.batches = sess, []
@@ -137,13 +137,21 @@ class ListSource(Source):
 
 
 @pytest.fixture(scope="module")
-def torch_session(default_model):
+def session(onnx_fp32):
+    """ONNX Runtime on the default model's fp32 graph (the fastest real backend here)."""
     from smpler_deploy.runtime import open_session
 
-    return open_session("torch", model=default_model)
+    return open_session("onnxruntime", path=onnx_fp32, threads=2)
 
 
-def test_cross_frame_batching_matches_single_crops(torch_session):
+@pytest.fixture(scope="module")
+def faces():
+    from smpler_deploy.body.standin import make_standin_body_model
+
+    return make_standin_body_model(0).faces
+
+
+def test_cross_frame_batching_matches_single_crops(session):
     from smpler_deploy.pipeline.crops import infer_batched, person_crops
     from skimage import data
 
@@ -151,17 +159,17 @@ def test_cross_frame_batching_matches_single_crops(torch_session):
     c2, _, _ = person_crops(img, [[84, 20, 279, 492], [300, 0, 200, 300]])
     c1, _, _ = person_crops(img, [[150, 60, 200, 400]])
     empty = c1[:0]
-    counting = CountingSession(torch_session)
+    counting = CountingSession(session)
     outs = infer_batched(counting, [c2, empty, c1], max_batch=2)
     assert counting.batches == [2, 1] and outs[1] is None
-    single = [torch_session.infer(c[None]) for c in (c2[0], c2[1], c1[0])]
+    single = [session.infer(c[None]) for c in (c2[0], c2[1], c1[0])]
     got = [(outs[0], 0), (outs[0], 1), (outs[2], 0)]
     for (o, i), s in zip(got, single):
         assert np.allclose(o.vertices[i], s.vertices[0], atol=1e-5)
         assert np.allclose(o.cam[i], s.cam[0], atol=1e-5)
 
 
-def test_frame_without_people_gives_no_mesh(torch_session, default_model):
+def test_frame_without_people_gives_no_mesh(session, faces):
     from smpler_deploy.pipeline.detect import OpenCVDetector
     from smpler_deploy.pipeline.runner import RunConfig, run
     from skimage import data
@@ -169,9 +177,9 @@ def test_frame_without_people_gives_no_mesh(torch_session, default_model):
     astro = data.astronaut()
     blank = np.full_like(astro, 90)
     frames = []
-    counting = CountingSession(torch_session)
+    counting = CountingSession(session)
     people, times = run(ListSource([blank, astro, blank]), OpenCVDetector(), counting,
-                        faces=default_model.smpl_handler.faces, config=RunConfig(max_batch=4),
+                        faces=faces, config=RunConfig(max_batch=4),
                         on_frame=lambda f, ov, pp: frames.append((f.index, ov, len(pp))), log=lambda *a: None)
     assert [(i, n) for i, _, n in frames] == [(0, 0), (1, 1), (2, 0)]
     assert sum(counting.batches) == 1  # only the frame with a person reached the model
@@ -217,7 +225,7 @@ def test_cli_video_end_to_end_onnxruntime(tmp_path, onnx_fp32, capsys):
     assert "--force" in capsys.readouterr().err
 
 
-def test_writer_error_stops_the_run_without_hanging(torch_session, default_model):
+def test_writer_error_stops_the_run_without_hanging(session, faces):
     from smpler_deploy.pipeline.detect import OpenCVDetector
     from smpler_deploy.pipeline.runner import run
     from skimage import data
@@ -226,8 +234,8 @@ def test_writer_error_stops_the_run_without_hanging(torch_session, default_model
         raise SmplerError("overlay.mp4: no space left on device")
 
     with pytest.raises(SmplerError, match="no space left"):
-        run(ListSource([data.astronaut()] * 3), OpenCVDetector(), torch_session,
-            faces=default_model.smpl_handler.faces, on_frame=full_disk, log=lambda *a: None)
+        run(ListSource([data.astronaut()] * 3), OpenCVDetector(), session, faces=faces, on_frame=full_disk,
+            log=lambda *a: None)
 
 
 def test_saved_crops_are_the_model_inputs_and_calibration_reads_them_unchanged(tmp_path, onnx_fp32):
