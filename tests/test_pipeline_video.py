@@ -259,3 +259,42 @@ def test_saved_crops_are_the_model_inputs_and_calibration_reads_them_unchanged(t
     sess = open_session("onnxruntime", path=onnx_fp32, threads=1)
     assert np.allclose(sess.infer(x).cam, arrays["cam"], atol=1e-5)
     assert np.allclose(sess.infer(x).betas, arrays["betas"], atol=1e-5)
+
+
+def test_ctrl_c_ends_a_camera_run_with_what_was_captured(session, faces, tmp_path):
+    """A camera has no end: Ctrl-C (in the main thread) stops capture; frames already inferred are kept."""
+    from smpler_deploy.pipeline.detect import BoxFileDetector
+    from smpler_deploy.pipeline.runner import RunConfig, run
+    from skimage import data
+
+    class Camera(ListSource):
+        kind = "camera"
+
+    class Interrupting(CountingSession):
+        def infer(self, x):
+            if len(self.batches) == 2:
+                raise KeyboardInterrupt
+            return super().infer(x)
+
+    path = tmp_path / "boxes.json"
+    path.write_text(json.dumps([{"frame": i, "bbox": [84, 20, 279, 492]} for i in range(6)]))
+    boxes = BoxFileDetector(path)
+    written, logged = [], []
+    people, times = run(Camera([data.astronaut()] * 6), boxes, Interrupting(session), faces=faces,
+                        config=RunConfig(max_batch=1, queue_size=1), log=logged.append,
+                        on_frame=lambda f, ov, pp: written.append(f.index))
+    assert written == [0, 1] and [p.frame for p in people] == [0, 1] and "Ctrl-C" in logged[0]
+    with pytest.raises(KeyboardInterrupt):  # a file is not a camera: Ctrl-C aborts (the CLI keeps nothing)
+        run(ListSource([data.astronaut()] * 3), boxes, Interrupting(session), faces=faces,
+            config=RunConfig(max_batch=1), log=lambda *a: None)
+
+
+def test_batch_cap_follows_a_tensorrt_profile():
+    from types import SimpleNamespace
+
+    from smpler_deploy.pipeline.crops import session_max_batch
+    from smpler_deploy.runtime.trt_plan import Profile
+
+    trt_like = SimpleNamespace(profile=Profile((1, 3, 224, 224), (2, 3, 224, 224), (4, 3, 224, 224)))
+    assert session_max_batch(trt_like, 8) == 4 and session_max_batch(trt_like, 3) == 3
+    assert session_max_batch(SimpleNamespace(), 8) == 8
