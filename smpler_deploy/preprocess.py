@@ -7,6 +7,7 @@ bilinear filtering, RGB in [0,1] normalized with the ImageNet statistics the off
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,9 @@ def load_image(src) -> np.ndarray:
     if arr.ndim != 3 or arr.shape[2] not in (3, 4):
         raise SmplerError(f"image: expected an RGB array [H,W,3], got shape {list(arr.shape)}")
     arr = arr[..., :3]
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        raise SmplerError(f"image: {int((~np.isfinite(arr)).sum())} non-finite pixel values (NaN/Inf); "
+                          "expected finite RGB values")
     if arr.dtype != np.uint8:
         arr = np.clip(np.rint(arr.astype(np.float32) * (255.0 if arr.max() <= 1.0 else 1.0)), 0, 255).astype(np.uint8)
     return arr
@@ -81,6 +85,8 @@ def box_transform(image_hw: tuple[int, int], bbox=None, margin: float = BOX_MARG
         x, y, bw, bh = (float(v) for v in bbox)
     except (TypeError, ValueError):
         raise SmplerError(f"--bbox {bbox}: expected four numbers x,y,w,h")
+    if not all(math.isfinite(v) for v in (x, y, bw, bh)):
+        raise SmplerError(f"--bbox {x:g},{y:g},{bw:g},{bh:g}: expected finite numbers x,y,w,h (no NaN/Inf)")
     if bw <= 0 or bh <= 0:
         raise SmplerError(f"--bbox {x:g},{y:g},{bw:g},{bh:g}: width and height must be positive")
     if x >= w or y >= h or x + bw <= 0 or y + bh <= 0:

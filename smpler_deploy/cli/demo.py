@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -56,6 +57,8 @@ def parse_bbox(text: str | None):
         vals = []
     if len(vals) != 4:
         raise SmplerError(f"--bbox {text}: expected four numbers x,y,w,h")
+    if not all(math.isfinite(v) for v in vals):
+        raise SmplerError(f"--bbox {text}: expected finite numbers x,y,w,h (no NaN/Inf)")
     return tuple(vals)
 
 
@@ -132,6 +135,7 @@ def main(argv=None) -> int:
     if a.threads is not None and a.threads < 1:
         raise SmplerError(f"--threads {a.threads}: expected a positive integer")
     session_options(a)  # flag combinations checked before any work
+    parse_bbox(a.bbox)
     meshes = (out.with_suffix(".obj"), out.with_suffix(".ply"))
     check_output_path(out, force=True, flag="--out")  # before any work: a directory or missing parent fails here
     for flag, val in (("--onnx", a.onnx), ("--engine", a.engine), ("--checkpoint", a.checkpoint),

@@ -41,7 +41,14 @@ def read_checkpoint(path) -> dict[str, torch.Tensor]:
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise SmplerError(f"--checkpoint {p}: expected a state dict of tensors (or {{'model': state_dict}})")
-    return {k[7:] if k.startswith("module.") else k: v for k, v in obj.items()}
+    sd = {k[7:] if k.startswith("module.") else k: v for k, v in obj.items()}
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:  # a NaN weight would otherwise travel on (e.g. to an index of -2^63 in the attention's sampling)
+        k = sorted(bad)[0]
+        n = int((~torch.isfinite(sd[k])).sum())
+        raise SmplerError(f"--checkpoint {p}: non-finite weights (NaN/Inf) in {k} ({n} values)"
+                          + (f" and {len(bad) - 1} more parameters" if len(bad) > 1 else ""))
+    return sd
 
 
 def checkpoint_variant(sd: dict) -> str | None:

@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from ..errors import SmplerError
-from ..outputs import CROP_SIZE, SMPLOutput
+from ..outputs import CROP_SIZE, OUTPUT_NAMES, SMPLOutput
 
 
 @runtime_checkable
@@ -33,4 +33,40 @@ def check_images(images, where: str = "images") -> np.ndarray:
             f"{where}: expected a float32 batch [B,3,{CROP_SIZE},{CROP_SIZE}] (RGB, ImageNet-normalized), "
             f"got shape {list(arr.shape)}"
         )
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    bad = nonfinite_items(arr)
+    if bad:  # refused before any backend runs: a NaN pixel would otherwise spoil (or crash) the whole batch
+        raise NonFiniteError(f"{where}: non-finite values (NaN/Inf) in image{'s' if len(bad) > 1 else ''} "
+                             f"{_indices(bad)} of the batch of {len(arr)}; drop or fix them", bad)
+    return arr
+
+
+class NonFiniteError(SmplerError):
+    """NaN/Inf in a batch; `indices` are the batch items concerned, so a caller can drop them and go on."""
+
+    def __init__(self, message: str, indices: list[int], output: str | None = None):
+        super().__init__(message)
+        self.indices = list(indices)
+        self.output = output
+
+
+def nonfinite_items(arr) -> list[int]:
+    """Indices along the first axis whose entries are not all finite."""
+    a = np.asarray(arr)
+    if not np.issubdtype(a.dtype, np.floating) or a.size == 0:
+        return []
+    return np.flatnonzero(~np.isfinite(a.reshape(len(a), -1)).all(axis=1)).tolist()
+
+
+def _indices(idx: list[int], n: int = 8) -> str:
+    return ", ".join(map(str, idx[:n])) + (f" (+{len(idx) - n} more)" if len(idx) > n else "")
+
+
+def check_outputs(out: SMPLOutput, where: str) -> SMPLOutput:
+    """Every session's outputs pass here: NaN/Inf raise, naming the output and the batch items."""
+    for name, arr in zip(OUTPUT_NAMES, out):
+        bad = nonfinite_items(arr)
+        if bad:
+            raise NonFiniteError(f"{where}: non-finite values (NaN/Inf) in output {name} for batch "
+                                 f"item{'s' if len(bad) > 1 else ''} {_indices(bad)}", bad, name)
+    return out

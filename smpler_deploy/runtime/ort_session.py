@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import SmplerError
 from ..outputs import CROP_SIZE, INPUT_NAME, OUTPUT_NAMES, SMPLOutput
-from .base import check_images
+from .base import check_images, check_outputs
 
 from .ort_providers import PROVIDERS  # noqa: F401  (re-exported)
 
@@ -168,7 +168,7 @@ class OnnxRuntimeSession:
             outs = self._bound_run(x)
         else:
             outs = self.sess.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
-        return SMPLOutput(*(np.asarray(o, np.float32) for o in outs))
+        return check_outputs(SMPLOutput(*(np.asarray(o, np.float32) for o in outs)), "onnxruntime session")
 
     def close(self) -> None:
         self.sess = None

@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import SmplerError
 from ..outputs import OUTPUT_NAMES, SMPLOutput
 from ..trt.manifest import check_manifest, read_manifest
-from .base import check_images
+from .base import check_images, check_outputs
 from .trt_plan import GraphPolicy, Profile, TensorSpec, buffers_to_grow, nbytes, np_dtype, plan_input_shape
 
 
@@ -289,7 +289,7 @@ class TensorRTSession:
             o.name: self.host[o.name][1][: needed[o.name]].view(o.dtype).reshape(out_shapes[o.name]).astype(np.float32)
             for o in self.outputs
         }  # astype copies: the pinned buffers are reused by the next call
-        return SMPLOutput(*(outs[n] for n in OUTPUT_NAMES))
+        return check_outputs(SMPLOutput(*(outs[n] for n in OUTPUT_NAMES)), self.name)
 
     @property
     def device_memory_mb(self) -> float:

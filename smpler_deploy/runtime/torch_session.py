@@ -14,7 +14,7 @@ import torch
 
 from ..errors import SmplerError
 from ..outputs import SMPLOutput
-from .base import check_images
+from .base import check_images, check_outputs
 from .torch_plan import GraphCache, plan_torch
 
 
@@ -97,7 +97,7 @@ class TorchSession:
         x = torch.from_numpy(check_images(images))
         with torch.inference_mode():
             if not self.plan.is_cuda:
-                return self._forward(x).numpy()
+                return check_outputs(self._forward(x).numpy(), "torch session")
             x = x.to(self.device)
             batch = x.shape[0]
             action = self.graphs.decide(batch)
@@ -113,7 +113,7 @@ class TorchSession:
             res = out.numpy()  # device -> host copy (synchronizes)
             end.synchronize()
             self.last_device_ms = start.elapsed_time(end)
-            return res
+            return check_outputs(res, "torch session")
 
     @property
     def device_memory_mb(self) -> float | None:
