@@ -19,20 +19,43 @@ from .outputs import CROP_SIZE
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 BOX_MARGIN = 1.2  # square side = margin * longer box side (SPIN-style detector boxes)
+# Largest image decoded (width x height): PIL's own default bomb threshold, ~256 MiB as RGB. A small file whose
+# header claims more (a decompression bomb) is refused from the header, before any pixel is decoded.
+MAX_IMAGE_PIXELS = 89_478_485
+
+
+class ImageTooLargeError(SmplerError):
+    """An image over MAX_IMAGE_PIXELS (or PIL's bomb limit): refused, never skipped silently."""
+
+
+def open_image(path) -> np.ndarray:
+    """The one place image files are opened (demo, calibration, smpler-run): uint8 RGB [H,W,3] or a one-line
+    SmplerError naming the file. PIL's DecompressionBombWarning is an error here, like its bomb error."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:  # reads the header only
+                w, h = im.size
+                if w * h > MAX_IMAGE_PIXELS:
+                    raise ImageTooLargeError(f"{path}: image of {w}x{h} = {w * h / 1e6:.0f} Mpx exceeds the "
+                                             f"{MAX_IMAGE_PIXELS / 1e6:.0f} Mpx limit (decompression bomb?); refused")
+                return np.asarray(im.convert("RGB"))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageTooLargeError(f"{path}: refused as a possible decompression bomb ({str(e).strip()})") from None
+    except FileNotFoundError:
+        raise SmplerError(f"{path}: image not found") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise SmplerError(f"{path}: cannot read image ({e.__class__.__name__}); expected PNG/JPEG/...") from None
 
 
 def load_image(src) -> np.ndarray:
     """Path or array -> uint8 RGB [H,W,3]. Grayscale is replicated, alpha dropped."""
     if isinstance(src, (str, Path)):
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(src) as im:
-                return np.asarray(im.convert("RGB"))
-        except FileNotFoundError:
-            raise SmplerError(f"{src}: image not found")
-        except (UnidentifiedImageError, OSError) as e:
-            raise SmplerError(f"{src}: cannot read image ({e.__class__.__name__}); expected PNG/JPEG/...")
+        return open_image(src)
     arr = np.asarray(src)
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)

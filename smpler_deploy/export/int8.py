@@ -29,7 +29,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 def load_calibration_dir(path, limit: int = 512) -> np.ndarray:
     """Person crops from a directory of images (each image taken whole as the person box)."""
-    from ..preprocess import crop_person
+    from ..preprocess import ImageTooLargeError, crop_person
 
     d = Path(path)
     if not d.is_dir():
@@ -39,6 +39,8 @@ def load_calibration_dir(path, limit: int = 512) -> np.ndarray:
     for f in files:
         try:
             crops.append(crop_person(f)[0])
+        except ImageTooLargeError:
+            raise  # a decompression bomb is refused by name, not skipped as unreadable
         except SmplerError:
             continue  # unreadable files are skipped; an empty set is refused below
     if not crops:
