@@ -288,13 +288,9 @@ def _load_pkl(path: Path) -> BodyModelData:
 
 
 def _load_checkpoint(path: Path) -> BodyModelData:
-    import torch
+    from ..model.checkpoint import torch_load_weights
 
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SmplerError(f"{path}: cannot load as a weights-only PyTorch checkpoint ({first[:200]})") from None
+    obj = torch_load_weights(path, str(path))
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):

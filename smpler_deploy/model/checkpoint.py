@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -27,16 +28,34 @@ RESIDUAL_GAIN = 0.2
 _WIDTH_TO_VARIANT = {w * 8: v for v, w in VARIANTS.items()}  # global_feat_projection input = 8C
 
 
+def _load_failure(e: BaseException) -> str:
+    """torch's weights-only refusal, reduced to what the user needs: the refused global (the code the pickle
+    would have run), else its first line of substance. Never torch's advice to retry with weights_only=False."""
+    text = str(e)
+    g = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"global:? '?([\w]+\.[\w.]+)", text)
+    if g:
+        return f"refused GLOBAL {g.group(1)}: the pickle would run code; only tensors and plain containers load"
+    for line in (s.strip() for s in text.splitlines()):
+        if line and not re.search(r"weights.only|documentation|pytorch\.org|trusted source", line, re.I):
+            return f"{e.__class__.__name__}: {line[:160]}"
+    return e.__class__.__name__
+
+
+def torch_load_weights(path, where: str):
+    """torch.load with weights_only=True (no code runs), failures as one line naming `where`."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError, KeyError,
+            ImportError, IndexError, OSError) as e:
+        raise SmplerError(f"{where}: not a loadable weights-only checkpoint ({_load_failure(e)})") from None
+
+
 def read_checkpoint(path) -> dict[str, torch.Tensor]:
     """Raw state dict or {"model": sd}; strips a DDP `module.` prefix. weights_only: no code runs."""
     p = Path(path)
     if not p.is_file():
         raise SmplerError(f"--checkpoint {p}: file not found")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        raise SmplerError(f"--checkpoint {p}: not a loadable weights-only checkpoint ({first[:160]})")
+    obj = torch_load_weights(p, f"--checkpoint {p}")
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
