@@ -113,3 +113,58 @@ def jsonable(obj):
 
 def write_fidelity_json(d: dict, path) -> Path:
     return write_text_atomic(path, json.dumps(jsonable(d), indent=2, allow_nan=False) + "\n")
+
+
+# ---------------------------------------------------------------- the fidelity gate (smpler-export --max-error-mm)
+
+# Default (mean, max) vertex-error limits in mm for int8 graphs, ~2.5-3x what the default model measures on the 4
+# held-out crops export checks (int8 trt 5.2 / 26; int8 cpu, 7-bit weights, ~6 / 35: see
+# benchmarks/reports/int8_cpu_range). A graph over it is broken (saturating int8 kernels, a calibration set unlike
+# the inputs), not merely quantized. fp32/fp16 have no default limit.
+INT8_LIMITS_MM = (15.0, 75.0)
+OFF = ("off", "none")
+
+
+def parse_max_error(text: str, flag: str = "--max-error-mm") -> tuple[float, float] | None:
+    """'MEAN,MAX' (mm) -> (mean, max); 'off' / 'none' -> None (no gate)."""
+    if text.strip().lower() in OFF:
+        return None
+    try:
+        mean, mx = (float(v) for v in text.split(","))
+    except ValueError:
+        raise SmplerError(f"{flag} {text}: expected MEAN,MAX in mm (e.g. 15,75) or none") from None
+    if not (math.isfinite(mean) and math.isfinite(mx) and 0 < mean <= mx):
+        raise SmplerError(f"{flag} {text}: expected finite limits with 0 < MEAN <= MAX (mm)")
+    return mean, mx
+
+
+def gate_limits(text: str | None, precision) -> tuple[float, float] | None:
+    """The limits that apply: the flag's (`text`), else the int8 default; fp32/fp16 have none unless given."""
+    if text is None:
+        return INT8_LIMITS_MM if getattr(precision, "kind", precision) == "int8" else None
+    return parse_max_error(text)
+
+
+def check_gate(fid: dict, limits: tuple[float, float] | None) -> str | None:
+    """None when `fid` (a `fidelity()` dict) is within `limits` (vertex mean, max mm); else what was exceeded."""
+    if limits is None:
+        return None
+    v = fid.get("vertices") or {}
+    mean, mx = v.get("mean_mm"), v.get("max_mm")
+    if not fid.get("finite", True) or mean is None or mx is None or not (math.isfinite(mean) and math.isfinite(mx)):
+        return f"non-finite outputs (limit {limits[0]:g} / {limits[1]:g} mm)"
+    if mean > limits[0] or mx > limits[1]:
+        return f"vertex error mean {mean:.3g} / max {mx:.3g} mm exceeds the limit {limits[0]:g} / {limits[1]:g} mm"
+    return None
+
+
+LOW_CALIBRATION = 100
+
+
+def calibration_warning(n_images: int, builtin: bool = False) -> str | None:
+    """One-line warning when int8 calibration has fewer images than a reliable MinMax range needs."""
+    if n_images >= LOW_CALIBRATION:
+        return None
+    what = f"the built-in set ({n_images} crops of sample photos, no people)" if builtin else f"{n_images} images"
+    return (f"warning: int8 calibration on {what}; ranges from fewer than {LOW_CALIBRATION} images may not cover "
+            f"your inputs: pass --calib DIR with a few hundred person crops")

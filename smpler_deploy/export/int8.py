@@ -5,7 +5,12 @@ Both targets use ONNX Runtime's static quantizer (one dependency, one calibratio
   layer inputs and weights - what TensorRT's strongly typed parser accepts (it refuses non-zero zero points
   and int32 bias DQ). ONNX Runtime runs it as fake quantization: slow, but the numbers the engine computes.
 - `cpu`: ONNX Runtime's own layout (uint8 activations with zero points, per-channel int8 weights, Q/DQ on
-  outputs too) that its CPU optimizer fuses into real int8 kernels.
+  outputs too) that its CPU optimizer fuses into real int8 kernels. Weights are 7-bit (reduce_range, [-64, 64]):
+  ORT's u8s8 kernels on AVX2 CPUs without VNNI multiply with vpmaddubsw, which adds two u8*s8 products in a
+  saturating int16; with |w| <= 64 the pair sum is at most 2*255*64 = 32640 < 32767, so every x86 CPU (AVX2,
+  AVX-512, VNNI) computes the same result. With full 8-bit weights issue 10 measured 8.4 mm mean vertex error on
+  an AVX2-only CPU vs 4.0 on an AVX-512 one; 7-bit weights cost ~1.9 mm mean on a VNNI CPU (4.1 -> 6.0 mm over 8
+  held-out crops, benchmarks/reports/int8_cpu_range) and are the same everywhere.
 Policy: the backbone convolutions first; the decoder (transformer, regressor, SMPL) stays float, because the
 fidelity report of the untrained model shows the attention path does not hold at int8 with MinMax calibration.
 """
@@ -24,6 +29,9 @@ from ..fileio import atomic_path
 from ..outputs import INPUT_NAME
 
 TARGETS = ("trt", "cpu")
+# vpmaddubsw: int16(sat)(a0*w0 + a1*w1), a in [0,255], w in int8. The bound the cpu layout's weights must keep.
+INT16_MAX = 32767
+CPU_WEIGHT_RANGE = (-64, 64)  # ORT's reduce_range for int8 weights
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
@@ -98,8 +106,27 @@ def check_trt_compatible(model) -> None:
                 raise SmplerError(f"int8 --target trt: node {n.name} has a zero point TensorRT refuses (internal error)")
 
 
+def pair_sum_bound(weight_absmax: int, act_max: int = 255) -> int:
+    """Largest |a0*w0 + a1*w1| vpmaddubsw can form from u8 activations and int8 weights within the bound."""
+    return 2 * act_max * weight_absmax
+
+
+def check_no_int16_saturation(model) -> None:
+    """Every int8 weight of a u8-activation (cpu layout) conv keeps vpmaddubsw's pair sum within int16."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].data_type == 3:  # INT8
+            w = numpy_helper.to_array(inits[n.input[0]])
+            if w.size and pair_sum_bound(int(np.abs(w.astype(np.int32)).max())) > INT16_MAX:
+                raise SmplerError(f"int8 --target cpu: weight {n.input[0]} reaches |w| = {np.abs(w.astype(np.int32)).max()}, "
+                                  f"which saturates int16 on AVX2 CPUs without VNNI (internal error)")
+
+
 def quantize(fp32_path, out_path, images: np.ndarray, *, target: str = "trt", meta: dict | None = None,
-             progress=None) -> dict:
+             progress=None, reduce_range: bool | None = None) -> dict:
+    """`reduce_range` (7-bit weights) defaults to True for the cpu target (see the module docstring)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -115,6 +142,8 @@ def quantize(fp32_path, out_path, images: np.ndarray, *, target: str = "trt", me
     else:
         extra = {"WeightSymmetric": True}
         act = QuantType.QUInt8
+    if reduce_range is None:
+        reduce_range = target == "cpu"
     hint_filter = _DropPreprocessHint()
     logging.getLogger().addFilter(hint_filter)
     try:
@@ -123,16 +152,19 @@ def quantize(fp32_path, out_path, images: np.ndarray, *, target: str = "trt", me
             quantize_static(str(fp32_path), str(tmp), _Reader(images, progress), quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=["Conv"], nodes_to_quantize=nodes, per_channel=True,
                             activation_type=act, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                            extra_options=extra)
+                            reduce_range=reduce_range, extra_options=extra)
             model = onnx.load(str(tmp))
             if target == "trt":
                 check_trt_compatible(model)
+            elif reduce_range:
+                check_no_int16_saturation(model)
             qnodes = quantized_nodes(model)
             from .onnx_export import set_metadata
 
             info = dict(meta or {})
             info.update(precision="int8", int8_target=target, calibration_images=str(len(images)),
-                        calibration_method="minmax", quantized_node_count=str(len(qnodes)),
+                        calibration_method="minmax", weight_bits="7" if reduce_range else "8",
+                        quantized_node_count=str(len(qnodes)),
                         quantized_nodes=json.dumps(qnodes))
             set_metadata(model, info)
             onnx.save(model, str(tmp))

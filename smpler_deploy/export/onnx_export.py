@@ -157,11 +157,17 @@ def export_onnx(path, *, precision: str = "fp32", variant: str = "smpler", check
     from ..model.checkpoint import calibration_batch
     from .int8 import quantize
 
-    if calib_images is None:
+    builtin = calib_images is None
+    if builtin:
         calib_images = calibration_batch(16)
         source = "built-in set: 16 crops of scikit-image sample photos (use --calib DIR with a few hundred person crops)"
     else:
         source = f"{len(calib_images)} images from {calib}"
+    from ..fidelity import calibration_warning
+
+    warning = calibration_warning(len(calib_images), builtin=builtin)
+    if warning:
+        log(warning)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         log(f"exporting fp32 graph to calibrate from ...")
