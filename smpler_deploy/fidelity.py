@@ -141,7 +141,7 @@ def parse_max_error(text: str, flag: str = "--max-error-mm") -> tuple[float, flo
 def gate_limits(text: str | None, precision) -> tuple[float, float] | None:
     """The limits that apply: the flag's (`text`), else the int8 default; fp32/fp16 have none unless given."""
     if text is None:
-        return INT8_LIMITS_MM if getattr(precision, "kind", precision) == "int8" else None
+        return INT8_LIMITS_MM if str(getattr(precision, "kind", precision)).startswith("int8") else None  # int8-cpu too
     return parse_max_error(text)
 
 

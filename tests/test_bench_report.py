@@ -142,3 +142,21 @@ def test_dataset_format_and_errors(tmp_path):
     (tmp_path / z["imgname"][1]).unlink()
     with pytest.raises(SmplerError, match="1 of 3 images missing"):
         load_dataset(p, tmp_path)
+
+
+def test_cells_over_the_fidelity_gate_are_flagged(tmp_path):
+    """smpler-bench marks cells whose vertex error exceeds smpler-export's default int8 --max-error-mm."""
+    from smpler_deploy.fidelity import INT8_LIMITS_MM, check_gate, gate_limits
+
+    rep = synthetic_report()
+    bad = {"finite": True, "vertices": {"mean_mm": INT8_LIMITS_MM[0] * 2, "max_mm": 10.0}, "joints": {}}
+    for pr, fid in (("int8-cpu", bad), ("int8", {"finite": True, "vertices": {"mean_mm": 1.0, "max_mm": 5.0}})):
+        c = Cell("onnxruntime", pr, 1, latency=latency_stats([0.1, 0.1], 1).to_dict(), fidelity=fid)
+        c.fidelity_gate = check_gate(fid, gate_limits(None, pr))
+        rep.cells.append(c)
+    d = json.loads(write_report(rep, tmp_path / "r", plots=False)["json"].read_text())
+    gates = {c["id"]: c["fidelity_gate"] for c in d["cells"]}
+    assert "exceeds" in gates["onnxruntime/int8-cpu/b1"] and gates["onnxruntime/int8/b1"] is None
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "**over gate**" in md and "Over the fidelity gate" in md and "- onnxruntime/int8-cpu/b1: vertex error" in md
+    assert md.count("**over gate**") == 1

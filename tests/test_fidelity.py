@@ -64,3 +64,43 @@ def test_table_format():
     lines = t.splitlines()
     assert lines[0].startswith("onnx fp16 (batch 2)") and len(lines) == 17
     assert len({len(line) for line in lines[2:]}) == 1  # aligned columns
+
+
+# ---------------------------------------------------------------- the fidelity gate (--max-error-mm)
+
+def test_parse_max_error_and_limits():
+    from smpler_deploy.fidelity import INT8_LIMITS_MM, gate_limits, parse_max_error
+
+    assert parse_max_error("5,25") == (5.0, 25.0) and parse_max_error(" off ") is None
+    assert parse_max_error("none") is None
+    for bad in ("5", "5,25,1", "a,b", "30,5", "0,5", "nan,5", "5,inf"):
+        with pytest.raises(SmplerError, match="--max-error-mm") as e:
+            parse_max_error(bad)
+        assert "\n" not in str(e.value)
+    assert gate_limits(None, "int8") == INT8_LIMITS_MM and gate_limits(None, "int8-cpu") == INT8_LIMITS_MM
+    assert gate_limits(None, "fp32") is None and gate_limits(None, "fp16") is None  # none unless given
+    assert gate_limits("1,2", "fp16") == (1.0, 2.0) and gate_limits("off", "int8") is None
+
+
+def test_check_gate_measured_vs_limit():
+    from smpler_deploy.fidelity import check_gate
+
+    a = outputs()
+    b = a._replace(vertices=a.vertices + np.float32(0.001))  # every vertex sqrt(3) mm off
+    d = fidelity(a, b)
+    assert check_gate(d, None) is None and check_gate(d, (2.0, 2.0)) is None
+    msg = check_gate(d, (1.0, 5.0))
+    assert msg and "1.73" in msg and "1 / 5 mm" in msg and "\n" not in msg  # measured vs limit
+    assert check_gate(d, (5.0, 1.5))  # the max limit alone trips it too
+    v = b.vertices.copy()
+    v[1, 3, 0] = np.inf
+    assert "non-finite" in check_gate(fidelity(a, b._replace(vertices=v)), (100.0, 100.0))
+
+
+def test_calibration_warning_below_100_images():
+    from smpler_deploy.fidelity import calibration_warning
+
+    assert calibration_warning(100) is None and calibration_warning(512) is None
+    w = calibration_warning(16, builtin=True)
+    assert "built-in" in w and "16" in w and "--calib" in w and "\n" not in w
+    assert "99 images" in calibration_warning(99)

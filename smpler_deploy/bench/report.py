@@ -36,6 +36,7 @@ class Cell:
     peak_rss_mb: float | None = None
     device_memory_mb: float | None = None  # GPU backends: device memory in use after the cell
     fidelity: dict | None = None  # fidelity.fidelity() vs the torch fp32 reference, same inputs
+    fidelity_gate: str | None = None  # over smpler-export's default --max-error-mm (int8): what was exceeded
     speedup_vs_official: float | None = None  # throughput ratio vs the official eager fp32 cell, same batch
     achieved_gflops: float | None = None  # nominal model GFLOPs × images/s
     dataset_metrics: dict | None = None
@@ -169,11 +170,19 @@ def render_markdown(rep: dict, plots: list[str] | None = None) -> str:
         v, j = f.get("vertices") or {}, f.get("joints") or {}
         gfs = c.get("achieved_gflops")
         pct = f" ({100 * gfs / peak:.0f}%)" if gfs and peak else ""
+        gate = " **over gate**" if c.get("fidelity_gate") else ""
         L.append(f"| {c['id']} | {c['backend']} | {c['precision']} | {c['batch']} | {_n(lat['p50_ms'])} | "
                  f"{_n(lat['p90_ms'])} | {_n(lat['p99_ms'])} | {_n(lat['mean_ms'])} | {_n(lat['throughput_ips'], '{:.1f}')} | "
                  f"{_n(c.get('speedup_vs_official'), '{:.2f}×')} | {_n(gfs, '{:.1f}')}{pct} | "
-                 f"{_n(v.get('mean_mm'), '{:.3g}')} / {_n(v.get('max_mm'), '{:.3g}')} | {_n(j.get('pa_mean_mm'), '{:.3g}')} | "
+                 f"{_n(v.get('mean_mm'), '{:.3g}')} / {_n(v.get('max_mm'), '{:.3g}')}{gate} | "
+                 f"{_n(j.get('pa_mean_mm'), '{:.3g}')} | "
                  f"{_n(c.get('peak_rss_mb'), '{:.0f}')} |")
+    over = [c for c in ok if c.get("fidelity_gate")]
+    if over:
+        L += ["", "### Over the fidelity gate", "",
+              "Cells whose vertex error exceeds smpler-export's default `--max-error-mm` for their precision "
+              "(an export of that graph would fail):", ""]
+        L += [f"- {c['id']}: {c['fidelity_gate']}" for c in over]
     dev = [c for c in ok if c.get("device_latency")]
     if dev:
         L += ["", "### GPU compute (the forward / engine alone, CUDA events) vs host latency", "",

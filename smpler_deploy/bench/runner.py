@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SmplerError
-from ..fidelity import fidelity
+from ..fidelity import check_gate, fidelity, gate_limits
 from .report import MODEL_GFLOPS, Cell, Report
 from .stats import latency_stats
 
@@ -456,6 +456,7 @@ def _run_group(cfg, g: _Group, inputs, ref_out, bar, model: dict | None = None) 
                                 model[k] = info[k]
                 if c.batch in ref_out:
                     c.fidelity = fidelity(ref_out[c.batch], out)
+                    c.fidelity_gate = check_gate(c.fidelity, gate_limits(None, c.precision))  # int8 default
                 if cfg.dataset is not None and g.kind != "official" and c.batch == max(cfg.batches):
                     from .dataset import evaluate
 
