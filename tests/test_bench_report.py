@@ -120,9 +120,23 @@ def test_cli_bad_input_exits_2(capsys, tmp_path):
         assert err.startswith("error: ") and msg in err and "\n" not in err
 
 
-def test_machine_info_fields():
+def test_machine_info_fields(monkeypatch):
+    import importlib
+    import importlib.util
+
+    from smpler_deploy.bench import machine
+
     libs = library_versions()
-    assert libs["numpy"] and "tensorrt" in libs and "triton" in libs
+    assert set(libs) >= {"torch", "onnxruntime", "numpy", "tensorrt", "tensorrt_rtx", "triton"}
+    for key, module in (("torch", "torch"), ("onnxruntime", "onnxruntime"), ("numpy", "numpy"), ("onnx", "onnx"),
+                        ("tensorrt_rtx", "tensorrt_rtx"), ("triton", "triton")):
+        # the version recorded is the one of the installed package that would be imported, or None without it
+        if importlib.util.find_spec(module) is None:
+            assert libs[key] is None, key
+        else:
+            assert libs[key] == importlib.import_module(module).__version__, key
+    monkeypatch.setattr(machine, "LIBRARIES", {"absent": ("no-such-distribution-c2b",), "numpy": ("nope", "numpy")})
+    assert library_versions() == {"absent": None, "numpy": np.__version__}  # the first distribution found wins
     m = machine_info(1, measure_gemm=True)
     assert m["gemm_fp32_peak_gflops"] > 0 and m["usable_cores"] >= 1
 
