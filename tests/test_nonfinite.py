@@ -174,3 +174,32 @@ def test_raw_image_and_bbox_refused():
         with pytest.raises(SmplerError, match=f"--bbox {text}: expected finite numbers"):
             parse_bbox(text)
     assert parse_bbox("1,2,3,4") == (1, 2, 3, 4)
+
+
+def test_run_skips_frames_with_nonfinite_outputs(sqrt_onnx):
+    """smpler-run's loop on the real ORT session: a frame whose crop gives NaN joints loses its people with a
+    warning; the other frames (in the same session call) keep theirs and every frame is still written."""
+    from smpler_deploy.pipeline.detect import Detections
+    from smpler_deploy.pipeline.runner import RunConfig, run
+    from smpler_deploy.pipeline.video import Frame, ImageSource
+    from smpler_deploy.runtime.ort_session import OnnxRuntimeSession
+
+    shades = [255, 0, 255, 0]  # crop pixel 0 below the ImageNet mean -> sqrt(negative) -> NaN joints
+
+    class Frames(ImageSource):
+        def __iter__(self):
+            for i, v in enumerate(shades):
+                yield Frame(i, np.full((60, 80, 3), v, np.uint8), f"f{i}.png")
+
+    def whole_image(image, frame_index=0):
+        return Detections(np.array([[20.0, 15, 40, 30]]), np.ones(1))  # its crop (x1.2 margin) lies inside
+
+    logs, written = [], []
+    people, times = run(Frames([], "test"), whole_image, OnnxRuntimeSession(sqrt_onnx, threads=1),
+                        config=RunConfig(max_batch=4, overlay=False, track=False),
+                        on_frame=lambda f, ov, pp: written.append((f.index, len(pp))), log=logs.append)
+    assert sorted(written) == [(0, 1), (1, 0), (2, 1), (3, 0)]
+    assert sorted(p.frame for p in people) == [0, 2] and all(np.isfinite(p.rotmat).all() for p in people)
+    warn = [m for m in logs if m.startswith("warning:")]
+    assert len(warn) == 2 and "frame 1 (f1.png)" in warn[0] and "model output joints" in warn[0]
+    assert "frame 3 (f3.png)" in warn[1]

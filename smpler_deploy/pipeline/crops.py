@@ -10,6 +10,7 @@ import numpy as np
 
 from ..outputs import CROP_SIZE, SMPLOutput
 from ..preprocess import BOX_MARGIN, CropTransform, box_transform, crop, normalize
+from ..runtime.base import NonFiniteError
 
 MIN_BOX_PX = 2.0  # boxes thinner than this (after clipping to the frame) carry no person
 
@@ -31,7 +32,13 @@ def infer_batched(session, crops_per_frame: list[np.ndarray], max_batch: int) ->
     if sum(counts) == 0:
         return [None] * len(counts)
     x = np.concatenate([c for c in crops_per_frame if len(c)])
-    parts = [session.infer(x[i:i + max_batch]) for i in range(0, len(x), max(1, max_batch))]
+    parts = []
+    for i in range(0, len(x), max(1, max_batch)):
+        try:
+            parts.append(session.infer(x[i:i + max_batch]))
+        except NonFiniteError as e:  # indices of this call -> of all crops given, so the caller can drop them
+            e.indices = [i + k for k in e.indices]
+            raise
     merged = SMPLOutput(*(np.concatenate([np.asarray(p[f]) for p in parts]) for f in range(len(SMPLOutput._fields))))
     out, start = [], 0
     for n in counts:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from ..errors import SmplerError
+from ..runtime.base import NonFiniteError
 from .crops import infer_batched, person_crops
 from .detect import Detections
 from .params import PersonParams, people_params, weak_camera
@@ -221,7 +222,7 @@ def run(source, detector, session, *, faces=None, body: Body | None = None, conf
                 group.append(nxt)
                 n += len(nxt.crops)
             t0 = time.perf_counter()
-            outs = infer_batched(session, [g.crops for g in group], cfg.max_batch)
+            outs = _infer_group(session, group, cfg.max_batch, log)
             times.add("infer", time.perf_counter() - t0)
             times.calls += -(-n // cfg.max_batch) if n else 0
             for g, out in zip(group, outs):
@@ -248,6 +249,25 @@ def run(source, detector, session, *, faces=None, body: Body | None = None, conf
         raise errors[0]
     times.wall_s = time.perf_counter() - start
     return all_people, times
+
+
+def _infer_group(session, group: list[Prepared], max_batch: int, log) -> list:
+    """infer_batched over the group; a frame whose crops or outputs hold NaN/Inf loses its people with a warning
+    (it is still tracked and written, empty) instead of ending the run. Edits `group` in place."""
+    while True:
+        try:
+            return infer_batched(session, [g.crops for g in group], max_batch)
+        except NonFiniteError as e:
+            ends = np.cumsum([len(g.crops) for g in group])
+            bad = sorted({int(np.searchsorted(ends, k, side="right")) for k in e.indices})
+            if not bad:
+                raise
+            for i in bad:
+                g = group[i]
+                what = f"model output {e.output}" if e.output else "crops"
+                log(f"warning: frame {g.frame.index} ({g.frame.name}): non-finite values (NaN/Inf) in the {what}; "
+                    "its people are skipped")
+                group[i] = replace(g, crops=g.crops[:0], transforms=[], keep=g.keep[:0])
 
 
 def _finish(g: Prepared, out, cfg, tracker, smoother, body, times) -> tuple[list[PersonParams], list[dict]]:
