@@ -147,6 +147,7 @@ class ExportSpec:
     h36m_regressor: str | None = None
     calib: str | None = None
     fidelity: bool = True
+    max_error_mm: tuple[float, float] | None = None  # fidelity gate (vertex mean, max mm); None: no gate
     force: bool = False
     engine: EngineOptions = field(default_factory=EngineOptions)
 
@@ -174,7 +175,7 @@ ENGINE_ONLY = {"sm": "--sm", "trt": "--trt", "timing_cache": "--timing-cache",
                "version_compatible": "--version-compatible",
                "hardware_compatibility_level": "--hardware-compatibility-level"}
 EXPORT_ONLY = {"calib": "--calib", "target": "--target", "checkpoint": "--checkpoint", "smpl_model": "--smpl-model",
-               "h36m_regressor": "--h36m-regressor", "variant": "--variant"}
+               "h36m_regressor": "--h36m-regressor", "variant": "--variant", "max_error_mm": "--max-error-mm"}
 
 
 def export_spec(a) -> ExportSpec:
@@ -221,6 +222,13 @@ def export_spec(a) -> ExportSpec:
     if a.plugins and precision.kind == "int8":
         raise SmplerError("--plugins with --precision int8: the int8 graph is calibrated with ONNX Runtime, which "
                           "cannot run plugin nodes; use fp32/fp16 with --plugins")
+    from .fidelity import gate_limits
+
+    max_error = getattr(a, "max_error_mm", None)
+    if max_error is not None and (a.no_fidelity or a.plugins):
+        skip = "--no-fidelity" if a.no_fidelity else "--plugins"
+        raise SmplerError(f"--max-error-mm: the gate needs the fidelity check, which {skip} skips (drop one of them)")
+    limits = None if a.onnx or a.no_fidelity or a.plugins else gate_limits(max_error, precision)
     opts = EngineOptions(timing_cache=Path(a.timing_cache) if a.timing_cache else None,
                          builder_optimization_level=a.builder_optimization_level, mem_pool_size=a.mem_pool_size,
                          version_compatible=a.version_compatible,
@@ -243,4 +251,4 @@ def export_spec(a) -> ExportSpec:
     return ExportSpec(format=a.format, precision=precision, output=out, onnx=onnx_path, onnx_given=bool(a.onnx),
                       batch=batch, plugins=bool(a.plugins), variant=variant, checkpoint=a.checkpoint,
                       smpl_model=a.smpl_model, h36m_regressor=a.h36m_regressor, calib=a.calib,
-                      fidelity=not a.no_fidelity, force=a.force, engine=opts)
+                      fidelity=not a.no_fidelity, max_error_mm=limits, force=a.force, engine=opts)

@@ -304,3 +304,37 @@ def test_demo_threads_zero(tmp_path, capsys):
 
     assert demo(["photo.png", "--threads", "0", "--out", str(tmp_path / "o.png")]) == 2
     assert capsys.readouterr().err == "error: --threads 0: expected a positive integer\n"
+
+
+# ---------------------------------------------------------------- issue 10: the fidelity gate (--max-error-mm)
+
+
+@pytest.mark.parametrize("argv,names", [
+    (["--max-error-mm", "5"], ["--max-error-mm 5", "MEAN,MAX"]),
+    (["--max-error-mm", "a,b"], ["--max-error-mm a,b", "MEAN,MAX"]),
+    (["--max-error-mm", "10,5"], ["--max-error-mm 10,5", "0 < MEAN <= MAX"]),
+    (["--max-error-mm", "nan,5"], ["--max-error-mm nan,5", "finite"]),
+    (["--max-error-mm", "0,5"], ["--max-error-mm 0,5", "0 < MEAN <= MAX"]),
+    (["--max-error-mm", "1,2", "--no-fidelity"], ["--max-error-mm", "--no-fidelity"]),
+    (["--max-error-mm", "1,2", "--plugins"], ["--max-error-mm", "--plugins"]),
+])  # fmt: skip
+def test_max_error_flag_refused_before_work(tmp_path, capsys, no_work, argv, names):
+    run_fail(capsys, tmp_path, argv + ["-o", str(tmp_path / "m.onnx")], *names)
+
+
+def test_max_error_flag_refused_with_onnx(tmp_path, capsys, no_work):
+    """--onnx graphs are not re-measured: a gate would silently check nothing."""
+    pytest.importorskip("tensorrt_rtx")
+    g = tmp_path / "g.onnx"
+    g.write_bytes(b"")  # never read: the flag is refused first
+    run_fail(capsys, tmp_path, ["--format", "engine", "--onnx", str(g), "--max-error-mm", "1,2",
+                                "-o", str(tmp_path / "m.engine")], "--max-error-mm")
+
+
+def test_fidelity_gate_failure_keeps_nothing(tmp_path, capsys):
+    """A real fp32 export measured against an impossible limit: exit 2, one line with measured vs limit, no files."""
+    out = tmp_path / "smpler.onnx"
+    line = run_fail(capsys, tmp_path, ["--precision", "fp32", "--max-error-mm", "0.00001,0.00001", "-o", str(out)],
+                    out, "--max-error-mm", "exceeds the limit 1e-05 / 1e-05 mm")
+    assert "vertex error mean" in line and "nothing written" in line
+    assert listing(tmp_path) == []

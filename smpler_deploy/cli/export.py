@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fp32 layers may use TF32 tensor cores (default, as trtexec; --no-tf32 = trtexec --noTF32)")
     add_kernel_dir_argument(p)  # --trt tensorrt builds run the plugins' kernels while timing
     p.add_argument("--no-fidelity", action="store_true", help="skip the ONNX Runtime fidelity check")
+    p.add_argument("--max-error-mm", metavar="MEAN,MAX",
+                   help="fail the export (keeping nothing) when the vertex error vs PyTorch fp32 exceeds these mm "
+                        "(default for int8: 15,75; none for fp32/fp16; 'none' disables)")
     p.add_argument("--force", action="store_true", help="overwrite existing output")
     from ..serve.export_triton import add_flags
 
@@ -114,11 +117,15 @@ def _export(spec, model, calib_images) -> None:
     if spec.plugins:
         print("  fidelity: skipped (plugin nodes run only in TensorRT; export without --plugins to check in ORT)")
     elif spec.fidelity:
-        from ..fidelity import format_fidelity_table, write_fidelity_json
+        from ..errors import SmplerError
+        from ..fidelity import check_gate, format_fidelity_table, write_fidelity_json
 
         say("measuring fidelity in ONNX Runtime against PyTorch fp32 ...")
         fid = measure_fidelity(model, onnx_path)
         print(format_fidelity_table(fid, f"fidelity of {onnx_path.name} vs PyTorch fp32 (mm / deg)"))
+        over = check_gate(fid, spec.max_error_mm)
+        if over:  # raised inside the output transaction: nothing this command wrote is kept
+            raise SmplerError(f"{onnx_path}: fidelity gate (--max-error-mm) failed: {over}; nothing written")
         fpath = write_fidelity_json(fid, fidelity_path(onnx_path))
         print(f"  fidelity written to {fpath}")
 
