@@ -203,3 +203,19 @@ def test_run_skips_frames_with_nonfinite_outputs(sqrt_onnx):
     warn = [m for m in logs if m.startswith("warning:")]
     assert len(warn) == 2 and "frame 1 (f1.png)" in warn[0] and "model output joints" in warn[0]
     assert "frame 3 (f3.png)" in warn[1]
+
+
+def test_run_boxes_nonfinite(tmp_path):
+    from smpler_deploy.pipeline.crops import person_crops
+    from smpler_deploy.pipeline.detect import read_boxes
+
+    (tmp_path / "b.json").write_text('[{"frame": 0, "bbox": [1, 2, 30, 40]}, {"frame": 1, "bbox": [NaN, 2, 30, 40]}]')
+    (tmp_path / "b.csv").write_text("frame,x,y,w,h\n0,1,2,30,40\n3,1,2,inf,40\n")
+    for f, frame in (("b.json", 1), ("b.csv", 3)):
+        with pytest.raises(SmplerError) as e:
+            read_boxes(tmp_path / f)
+        assert one_line(e).startswith(f"--boxes {tmp_path / f}: frame {frame} box ") and "finite" in str(e.value)
+    # a detector's NaN box carries no person: dropped like a degenerate one, the others are cropped
+    crops, transforms, keep = person_crops(np.zeros((60, 80, 3), np.uint8),
+                                           [[1, 2, 30, 40], [np.nan, 2, 30, 40], [1, 2, 30, np.inf]])
+    assert keep.tolist() == [0] and crops.shape == (1, 3, 224, 224) and np.isfinite(crops).all()

@@ -18,7 +18,7 @@ MIN_BOX_PX = 2.0  # boxes thinner than this (after clipping to the frame) carry 
 def person_crops(image: np.ndarray, boxes, margin: float = BOX_MARGIN):
     """uint8 [H,W,3] + boxes [K,4] -> (float32 [K,3,224,224], [CropTransform] * K, kept box indices)."""
     b = np.asarray(boxes, np.float64).reshape(-1, 4)
-    keep = np.flatnonzero((b[:, 2] >= MIN_BOX_PX) & (b[:, 3] >= MIN_BOX_PX))
+    keep = np.flatnonzero(np.isfinite(b).all(1) & (b[:, 2] >= MIN_BOX_PX) & (b[:, 3] >= MIN_BOX_PX))  # NaN: no box
     transforms: list[CropTransform] = [box_transform(image.shape[:2], b[k], margin) for k in keep]
     if not transforms:
         return np.zeros((0, 3, CROP_SIZE, CROP_SIZE), np.float32), [], keep

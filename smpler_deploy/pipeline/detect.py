@@ -327,9 +327,9 @@ def read_boxes(path) -> dict[int, Detections]:
         raise SmplerError(f"--boxes {path}: cannot read boxes ({e}); expected {BOXES_FORMAT}")
     out: dict[int, list] = {}
     for frame, x, y, w, h, track, score in rows:
-        if w <= 0 or h <= 0 or frame < 0:
-            raise SmplerError(f"--boxes {path}: frame {frame} box {x:g},{y:g},{w:g},{h:g}: need frame >= 0 and "
-                              "positive width and height")
+        if not np.isfinite([x, y, w, h, score]).all() or w <= 0 or h <= 0 or frame < 0:
+            raise SmplerError(f"--boxes {path}: frame {frame} box {x:g},{y:g},{w:g},{h:g}: need frame >= 0, "
+                              "finite numbers and positive width and height")
         out.setdefault(frame, []).append((x, y, w, h, -1 if track is None else int(track), score))
     dets = {}
     for frame, rs in out.items():
