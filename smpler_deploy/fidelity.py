@@ -167,4 +167,4 @@ def calibration_warning(n_images: int, builtin: bool = False) -> str | None:
         return None
     what = f"the built-in set ({n_images} crops of sample photos, no people)" if builtin else f"{n_images} images"
     return (f"warning: int8 calibration on {what}; ranges from fewer than {LOW_CALIBRATION} images may not cover "
-            f"your inputs: pass --calib DIR with a few hundred person crops")
+            f"your inputs: pass --calib DIR with a few hundred person crops (smpler-run --save-crops DIR writes them)")

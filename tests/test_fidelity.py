@@ -102,5 +102,5 @@ def test_calibration_warning_below_100_images():
 
     assert calibration_warning(100) is None and calibration_warning(512) is None
     w = calibration_warning(16, builtin=True)
-    assert "built-in" in w and "16" in w and "--calib" in w and "\n" not in w
+    assert "built-in" in w and "16" in w and "--calib" in w and "--save-crops" in w and "\n" not in w
     assert "99 images" in calibration_warning(99)
