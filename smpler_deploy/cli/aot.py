@@ -9,14 +9,19 @@ import time
 from .common import ArgumentParser, cli_main
 
 
-@cli_main
-def main(argv: list[str] | None = None) -> int:
+def _aot():
     if "triton" not in sys.modules:
         # Triton fixes interpreter vs compiler when first imported (see plugins/kernels.py); AOT needs the
         # compiler. If triton is already loaded in interpreter mode, aot.build moves to a child process.
         os.environ["TRITON_INTERPRET"] = "0"
     from ..plugins import aot
-    from ..plugins.kernel_store import ENV, resolve_kernel_dir
+
+    return aot
+
+
+def build_parser() -> ArgumentParser:
+    aot = _aot()
+    from ..plugins.kernel_store import ENV
 
     p = ArgumentParser(prog="smpler-aot", description=__doc__)
     p.add_argument("--sm", action="append", metavar="N",
@@ -27,7 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--output", metavar="DIR", help=f"output directory (default: ${ENV}, else "
                    f"~/.cache/smpler_deploy/kernels-triton<pin>: where the plugins look unless given --kernel-dir)")
     p.add_argument("-q", "--quiet", action="store_true")
-    a = p.parse_args(argv)
+    return p
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    aot = _aot()
+    from ..plugins.kernel_store import ENV, resolve_kernel_dir
+
+    a = build_parser().parse_args(argv)
     sms = aot.parse_sms(a.sm)
     out = resolve_kernel_dir(a.output)  # the same rule the runtime uses, so the default is where it looks
     t0 = time.perf_counter()
