@@ -317,6 +317,7 @@ def test_demo_threads_zero(tmp_path, capsys):
     (["--max-error-mm", "0,5"], ["--max-error-mm 0,5", "0 < MEAN <= MAX"]),
     (["--max-error-mm", "1,2", "--no-fidelity"], ["--max-error-mm", "--no-fidelity"]),
     (["--max-error-mm", "1,2", "--plugins"], ["--max-error-mm", "--plugins"]),
+    (["--max-error-mm", "1,2", "--format", "triton"], ["--max-error-mm", "--format triton"]),
 ])  # fmt: skip
 def test_max_error_flag_refused_before_work(tmp_path, capsys, no_work, argv, names):
     run_fail(capsys, tmp_path, argv + ["-o", str(tmp_path / "m.onnx")], *names)

@@ -52,6 +52,8 @@ def export_triton(a, say, load_model) -> int:
     if a.plugins:
         raise SmplerError("--plugins with --format triton: plugin graphs and engines need smpler-deploy's Python "
                           "TensorRT plugins inside Triton's process; export without --plugins")
+    if getattr(a, "max_error_mm", None) is not None:  # no fidelity is measured here: a gate would check nothing
+        raise SmplerError("--max-error-mm: applies to --format onnx/engine (--format triton measures no fidelity)")
     if (a.onnx or a.engine) and _given(a, EXPORT_ONLY):
         raise SmplerError(f"{_given(a, EXPORT_ONLY)[0]}: applies when exporting; --onnx/--engine are already built")
     if a.instances is not None and a.instances < 1:
