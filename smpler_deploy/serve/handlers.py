@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import SmplerError
 from ..outputs import CROP_SIZE, OUTPUT_NAMES
+from ..runtime.base import NonFiniteError
 from ..preprocess import CropTransform, box_transform, crop, norm_to_crop_px, normalize
 
 
@@ -55,12 +56,21 @@ def infer_batch(session, requests: list[np.ndarray]) -> list[dict | SmplerError]
             results.append({})
         except SmplerError as e:
             results.append(e)
-    if good:
+    while good:
         batch = np.concatenate([x for _, x in good]) if len(good) > 1 else good[0][1]
-        out = session.infer(batch).numpy()
+        try:
+            out = session.infer(batch).numpy()
+        except NonFiniteError as e:  # NaN/Inf outputs: only the requests they belong to fail; the rest run again
+            starts = np.cumsum([0] + [len(x) for _, x in good])
+            hit = {int(np.searchsorted(starts, j, side="right")) - 1 for j in e.indices}
+            for k in hit:
+                results[good[k][0]] = SmplerError(f"the model gave NaN/Inf in output {e.output} for this request")
+            good = [g for k, g in enumerate(good) if k not in hit]
+            continue
         start = 0
         for i, x in good:
             n = len(x)
             results[i] = {name: np.ascontiguousarray(getattr(out, name)[start:start + n]) for name in OUTPUT_NAMES}
             start += n
+        break
     return results
