@@ -332,6 +332,7 @@ def test_max_error_flag_refused_with_onnx(tmp_path, capsys, no_work):
                                 "-o", str(tmp_path / "m.engine")], "--max-error-mm")
 
 
+@pytest.mark.slow  # a real export + fidelity run: ~20 s on 2 idle cores, 60 s under load
 def test_fidelity_gate_failure_keeps_nothing(tmp_path, capsys):
     """A real fp32 export measured against an impossible limit: exit 2, one line with measured vs limit, no files."""
     out = tmp_path / "smpler.onnx"
