@@ -321,7 +321,7 @@ def _ensure_onnx(cfg: BenchConfig, precision: str) -> Path:
         p = Precision.parse(precision)
         E.export_onnx(path, precision=p.kind, target=p.target or "trt", variant=cfg.variant,
                       checkpoint=cfg.session_kw.get("checkpoint"), smpl_model=cfg.session_kw.get("smpl_model"),
-                      batch=(1, max(cfg.batches), max(8, *cfg.batches)))
+                      batch=(1, max(cfg.batches), max(8, *cfg.batches)), progress=cfg.progress)
     cfg.onnx[precision] = path
     return path
 

@@ -123,7 +123,7 @@ def measure_fidelity(smpler, onnx_path, images=None) -> dict:
 
 def export_onnx(path, *, precision: str = "fp32", variant: str = "smpler", checkpoint=None, smpl_model=None,
                 h36m_regressor=None, model=None, target: str = "trt", calib=None, calib_images=None,
-                plugins: bool = False, batch=(1, 1, 8), log=None) -> dict:
+                plugins: bool = False, batch=(1, 1, 8), log=None, progress: bool = True) -> dict:
     """Write the ONNX graph of one precision; int8 is calibrated on `calib` (a directory; or `calib_images`,
     already loaded) or the built-in set.
 
@@ -179,7 +179,7 @@ def export_onnx(path, *, precision: str = "fp32", variant: str = "smpler", check
         log(f"calibrating int8 (--target {target}) on {source} ...")
         from tqdm import tqdm
 
-        bar = tqdm(total=len(calib_images), desc="calibration", unit="img", leave=False)
+        bar = tqdm(total=len(calib_images), desc="calibration", unit="img", leave=False, disable=not progress)
 
         def progress(i, n):
             bar.n = i
