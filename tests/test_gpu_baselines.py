@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from smpler_deploy.errors import SmplerError
+from smpler_deploy.spec import Precision
 from smpler_deploy.runtime.torch_plan import FP32_PARTS, GraphCache, parse_device, plan_torch
 
 HAVE_CUDA = torch.cuda.is_available()
@@ -125,7 +126,7 @@ def test_provider_options():
     assert provider_list("cpu") == ["CPUExecutionProvider"]
     assert provider_list("cuda", device_id=1, stream=1234) == [
         ("CUDAExecutionProvider", {"device_id": "1", "user_compute_stream": "1234"}), "CPUExecutionProvider"]
-    trt = provider_list("trt", precision="int8", qdq=True, batches=[8, 1, 4], cache_dir="/c")
+    trt = provider_list("trt", precision=Precision.parse("int8"), qdq=True, batches=[8, 1, 4], cache_dir="/c")
     assert [p if isinstance(p, str) else p[0] for p in trt] == [
         "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     opts = trt[0][1]
@@ -138,7 +139,7 @@ def test_provider_options():
 
 
 @pytest.mark.parametrize("kw, msg", [
-    ({"provider": "tensorrt", "precision": "int8-cpu", "cache_dir": "/c"}, "int8-cpu graph uses ONNX Runtime's"),
+    ({"provider": "tensorrt", "precision": Precision.parse("int8-cpu"), "cache_dir": "/c"}, "int8-cpu graph uses ONNX Runtime's"),
     ({"provider": "tensorrt"}, "needs an engine cache directory"),
     ({"provider": "cuda", "trt_fp16": True}, "--trt-fp16: applies to --provider tensorrt"),
     ({"provider": "rocm"}, "--provider rocm: expected one of cpu, cuda, tensorrt"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import SmplerError
+from ..spec import Precision
 from ..outputs import CROP_SIZE, INPUT_NAME
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -50,12 +51,12 @@ def trt_profile_shapes(batches) -> dict[str, str]:
             "trt_profile_max_shapes": shape(bs[-1])}
 
 
-def provider_list(provider: str, *, precision: str = "fp32", qdq: bool = False, batches=(1,),
+def provider_list(provider: str, *, precision: "Precision | None" = None, qdq: bool = False, batches=(1,),
                   cache_dir: str | Path | None = None, trt_fp16: bool = False, device_id: int = 0,
                   stream: int | None = None) -> list:
     """The `providers=` argument of `ort.InferenceSession` for a request.
 
-    precision: the graph's report precision (int8-cpu is refused by TensorRT: non-zero zero points).
+    precision: the graph's `spec.Precision` (None: unknown); TensorRT refuses the int8 cpu layout's zero points.
     stream: a CUDA stream handle for ORT to run on, so the caller can bracket the work with CUDA events.
     """
     provider = parse_provider(provider)
@@ -68,7 +69,7 @@ def provider_list(provider: str, *, precision: str = "fp32", qdq: bool = False, 
         cuda["user_compute_stream"] = str(int(stream))
     if provider == "cuda":
         return [(PROVIDERS["cuda"], cuda), PROVIDERS["cpu"]]
-    if precision == "int8-cpu":
+    if precision is not None and not precision.buildable:
         raise SmplerError("--provider tensorrt: the int8-cpu graph uses ONNX Runtime's layout (non-zero zero points "
                           "TensorRT refuses); run the int8 graph exported with --target trt")
     if cache_dir is None:

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..errors import SmplerError
 from ..outputs import CROP_SIZE, INPUT_NAME, OUTPUT_NAMES, SMPLOutput
+from ..spec import KINDS, Precision
 from .base import check_images, check_outputs
 
 from .ort_providers import PROVIDERS  # noqa: F401  (re-exported)
@@ -95,9 +96,13 @@ class OnnxRuntimeSession:
         assert_no_plugins(header, where=path)
         traits = graph_traits(header)
         meta = traits["meta"]
-        int8_cpu = meta.get("precision") == "int8" and meta.get("int8_target") == "cpu"  # TensorRT refuses it
+        # report spelling: "int8-cpu" is ONNX Runtime's int8 layout, "int8" TensorRT's; a graph without smpler
+        # metadata runs as fp32
+        prec = meta.get("precision", "fp32")
+        precision = (Precision.from_metadata({"precision": "fp32", **meta}, f"--onnx {path}")
+                     if prec in KINDS else None)
         self.timer = _EventTimer.maybe(device_id) if provider != "cpu" else None
-        providers = provider_list(provider, precision="int8-cpu" if int8_cpu else "graph", qdq=traits["qdq"],
+        providers = provider_list(provider, precision=precision, qdq=traits["qdq"],
                                   batches=batches,
                                   cache_dir=trt_cache, trt_fp16=trt_fp16, device_id=device_id,
                                   stream=self.timer.handle if self.timer else None)
@@ -124,12 +129,7 @@ class OnnxRuntimeSession:
             raise SmplerError(f"--provider {provider}: onnxruntime could not start {PROVIDERS[provider]} and fell "
                               f"back to {', '.join(used)} (CUDA/cuDNN/TensorRT libraries not loadable?)")
         check_graph_io(path, self.sess.get_inputs(), self.sess.get_outputs())
-        from ..spec import Precision
-
-        # report spelling: "int8-cpu" is ONNX Runtime's int8 layout, "int8" TensorRT's
-        prec = meta.get("precision", "fp32")  # a graph without smpler metadata runs as fp32
-        self.precision = (Precision.from_metadata({"precision": "fp32", **meta}, f"--onnx {path}").name
-                          if prec in ("fp32", "fp16", "int8") else prec)
+        self.precision = precision.name if precision else prec
         self.path = path
         self.provider = provider
         self.device_id = device_id
