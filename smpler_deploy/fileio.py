@@ -42,15 +42,9 @@ _claims: dict[str, "_Claim"] = {}  # destination key -> claim held by some threa
 def check_output_path(path: str | os.PathLike, force: bool = False, flag: str = "-o") -> Path:
     """Validate an output file path before any work; one-line SmplerError naming `flag` and the path."""
     p = Path(path)
-    parent = p.parent
     if p.is_dir():
         raise SmplerError(f"{flag} {p}: is a directory; expected a file name")
-    if not parent.exists():
-        raise SmplerError(f"{flag} {p}: directory {parent} does not exist")
-    if not parent.is_dir():
-        raise SmplerError(f"{flag} {p}: {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise SmplerError(f"{flag} {p}: directory {parent} is not writable")
+    _check_writable_dir(p.parent, p, flag)
     if (p.exists() or p.is_symlink()) and not force:
         raise SmplerError(f"{flag} {p}: file exists (pass --force to overwrite)")
     return p
@@ -61,14 +55,18 @@ def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise SmplerError(f"{flag} {p}: exists and is not a directory")
-    target = p if p.exists() else p.parent
-    if not target.exists():
-        raise SmplerError(f"{flag} {p}: directory {target} does not exist")
-    if not target.is_dir():
-        raise SmplerError(f"{flag} {p}: {target} is not a directory")
-    if not os.access(target, os.W_OK | os.X_OK):
-        raise SmplerError(f"{flag} {p}: directory {target} is not writable")
+    _check_writable_dir(p if p.exists() else p.parent, p, flag)
     return p
+
+
+def _check_writable_dir(d: Path, p: Path, flag: str) -> None:
+    """The directory `p` will be written in exists, is a directory, and this process may create files there."""
+    if not d.exists():
+        raise SmplerError(f"{flag} {p}: directory {d} does not exist")
+    if not d.is_dir():
+        raise SmplerError(f"{flag} {p}: {d} is not a directory")
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise SmplerError(f"{flag} {p}: directory {d} is not writable")
 
 
 # ---------------------------------------------------------------- claims (exclusive, per destination)
