@@ -284,7 +284,7 @@ def _finish(g: Prepared, out, cfg, tracker, smoother, body, times) -> tuple[list
     else:
         ids = None
     people = [] if out is None else people_params(out, g.transforms, g.dets, g.keep, frame, frame.image.shape[:2],
-                                                  cfg.focal_length, track_ids=ids, keep_vertices=True)
+                                                  cfg.focal_length, track_ids=ids, keep_vertices=cfg.keep_vertices)
     meshes = []
     for i, p in enumerate(people):
         verts, j2d = out.vertices[i], out.smpl_joints2d[i]
@@ -294,11 +294,10 @@ def _finish(g: Prepared, out, cfg, tracker, smoother, body, times) -> tuple[list
             verts, j2d = body(rot, betas, cam)
             p.rotmat, p.betas, p.transl, p.cam = rot, betas, transl, cam
             p.joints2d = to_pixels(j2d, g.transforms[i])
-            p.vertices = verts
+            if cfg.keep_vertices:
+                p.vertices = verts
         meshes.append({"vertices": verts, "cam": p.cam, "transform": g.transforms[i], "depth": p.transl[2],
                        "joints2d": j2d if cfg.draw_joints else None, "box": p.box,
                        "text": f"#{p.track_id}" if p.track_id >= 0 else None})
-        if not cfg.keep_vertices:
-            p.vertices = None
     times.add("track+params", time.perf_counter() - t0)
     return people, meshes
