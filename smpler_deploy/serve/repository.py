@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SmplerError
-from ..fileio import _reclaim_stale, check_output_dir
+from ..fileio import _reclaim_stale, _umask, check_output_dir
 from ..outputs import CROP_SIZE, INPUT_NAME, OUTPUT_NAMES
 from .model_config import config_text, parse_config, tensor
 
@@ -80,7 +80,7 @@ def onnx_graph(path: Path, flag: str = "--onnx") -> tuple[Graph, list[str]]:
     return _graph(io(m.graph.input), io(m.graph.output), f"{flag} {path}"), external
 
 
-def engine_graph(engine: Path, manifest: dict, max_batch_wanted: int | None = None) -> tuple[Graph, tuple[int, int, int]]:
+def engine_graph(engine: Path, manifest: dict) -> tuple[Graph, tuple[int, int, int]]:
     """SMPLer's I/O and the (min, opt, max) batch of an engine, from its manifest."""
     where = f"--engine {engine}"
     if manifest.get("plugins"):
@@ -224,9 +224,7 @@ def write_repository(out, *, onnx=None, engine=None, opts: RepoOptions | None = 
     _reclaim_stale(out)  # stage directories of killed runs (their pid is gone), as fileio does for files
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".stage", dir=out.parent))
     try:
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(stage, 0o777 & ~mask)  # mkdtemp makes 0700; a repository is an ordinary shared directory
+        os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700; a repository is an ordinary shared directory
         for name, cfg in cfgs.items():
             vdir = stage / name / "1"
             vdir.mkdir(parents=True)
