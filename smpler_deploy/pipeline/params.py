@@ -111,11 +111,12 @@ class PersonParams:
         }
 
 
-def people_params(out, transforms, dets, keep, frame, image_hw, focal=None, principal_point=None,
-                  track_ids=None, keep_vertices: bool = False) -> list[PersonParams]:
+def people_params(out, transforms, dets, keep, frame, focal=None, principal_point=None, track_ids=None,
+                  keep_vertices: bool = False) -> list[PersonParams]:
     """One frame's session output (K people) -> K `PersonParams`."""
     from ..render import to_pixels
 
+    image_hw = frame.image.shape[:2]
     f = default_focal(image_hw) if focal is None else float(focal)
     pp = default_principal_point(image_hw) if principal_point is None else np.asarray(principal_point, np.float64)
     people = []

@@ -283,8 +283,8 @@ def _finish(g: Prepared, out, cfg, tracker, smoother, body, times) -> tuple[list
         ids = tracker.update(boxes)
     else:
         ids = None
-    people = [] if out is None else people_params(out, g.transforms, g.dets, g.keep, frame, frame.image.shape[:2],
-                                                  cfg.focal_length, track_ids=ids, keep_vertices=cfg.keep_vertices)
+    people = [] if out is None else people_params(out, g.transforms, g.dets, g.keep, frame, cfg.focal_length,
+                                                  track_ids=ids, keep_vertices=cfg.keep_vertices)
     meshes = []
     for i, p in enumerate(people):
         verts, j2d = out.vertices[i], out.smpl_joints2d[i]
