@@ -11,6 +11,7 @@ data wrongly (zeros or nothing) without an error. DLPack works with either numpy
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -44,6 +45,7 @@ def as_numpy(t) -> np.ndarray:
 _USED = b"used_dltensor"  # module-level: the capsule keeps a pointer to this name
 
 
+@functools.cache  # argtypes set once, not per output tensor
 def _capsule_api():
     import ctypes
 
