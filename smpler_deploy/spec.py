@@ -241,10 +241,10 @@ def export_spec(a) -> ExportSpec:
                               "build engines from --precision int8 --target trt")
         from .engine import builder as B
 
-        opts.flavour = B.import_trt(a.trt)[1]  # fail fast, before minutes of export, if no flavour is installed
+        trt, opts.flavour = B.import_trt(a.trt)  # fail fast, before minutes of export, if no flavour is installed
         B.check_engine_options(opts)
         if opts.flavour == "tensorrt-rtx":
-            opts.sms = parse_sms(a.sm, B.valid_sms(B.import_trt(opts.flavour)[0])) or list(B.DEFAULT_SMS)
+            opts.sms = parse_sms(a.sm, B.valid_sms(trt)) or list(B.DEFAULT_SMS)
         elif a.sm:
             raise SmplerError("--sm applies to --trt tensorrt-rtx only; --trt tensorrt builds for the local GPU")
     onnx_path = Path(a.onnx) if a.onnx else (out if a.format == "onnx" else out.with_suffix(".onnx"))
