@@ -79,9 +79,8 @@ def main(argv=None) -> int:
     # Every output is claimed now (a concurrent writer of the same names fails here, before any work) and kept
     # only if the whole command succeeds: on an error or Ctrl-C nothing it wrote stays.
     with outputs(*spec.output_files(), force=spec.force):
-        model = None if spec.onnx_given else _load_model(spec)
         if not spec.onnx_given:
-            _export(spec, model, calib_images)
+            _export(spec, _load_model(spec), calib_images)
         if spec.format == "engine":
             _build(spec)
     say(f"done in {time.perf_counter() - t0:.1f} s")
