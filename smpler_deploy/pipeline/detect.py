@@ -137,10 +137,10 @@ class _OrtRunner:
     def __init__(self, path: Path, threads: int | None, provider: str):
         import onnxruntime as ort
 
-        from ..runtime.ort_session import PROVIDERS
+        from ..runtime.ort_providers import PROVIDERS, check_available, parse_provider
 
-        if provider not in PROVIDERS or PROVIDERS[provider] not in ort.get_available_providers():
-            raise SmplerError(f"--provider {provider}: not available in this onnxruntime")
+        provider = parse_provider(provider)
+        check_available(provider, ort.get_available_providers())
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads, so.inter_op_num_threads = int(threads), 1
