@@ -68,12 +68,18 @@ def engine_batch_range(manifest: dict) -> tuple[int, int]:
     return int(prof["min"][0]), int(prof["max"][0])
 
 
-def artifact_precision(path, flag: str) -> str:
-    """The report spelling of the precision a graph (--onnx) or engine (--engine) carries."""
+def _precision_variant(path, flag: str) -> tuple[str, str]:
+    """(report spelling of the precision, variant) a graph (--onnx) or engine (--engine) carries."""
     if flag == "--engine":
         m = engine_info(path, flag)
-        return Precision.from_metadata({"precision": m.get("precision")}, f"{flag} {path}").name
-    return onnx_info(path, flag).precision.name
+        return Precision.from_metadata({"precision": m.get("precision")}, f"{flag} {path}").name, m["variant"]
+    info = onnx_info(path, flag)
+    return info.precision.name, info.variant
+
+
+def artifact_precision(path, flag: str) -> str:
+    """The report spelling of the precision a graph (--onnx) or engine (--engine) carries."""
+    return _precision_variant(path, flag)[0]
 
 
 def check_bench_artifacts(onnx: dict, engines: dict, variant: str) -> None:
@@ -81,13 +87,7 @@ def check_bench_artifacts(onnx: dict, engines: dict, variant: str) -> None:
     of the cell's precision and of the benchmarked variant."""
     for flag, files in (("--onnx", onnx), ("--engine", engines)):
         for prec, path in files.items():
-            if flag == "--onnx":
-                info = onnx_info(path, flag)
-                got, got_variant = info.precision.name, info.variant
-            else:
-                m = engine_info(path, flag)
-                got = Precision.from_metadata({"precision": m.get("precision")}, f"{flag} {path}").name
-                got_variant = m["variant"]
+            got, got_variant = _precision_variant(path, flag)
             if got != prec:
                 raise SmplerError(f"{flag} {prec}={path}: the file carries precision {got}; pass it as {got}={path}")
             if got_variant != variant:
