@@ -139,25 +139,22 @@ def model_configs(graph: Graph, opts: RepoOptions, engine_batch: tuple[int, int,
     default_pref = (engine_batch[1], engine_batch[2]) if engine_batch else (opts.max_batch,)
     pref = opts.preferred or default_pref
     cfgs: dict[str, dict] = {}
+
+    def batched(name, mb, kind, **fields):  # an inference model: the graph's I/O, dynamic batching, instances
+        cfgs[name] = {"name": name, **fields, "max_batch_size": mb, **io,
+                      "dynamic_batching": _batching(pref, mb, opts.queue_delay_us),
+                      "instance_group": [{"kind": kind, "count": opts.instances}]}
+
     if engine_batch:
-        mb = engine_batch[2]
-        cfgs["smpler_trt"] = {"name": "smpler_trt", "platform": "tensorrt_plan", "max_batch_size": mb, **io,
-                              "dynamic_batching": _batching(pref, mb, opts.queue_delay_us),
-                              "instance_group": [{"kind": "KIND_GPU", "count": opts.instances}]}
+        batched("smpler_trt", engine_batch[2], "KIND_GPU", platform="tensorrt_plan")
     if onnx_present:
         mb = opts.max_batch
-        kind = "KIND_GPU" if opts.onnx_device == "gpu" else "KIND_CPU"
-        cfgs["smpler_onnx"] = {"name": "smpler_onnx", "backend": "onnxruntime", "platform": "onnxruntime_onnx",
-                               "max_batch_size": mb, **io,
-                               "dynamic_batching": _batching(pref, mb, opts.queue_delay_us),
-                               "instance_group": [{"kind": kind, "count": opts.instances}]}
+        batched("smpler_onnx", mb, "KIND_GPU" if opts.onnx_device == "gpu" else "KIND_CPU",
+                backend="onnxruntime", platform="onnxruntime_onnx")
         if ensemble == "python":
-            cfgs["smpler_python"] = {
-                "name": "smpler_python", "backend": "python", "max_batch_size": mb, **io,
-                "dynamic_batching": _batching(pref, mb, opts.queue_delay_us),
-                "instance_group": [{"kind": "KIND_CPU", "count": opts.instances}],
-                "parameters": {"stage": {"string_value": "session"},
-                               "threads": {"string_value": str(opts.session_threads)}}}
+            batched("smpler_python", mb, "KIND_CPU", backend="python",
+                    parameters={"stage": {"string_value": "session"},
+                                "threads": {"string_value": str(opts.session_threads)}})
     infer = INFER_MODELS[ensemble]
     if infer not in cfgs:
         raise SmplerError(f"--ensemble {ensemble}: that model is not in the repository")
