@@ -276,11 +276,10 @@ def _finish(g: Prepared, out, cfg, tracker, smoother, body, times) -> tuple[list
 
     t0 = time.perf_counter()
     frame = g.frame
-    boxes = g.dets.boxes[g.keep] if len(g.keep) else np.zeros((0, 4))
     if g.dets.track_ids is not None:
         ids = g.dets.track_ids[g.keep]
     elif tracker is not None:
-        ids = tracker.update(boxes)
+        ids = tracker.update(g.dets.boxes[g.keep])
     else:
         ids = None
     people = [] if out is None else people_params(out, g.transforms, g.dets, g.keep, frame, cfg.focal_length,
