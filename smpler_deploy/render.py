@@ -160,8 +160,6 @@ def read_ply_counts(path) -> tuple[int, int]:
     return nv, nf
 
 
-
-
 def draw_boxes(image, boxes, texts=None, color=(80, 220, 80)) -> np.ndarray:
     """Person boxes (x, y, w, h image pixels) with optional captions (track ids) over a uint8 RGB image."""
     from PIL import Image, ImageDraw
