@@ -76,6 +76,11 @@ class LaunchPlan:
         return self.grid[0] * self.grid[1] * self.grid[2] == 0  # batch 0: nothing to launch
 
 
+def pointer_count(entry: dict) -> int:
+    """Buffers an index entry's kernel takes (its pointer parameters, less Triton's hidden scratch pointers)."""
+    return sum(1 for a in entry["args"] if a["type"].startswith("*") and a["name"] not in HIDDEN_ARGS)
+
+
 def plan_launch(entry: dict, shapes: list[tuple[int, ...]], pointers: list[int]) -> LaunchPlan:
     """Launch arguments for one AOT variant (an index entry): pure code, no CUDA (unit-testable anywhere).
 
@@ -117,7 +122,7 @@ def plan_launch(entry: dict, shapes: list[tuple[int, ...]], pointers: list[int])
     if any(g > 65535 for g in grid[1:]) or grid[0] >= 2**31:
         bad(f"grid {grid} exceeds CUDA limits")
     specs = entry["args"]
-    n_ptr = sum(1 for a in specs if a["type"].startswith("*") and a["name"] not in HIDDEN_ARGS)
+    n_ptr = pointer_count(entry)
     if len(pointers) != n_ptr:
         raise SmplerError(f"{kernel}: {len(pointers)} buffers given, kernel takes {n_ptr}")
     values = list(pointers) + scalars + [0] * len(HIDDEN_ARGS)

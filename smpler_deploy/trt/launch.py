@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 
 from ..errors import SmplerError
-from ..plugins.abi import HIDDEN_ARGS, KERNEL_ABI, POINTER_ALIGN, LaunchPlan, plan_launch
+from ..plugins.abi import HIDDEN_ARGS, KERNEL_ABI, POINTER_ALIGN, LaunchPlan, plan_launch, pointer_count
 from ..plugins.kernel_store import aot_command, find_entry, load_index, load_order
 
 
@@ -178,7 +178,7 @@ class PreparedLaunch:
 
     def __init__(self, cu, fn: KernelFunction, shapes, what: str = ""):
         self.cu, self.fn, self.shapes, self.what = cu, fn, tuple(tuple(s) for s in shapes), what
-        n_ptr = sum(1 for a in fn.entry["args"] if a["type"].startswith("*") and a["name"] not in HIDDEN_ARGS)
+        n_ptr = pointer_count(fn.entry)
         self.template = plan_launch(fn.entry, list(self.shapes), [0] * n_ptr)  # shapes checked once, here
         self.n_ptr = n_ptr
         self._packed = None  # (pointers, vals, ptrs)
