@@ -248,10 +248,10 @@ def _make_classes(trt):
 
         @_reported
         def enqueue(self, input_desc, output_desc, inputs, outputs, workspace, stream):
-            launch = self._launch
-            if launch is None or launch.shapes != tuple(tuple(d.dims) for d in input_desc):
+            launch, shapes = self._launch, tuple(tuple(d.dims) for d in input_desc)
+            if launch is None or launch.shapes != shapes:
                 dtype = check_types(self.op, self.layer, [_dtype_name(trt, d.type) for d in input_desc])
-                self._resolve(L.cuda_driver(), dtype, tuple(tuple(d.dims) for d in input_desc))
+                self._resolve(L.cuda_driver(), dtype, shapes)
                 launch = self._launch
             launch([*inputs, outputs[0]], stream)
 
