@@ -87,11 +87,16 @@ def normalize_hcl(level: str | None) -> str:
 
 def check_engine_options(opts) -> None:
     """Every engine flag that can be checked without building (spec.EngineOptions), so errors come first."""
-    parse_mem_pool_size(opts.mem_pool_size)
-    lvl = opts.builder_optimization_level
+    _engine_option_values(opts.mem_pool_size, opts.builder_optimization_level, opts.hardware_compatibility_level)
+
+
+def _engine_option_values(mem_pool_size, builder_optimization_level, hardware_compatibility_level):
+    """(memory pools, hardware compatibility level) parsed, or a one-line error naming the flag."""
+    pools = parse_mem_pool_size(mem_pool_size)
+    lvl = builder_optimization_level
     if lvl is not None and not 0 <= int(lvl) <= 5:
         raise SmplerError(f"--builder-optimization-level {lvl}: expected 0..5")
-    normalize_hcl(opts.hardware_compatibility_level)
+    return pools, normalize_hcl(hardware_compatibility_level)
 
 
 def sm_to_major_minor(sm: int) -> tuple[int, int]:
@@ -331,10 +336,7 @@ def build_engine(
     if not onnx_path.is_file():
         raise SmplerError(f"{onnx_path}: ONNX file not found")
     batch = parse_batch(batch)
-    pools = parse_mem_pool_size(mem_pool_size)
-    if builder_optimization_level is not None and not 0 <= int(builder_optimization_level) <= 5:
-        raise SmplerError(f"--builder-optimization-level {builder_optimization_level}: expected 0..5")
-    hcl = normalize_hcl(hardware_compatibility_level)
+    pools, hcl = _engine_option_values(mem_pool_size, builder_optimization_level, hardware_compatibility_level)
 
     trt, flavour = import_trt(flavour)
     title = f"{FLAVOUR_TITLES[flavour]} {trt.__version__}"
