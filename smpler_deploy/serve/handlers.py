@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import SmplerError
 from ..outputs import CROP_SIZE, OUTPUT_NAMES
 from ..runtime.base import NonFiniteError
-from ..preprocess import CropTransform, box_transform, crop, norm_to_crop_px, normalize
+from ..preprocess import CropTransform, crop_person, norm_to_crop_px
 
 
 def crop_one(image: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -25,8 +25,8 @@ def crop_one(image: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray
     box = np.asarray(box, np.float64).reshape(-1)
     if box.shape != (4,) or not np.isfinite(box).all():
         raise SmplerError(f"box: expected four finite numbers x,y,w,h, got {box.tolist()}")
-    t = box_transform(image.shape[:2], box)
-    return normalize(crop(image, t)), np.array([t.cx, t.cy, t.side], np.float32)
+    x, t = crop_person(image, box)  # checked above: already uint8 [H,W,3], so the image passes through as is
+    return x, np.array([t.cx, t.cy, t.side], np.float32)
 
 
 def uncrop_joints(joints2d: np.ndarray, crop_box: np.ndarray) -> np.ndarray:
