@@ -50,8 +50,7 @@ def infer_batched(session, crops_per_frame: list[np.ndarray], max_batch: int) ->
 def session_max_batch(session, requested: int | None) -> int:
     """The batch cap: the user's --batch, bounded by a TensorRT engine's optimization profile when there is one."""
     cap = requested or 8
-    profile = getattr(session, "profile", None)
-    hi = getattr(profile, "max", None) if profile is not None else None
+    hi = getattr(getattr(session, "profile", None), "max", None)
     if hi:
         cap = min(cap, int(hi[0]))
     return max(1, cap)
