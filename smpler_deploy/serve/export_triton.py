@@ -37,8 +37,8 @@ def _given(a, flags: dict) -> list[str]:
 
 def refuse_misplaced(a) -> None:
     """Triton-only flags with another --format are a one-line error."""
-    if a.format != "triton" and _given(a, TRITON_ONLY):
-        raise SmplerError(f"{_given(a, TRITON_ONLY)[0]}: applies to --format triton only")
+    if a.format != "triton" and (given := _given(a, TRITON_ONLY)):
+        raise SmplerError(f"{given[0]}: applies to --format triton only")
 
 
 def export_triton(a, say, load_model) -> int:
@@ -54,8 +54,8 @@ def export_triton(a, say, load_model) -> int:
                           "TensorRT plugins inside Triton's process; export without --plugins")
     if getattr(a, "max_error_mm", None) is not None:  # no fidelity is measured here: a gate would check nothing
         raise SmplerError("--max-error-mm: applies to --format onnx/engine (--format triton measures no fidelity)")
-    if (a.onnx or a.engine) and _given(a, EXPORT_ONLY):
-        raise SmplerError(f"{_given(a, EXPORT_ONLY)[0]}: applies when exporting; --onnx/--engine are already built")
+    if (a.onnx or a.engine) and (given := _given(a, EXPORT_ONLY)):
+        raise SmplerError(f"{given[0]}: applies when exporting; --onnx/--engine are already built")
     if a.instances is not None and a.instances < 1:
         raise SmplerError(f"--instances {a.instances}: expected 1 or more")
     lo, opt, hi = parse_batch(a.batch)
