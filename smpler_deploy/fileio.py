@@ -98,7 +98,7 @@ def _reclaim_stale(p: Path) -> list[Path]:
         names = os.listdir(p.parent)
     except OSError:
         return removed
-    scratch = re.compile(rf"^\.{re.escape(p.name)}\.(\d+)\.[^/]+\.(?:tmp|bak|stage)$")  # see _scratch
+    scratch = re.compile(rf"^\.{re.escape(p.name)}\.(\d+)\.[^/]+\.(?:tmp|bak|stage)$")  # see _scratch, stage_dir
     for n in names:
         m = scratch.match(n)
         if not m:
@@ -315,6 +315,11 @@ def _scratch(final: Path, suffix: str, kind: str) -> Path:
     return Path(tmp)
 
 
+def stage_dir(final: Path) -> Path:
+    """A private staging directory beside `final`, named with our pid so `_reclaim_stale` removes it if we die."""
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".stage", dir=final.parent))
+
+
 def _commit(tmp: Path, final: Path, overwrite: bool) -> None:
     txs = _txs()
     tx = txs[-1] if txs else None
@@ -402,7 +407,7 @@ def save_onnx(model, path: str | os.PathLike, external_data: bool | None = None)
             onnx.save_model(model, str(tmp))
         return final
     data = final.with_name(final.name + ".data")
-    stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".stage", dir=final.parent))
+    stage = stage_dir(final)
     try:
         onnx.save_model(model, str(stage / final.name), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=data.name, size_threshold=1024)

@@ -20,7 +20,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from ..errors import SmplerError
-from ..fileio import atomic_path, outputs, sha256_file, write_bytes_atomic
+from ..fileio import atomic_path, outputs, sha256_file, stage_dir, write_bytes_atomic
 from ..outputs import INPUT_NAME
 from . import layer_summary
 from ..trt.manifest import FLAVOUR_TITLES, SCHEMA, layers_path, manifest_path
@@ -376,10 +376,8 @@ def _build_in_child(onnx_path: Path, engine_path: Path, log, **options) -> dict:
     through the claimed outputs."""
     import shutil
     import subprocess
-    import tempfile
 
-    stage = Path(tempfile.mkdtemp(prefix=f".{engine_path.name}.{os.getpid()}.", suffix=".stage",
-                                  dir=engine_path.parent))
+    stage = stage_dir(engine_path)
     staged = stage / engine_path.name
     job = {"onnx": str(onnx_path), "engine": str(staged), "result": str(stage / "result.json"), **options}
     proc = None
