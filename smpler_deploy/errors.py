@@ -11,3 +11,9 @@ class SmplerError(ValueError):
 
 def fail(message: str) -> "NoReturn":  # noqa: F821 - typing only
     raise SmplerError(message)
+
+
+def one_line(e: BaseException) -> str:
+    """Any exception as one short line, `ClassName: first line of its message` (for reports and skip reasons)."""
+    msg = str(e).strip().splitlines()
+    return f"{e.__class__.__name__}: {msg[0] if msg else ''}"[:300]

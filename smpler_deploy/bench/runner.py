@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SmplerError
+from ..errors import SmplerError, one_line
 from ..fidelity import check_gate, fidelity, gate_limits
 from .report import MODEL_GFLOPS, Cell, Report
 from .stats import latency_stats
@@ -302,11 +302,6 @@ def plan(cfg: BenchConfig, env: BenchEnv | None = None) -> list[_Group]:
     return groups
 
 
-def _one_line(e: BaseException) -> str:
-    msg = str(e).strip().splitlines()
-    return f"{e.__class__.__name__}: {msg[0] if msg else ''}"[:300]
-
-
 def _ensure_onnx(cfg: BenchConfig, precision: str) -> Path:
     """Export the ONNX file a cell needs into the cache dir (once per precision; reused across runs)."""
     if cfg.cache_dir is None:
@@ -409,7 +404,7 @@ def _run_group(cfg, g: _Group, inputs, ref_out, bar, model: dict | None = None) 
         if sess is not None:
             sess.close()
         for c in g.cells:
-            c.status, c.reason = "failed", f"session: {_one_line(e)}"
+            c.status, c.reason = "failed", f"session: {one_line(e)}"
         bar.update(len(g.cells) * (cfg.iters + cfg.warmup))
         return
     try:
@@ -465,6 +460,6 @@ def _run_group(cfg, g: _Group, inputs, ref_out, bar, model: dict | None = None) 
             except SmplerError:
                 raise  # user input problem (e.g. dataset): stop with the one-line message
             except Exception as e:  # noqa: BLE001
-                c.status, c.reason = "failed", _one_line(e)
+                c.status, c.reason = "failed", one_line(e)
     finally:
         sess.close()

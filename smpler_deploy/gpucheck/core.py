@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..errors import SmplerError
+from ..errors import SmplerError, one_line
 
 SCHEMA = "smpler-deploy/gpu-check"
 SCHEMA_VERSION = 1
@@ -75,11 +75,6 @@ class CheckContext:
         return self.deadline - time.monotonic()
 
 
-def _one_line(e: BaseException) -> str:
-    msg = str(e).strip().splitlines()
-    return f"{e.__class__.__name__}: {msg[0] if msg else ''}"[:300]
-
-
 def run_check(steps, ctx: CheckContext) -> list[StepResult]:
     """Run each step (name, function, estimated seconds) in order. A step that would not fit in the time left
     is skipped, saying so; one that raises is failed with the one-line error; the check always goes on."""
@@ -96,7 +91,7 @@ def run_check(steps, ctx: CheckContext) -> list[StepResult]:
         except SmplerError as e:
             r = StepResult(name, "failed", str(e))
         except Exception as e:  # noqa: BLE001 - a broken path is a finding, not the end of the check
-            r = StepResult(name, "failed", _one_line(e))
+            r = StepResult(name, "failed", one_line(e))
         r.name, r.seconds = name, round(time.monotonic() - t0, 2)
         results.append(r)
         ctx.log(f"{name}: {r.status}" + (f" ({r.reason})" if r.reason else ""))

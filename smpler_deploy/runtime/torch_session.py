@@ -12,15 +12,10 @@ import copy
 
 import torch
 
-from ..errors import SmplerError
+from ..errors import SmplerError, one_line
 from ..outputs import SMPLOutput
 from .base import check_images, check_outputs
 from .torch_plan import GraphCache, plan_torch
-
-
-def _one_line(e: BaseException) -> str:
-    msg = str(e).strip().splitlines()
-    return f"{e.__class__.__name__}: {msg[0] if msg else ''}"[:300]
 
 
 class TorchSession:
@@ -76,7 +71,7 @@ class TorchSession:
             with torch.cuda.graph(graph):
                 static_out = self._forward(static_x)
         except Exception as e:  # noqa: BLE001 - not capturable (host sync, unsupported op): eager for good
-            self.graphs.failed(_one_line(e))
+            self.graphs.failed(one_line(e))
             self.info["cuda_graphs_disabled"] = self.graphs.disabled_reason
             torch.cuda.synchronize(self.device)
             return self._forward(x)
