@@ -211,8 +211,7 @@ class BenchEnv:
 
         from ..runtime.torch_plan import cuda_unavailable_reason
 
-        gpu = gpu_available()
-        return cls(cuda_unavailable_reason() if device == "cuda" else (None if gpu else "no CUDA GPU"),
+        return cls(cuda_unavailable_reason() if device == "cuda" else (None if gpu_available() else "no CUDA GPU"),
                    list(ort.get_available_providers()), tensorrt_importable())
 
 
