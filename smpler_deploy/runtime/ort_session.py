@@ -11,8 +11,7 @@ from ..errors import SmplerError
 from ..outputs import CROP_SIZE, INPUT_NAME, OUTPUT_NAMES, SMPLOutput
 from ..spec import KINDS, Precision
 from .base import check_images, check_outputs
-
-from .ort_providers import PROVIDERS  # noqa: F401  (re-exported)
+from .ort_providers import PROVIDERS, check_available, parse_provider, provider_list
 
 
 def graph_traits(model) -> dict:
@@ -79,8 +78,6 @@ class OnnxRuntimeSession:
                  trt_fp16: bool = False, device_id: int = 0):
         import onnx
         import onnxruntime as ort
-
-        from .ort_providers import PROVIDERS, check_available, parse_provider, provider_list
 
         provider = parse_provider(provider)
         check_available(provider, ort.get_available_providers())  # before reading the graph: fails fast
