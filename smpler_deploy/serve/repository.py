@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SmplerError
-from ..fileio import _reclaim_stale, _umask, check_output_dir
+from ..fileio import _reclaim_stale, _umask, check_output_dir, stage_dir
 from ..outputs import CROP_SIZE, INPUT_NAME, OUTPUT_NAMES
 from .model_config import config_text, parse_config, tensor
 
@@ -219,7 +218,7 @@ def write_repository(out, *, onnx=None, engine=None, opts: RepoOptions | None = 
     cfgs = model_configs(graph, opts, engine_batch, onnx_present=onnx is not None)
 
     _reclaim_stale(out)  # stage directories of killed runs (their pid is gone), as fileio does for files
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".stage", dir=out.parent))
+    stage = stage_dir(out)
     try:
         os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700; a repository is an ordinary shared directory
         for name, cfg in cfgs.items():
