@@ -134,8 +134,8 @@ def main(argv=None) -> int:
         raise SmplerError(f"--out {out}: expected a .png path")
     if a.threads is not None and a.threads < 1:
         raise SmplerError(f"--threads {a.threads}: expected a positive integer")
-    session_options(a)  # flag combinations checked before any work
-    parse_bbox(a.bbox)
+    kw = session_options(a)  # flag combinations checked before any work
+    bbox = parse_bbox(a.bbox)
     meshes = (out.with_suffix(".obj"), out.with_suffix(".ply"))
     check_output_path(out, force=True, flag="--out")  # before any work: a directory or missing parent fails here
     for flag, val in (("--onnx", a.onnx), ("--engine", a.engine), ("--checkpoint", a.checkpoint),
@@ -143,18 +143,17 @@ def main(argv=None) -> int:
         if val and not Path(val).is_file():
             raise SmplerError(f"{flag} {val}: file not found")
     with outputs(out, *meshes, force=True, flag="--out"):  # PNG, OBJ and PLY together or not at all
-        return _run(a, out, meshes)
+        return _run(a, out, meshes, bbox, kw)
 
 
-def _run(a, out, meshes) -> int:
+def _run(a, out, meshes, bbox, kw: dict) -> int:
     from ..preprocess import crop_person, load_image
     from ..render import model_label, render_overlay, save_png, write_obj, write_ply
     from ..runtime import open_session
 
     image = load_image(a.image)
-    x, transform = crop_person(image, parse_bbox(a.bbox))  # raises on a box outside the image
+    x, transform = crop_person(image, bbox)  # raises on a box outside the image
     path = {"onnxruntime": a.onnx, "tensorrt": a.engine}.get(a.backend)
-    kw = session_options(a)
     sess = open_session(a.backend, path=path, variant=a.variant, threads=a.threads, **kw)
     try:
         o = sess.infer(x[None]).numpy()
