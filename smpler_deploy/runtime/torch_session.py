@@ -47,10 +47,8 @@ class TorchSession:
         self.graphs = GraphCache(enabled=plan.cuda_graphs, max_graphs=max_graphs)
         self.graph_warmup = graph_warmup
         self.last_device_ms: float | None = None  # CUDA-event time of the forward alone (no copies)
-        self._events = None
-        if plan.is_cuda:
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+        self._events = ((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                        if plan.is_cuda else None)
         self.info = dict(model.info) | {"device": plan.device, "precision": plan.precision,
                                         "cuda_graphs": plan.cuda_graphs, "compile": plan.compile,
                                         "fp32_parts": list(plan.fp32_parts)}
@@ -109,13 +107,6 @@ class TorchSession:
             end.synchronize()
             self.last_device_ms = start.elapsed_time(end)
             return check_outputs(res, "torch session")
-
-    @property
-    def device_memory_mb(self) -> float | None:
-        """Peak device memory torch's allocator reserved for this session (includes the graphs' pools)."""
-        if not self.plan.is_cuda:
-            return None
-        return torch.cuda.max_memory_reserved(self.device) / 2**20
 
     def close(self) -> None:
         self.graphs.graphs.clear()
