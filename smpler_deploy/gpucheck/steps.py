@@ -501,11 +501,13 @@ def step_engines(ctx: CheckContext) -> StepResult:
     from ..engine.builder import build_engine
     from ..plugins.kernel_store import check_kernels_for, resolve_kernel_dir
     from ..runtime.tensorrt import TensorRTSession
+    from ..trt.plugins import SPECS
 
     x, ref = images(ctx), cpu_reference(ctx)
     variants = [("fp16", False)]
+    kernels = [spec["kernel"] for spec in SPECS.values()]  # what step_aot checks too
     try:
-        check_kernels_for(resolve_kernel_dir(ctx.kernel_dir), sm, ["local_attention", "global_attention"], "check")
+        check_kernels_for(resolve_kernel_dir(ctx.kernel_dir), sm, kernels, "check")
         variants.append(("fp16", True))
         plugin_note = None
     except SmplerError as e:
