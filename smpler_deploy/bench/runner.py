@@ -216,6 +216,8 @@ class BenchEnv:
 
 
 TORCH_PRECISIONS = ("fp32", "fp16", "bf16")
+# why the TensorRT EP and engines skip int8-cpu
+INT8_CPU_ON_TRT = "int8-cpu is ONNX Runtime's layout (non-zero zero points TensorRT refuses); use int8"
 GPU_ONLY = ("tensorrt",)
 
 
@@ -265,7 +267,7 @@ def plan(cfg: BenchConfig, env: BenchEnv | None = None) -> list[_Group]:
                         g.reason = "bf16 is a torch precision here (no bf16 ONNX graph is exported)"
                         continue
                     if prov == "tensorrt" and pr == "int8-cpu":
-                        g.reason = "int8-cpu is ONNX Runtime's layout (non-zero zero points TensorRT refuses); use int8"
+                        g.reason = INT8_CPU_ON_TRT
                         continue
                     try:
                         check_available(prov, env.ort_providers)
@@ -285,8 +287,8 @@ def plan(cfg: BenchConfig, env: BenchEnv | None = None) -> list[_Group]:
                 g = mk(be, pr, "deployed")
                 groups.append(g)
                 if pr in ("int8-cpu", "bf16"):
-                    g.reason = ("int8-cpu is ONNX Runtime's layout (non-zero zero points TensorRT refuses); use int8"
-                                if pr == "int8-cpu" else "bf16 is a torch precision here (no bf16 engine is built)")
+                    g.reason = (INT8_CPU_ON_TRT if pr == "int8-cpu"
+                                else "bf16 is a torch precision here (no bf16 engine is built)")
                 elif not on_gpu:
                     g.reason = ("no CUDA GPU on this machine (TensorRT engines run only on a GPU)" if env.cuda else
                                 "runs on the GPU: measure it with --device cuda, where its baseline is the "
