@@ -218,7 +218,6 @@ class BenchEnv:
 TORCH_PRECISIONS = ("fp32", "fp16", "bf16")
 # why the TensorRT EP and engines skip int8-cpu
 INT8_CPU_ON_TRT = "int8-cpu is ONNX Runtime's layout (non-zero zero points TensorRT refuses); use int8"
-GPU_ONLY = ("tensorrt",)
 
 
 def plan(cfg: BenchConfig, env: BenchEnv | None = None) -> list[_Group]:
