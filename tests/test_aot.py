@@ -30,16 +30,17 @@ def test_index_and_files(built):
         assert cubin[:4] == b"\x7fELF" and hashlib.sha256(cubin).hexdigest() == e["cubin_sha256"]
         assert hashlib.sha256((out / f"{stem}.ptx").read_bytes()).hexdigest() == e["ptx_sha256"]
         # Triton 3.9 assembles sm < 90 with its CUDA 12.9 ptxas: such cubins load on any CUDA 12 driver
-        assert e["ptxas_cuda"] == "12.9" and e["ptx_min_driver"] == 12050 and e["num_ctas"] == 1
+        assert e["ptxas_cuda"] == "12.9" and e["ptx_min_driver"] == 12000 and e["num_ctas"] == 1
         assert e["entry_name"] == f"{e['kernel']}_kernel"
         assert e["num_warps"] == abi.NUM_WARPS[e["kernel"]] and e["threads_per_block"] == 32 * e["num_warps"]
         assert 0 < e["shared"] <= 99 * 1024  # fits sm_86/89 (99 KiB opt-in) and Orin (163 KiB)
         assert e["args"][-2:] == [{"name": "global_scratch", "type": "*i8"}, {"name": "profile_scratch", "type": "*i8"}]
         ptx = (out / f"{stem}.ptx").read_text()
         version = re.search(r"^\.version (\d+)\.(\d+)", ptx, re.M)
-        assert (int(version[1]), int(version[2])) <= (8, 5), "JetPack 6 (CUDA 12.6) JITs PTX ISA <= 8.5"
+        assert (int(version[1]), int(version[2])) == (8, 0), "the PTX floor: CUDA 12.0 drivers (R525+) JIT it"
         assert re.search(rf"^\.target sm_{e['sm']}\b", ptx, re.M)
-        assert e["ptx_version"] == "8.5" and e["ptx_target"] == f"sm_{e['sm']}"
+        assert e["ptx_version"] == "8.0" and e["ptx_target"] == f"sm_{e['sm']}"
+        aot.check_variant(e, ptx)  # the PTX entry's parameters are the index's, shared memory fits the target
         assert f".entry {e['entry_name']}(" in ptx
         # every parameter the index lists is a kernel parameter, in order
         assert len(re.findall(rf"\.param \S+(?: \.ptr \.global \.align \d+)? {e['entry_name']}_param_\d+", ptx)) \
@@ -51,7 +52,7 @@ def test_index_and_files(built):
 def test_sm87_ptx_target(built):
     out, _ = built
     ptx = (out / "local_attention_fp16_sm87.ptx").read_text()
-    assert ".target sm_87" in ptx and ".version 8.5" in ptx
+    assert ".target sm_87" in ptx and ".version 8.0" in ptx
 
 
 def test_rebuild_merges_index(built, tmp_path):
@@ -62,7 +63,7 @@ def test_rebuild_merges_index(built, tmp_path):
 
 
 def test_ptx_isa_rule():
-    assert [aot.ptx_isa_for(s) for s in (75, 87, 89, 90, 120)] == [85, 85, 85, 85, 87]
+    assert [aot.ptx_isa_for(s) for s in (75, 87, 89, 90, 120)] == [80, 80, 80, 80, 87]
 
 
 def test_parse_sms():
@@ -129,6 +130,8 @@ def test_sm90_cubin_is_cuda13_and_recorded(tmp_path):
     cubin = (tmp_path / e["cubin"]).read_bytes()
     assert cubin[7:9] == bytes([0x41, 8])  # ELF OS ABI "CUDA", ABI version 8: what CUDA 12 drivers cannot load
     assert kernel_store.load_order(e, 12060) == ["ptx"]  # JetPack 6 / TensorRT cu12 hosts
+    assert e["ptx_version"] == "8.0" and e["ptx_min_driver"] == 12000
+    assert kernel_store.load_order(e, 12020) == kernel_store.load_order(e, 12040) == ["ptx"]  # R535 / R550 fleets
     assert kernel_store.load_order(e, 13000) == ["cubin", "ptx"]
 
 
@@ -169,3 +172,25 @@ def test_check_kernels_for(built, tmp_path):
     (tmp_path / "index.json").write_text(json.dumps({"format": 1, "kernels": []}))  # before ptxas/PTX records
     with pytest.raises(SmplerError, match=r"format 1, this smpler-deploy reads format 2; rerun `smpler-aot"):
         kernel_store.load_index(tmp_path)
+
+
+def test_variant_checks_refuse_what_the_target_or_the_plugins_cannot_run(built):
+    """Shared memory over the target's opt-in limit (sm_75 64 KiB, sm_86/89/120 99 KiB, sm_80/87 163 KiB, sm_90
+    227 KiB) and a PTX .entry whose parameters differ from the index's args are refused at AOT time."""
+    out, index = built
+    e = next(x for x in index["kernels"] if x["kernel"] == "global_attention" and x["sm"] == 89)
+    ptx = (out / e["ptx"]).read_text()
+    aot.check_variant(e, ptx)
+    for sm, limit in ((75, 64), (80, 163), (86, 99), (87, 163), (89, 99), (90, 227), (120, 99)):
+        aot.check_variant(dict(e, sm=sm, shared=limit * 1024), ptx)
+        with pytest.raises(SmplerError, match=rf"sm_{sm}: needs {limit * 1024 + 1} B of shared memory per block; "
+                                              rf"sm_{sm} allows {limit * 1024} B with the opt-in"):
+            aot.check_variant(dict(e, sm=sm, shared=limit * 1024 + 1), ptx)
+    with pytest.raises(SmplerError, match=r"PTX \.entry global_attention_kernel takes 14 parameters .* the index "
+                                          r"lists 13"):
+        aot.check_variant(dict(e, args=e["args"][:-1]), ptx)
+    wrong = [dict(a, type="i64") if a["name"] == "M" else a for a in e["args"]]  # a 32-bit scalar listed as 64
+    with pytest.raises(SmplerError, match="the plugins would pass the wrong arguments"):
+        aot.check_variant(dict(e, args=wrong), ptx)
+    with pytest.raises(SmplerError, match="has no .entry nope"):
+        aot.check_variant(dict(e, entry_name="nope"), ptx)

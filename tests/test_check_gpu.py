@@ -112,7 +112,20 @@ def test_tiny_graph_has_smpler_io(tiny_engine, tmp_path):
     assert "CPUExecutionProvider" in ort.get_available_providers()
 
 
-def test_trt_session_step_capture_replay_regrow(tiny_engine):
+def _as_full_tensorrt(engine, tmp_path):
+    """The same real plan with a manifest saying full TensorRT (whose sessions capture CUDA graphs by hand)."""
+    import shutil
+
+    from smpler_deploy.trt.manifest import read_manifest, write_manifest
+
+    copy = shutil.copy(engine, tmp_path / engine.name)
+    m = read_manifest(engine)
+    m["trt"]["flavour"] = "tensorrt"
+    write_manifest(copy, m)
+    return copy
+
+
+def test_trt_session_step_capture_replay_regrow(tiny_engine, tmp_path):
     """Recording stand-in for the GPU calls; engine file and manifest are the real TensorRT-RTX build."""
     from test_trt_runtime import RecordingCudaStandIn
 
@@ -123,18 +136,26 @@ def test_trt_session_step_capture_replay_regrow(tiny_engine):
     n = r.numbers
     assert n["captured_b1"] and n["captured_b4"] and n["regrew"] and n["kept_buffers_on_smaller_batch"]
     assert n["replay_b1_device_ms_p50"] == 1.5 and n["flavour"] == "tensorrt-rtx"  # the stand-in's event time
+    assert n["cuda_graphs"].startswith("TensorRT-RTX runtime") and "begin_capture" not in api.names()
+    assert api.names()[-1] == "release" and not api.live_device and not api.live_host  # all freed on close
+    # full TensorRT: trtexec-style capture, replays, re-capture at the larger batch
+    api = RecordingCudaStandIn(device_sm=89, flavour="tensorrt")
+    ctx = CheckContext(device="cuda", trt_api=api, iters=3,
+                       cache={"tiny_engine": _as_full_tensorrt(tiny_engine[1], tmp_path)})
+    r = step_trt_session(ctx)
+    assert r.status == "executed", r.reason
     names = api.names()
     assert names.count("begin_capture") == 2 and names.count("graph_launch") >= 3 + 2  # b1 replays, b4 capture
     assert names[-1] == "release" and not api.live_device and not api.live_host  # all freed on close
 
 
-def test_trt_session_step_reports_a_failed_capture(tiny_engine):
+def test_trt_session_step_reports_a_failed_capture(tiny_engine, tmp_path):
     from test_trt_runtime import RecordingCudaStandIn
 
-    ctx = CheckContext(device="cuda", trt_api=RecordingCudaStandIn(device_sm=89, fail_capture=True), iters=2,
-                       cache={"tiny_engine": tiny_engine[1]})
+    ctx = CheckContext(device="cuda", trt_api=RecordingCudaStandIn(device_sm=89, fail_capture=True, flavour="tensorrt"),
+                       iters=2, cache={"tiny_engine": _as_full_tensorrt(tiny_engine[1], tmp_path)})
     r = step_trt_session(ctx)
-    assert r.status == "failed" and "no CUDA graph captured at batch 1 (RuntimeError: cudaErrorStream" in r.reason
+    assert r.status == "failed" and "no CUDA graph captured at batch 1 (RuntimeError: execute_async_v3 returned False" in r.reason
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])

@@ -318,3 +318,14 @@ def test_compile_flag_wraps_the_model_lazily(default_model):
     assert isinstance(s._forward, torch._dynamo.eval_frame.OptimizedModule) and s.info["compile"]
     assert s._forward._orig_mod is s.model
     assert TorchSession(default_model)._forward is default_model
+
+
+def test_torch_session_device_guard_index():
+    """The device TorchSession makes current around construction, capture, replay and the event timer: cuda:N
+    (torch.cuda.graph captures on a side stream of the *current* device, so a session on cuda:1 without the guard
+    captured an empty graph); plain cuda is device 0; the CPU needs no guard."""
+    from smpler_deploy.runtime.torch_plan import plan_torch
+
+    assert plan_torch("cuda:1", cuda_check=lambda: None).cuda_index == 1
+    assert plan_torch("cuda", cuda_check=lambda: None).cuda_index == 0
+    assert plan_torch("cpu").cuda_index is None

@@ -176,90 +176,104 @@ def test_boxes_files_json_and_csv(tmp_path):
         read_boxes(neg)
 
 
-class RecordingTrtStandIn:
-    """Recording stand-in for TensorRT + CUDA (nothing here can run an engine without a GPU): device and pinned
-    memory are numpy buffers addressed by integers, and "executing" writes the tiny YOLO output into the output
-    tensor's device buffer. It checks the detector's call sequence; decoding is the real code."""
+def _yolo_standin(out=None, in_shape=(1, 3, INPUT, INPUT), profile=None, out_shape=(1, 84, 100)):
+    """The shared strict TensorRT stand-in (tests/trt_standin.py) playing a one-input, one-output YOLO engine:
+    executing writes the tiny YOLO output into the output tensor's device buffer."""
+    from trt_standin import RecordingCudaStandIn
 
-    def __init__(self, out_shape=(1, 84, 100), output=None, in_shape=(1, 3, INPUT, INPUT)):
-        from smpler_deploy.runtime.trt_plan import TensorSpec
+    from smpler_deploy.runtime.trt_plan import Profile, TensorSpec
 
-        self.specs = [TensorSpec("images", True, np.dtype(np.float32), tuple(in_shape)),
-                      TensorSpec("output0", False, np.dtype(np.float32), tuple(out_shape))]
-        self.output, self.calls, self.mem, self.addr = output, [], {}, {}
+    def execute(api):
+        x = api.device_buffer("images").view(np.float32)
+        assert np.isclose(x.max(), 114 / 255)  # the letterboxed (blank) frame
+        api.device_buffer("output0")[:] = np.ascontiguousarray(out).view(np.uint8).reshape(-1)
 
-    def _alloc(self, n):
-        ptr = 0x1000 * (len(self.mem) + 1)
-        self.mem[ptr] = np.zeros(n, np.uint8)
-        return ptr
-
-    def deserialize(self, plan, host_code_allowed=False):
-        self.calls.append("deserialize")
-        return None if plan == b"corrupt" else "engine"
-
-    def create_context(self, engine):
-        return "ctx"
-
-    def io_tensors(self, engine):
-        return self.specs
-
-    def stream_create(self):
-        return "stream"
-
-    def set_input_shape(self, ctx, name, shape):
-        self.calls.append(("set_input_shape", name, tuple(shape)))
-        return tuple(shape) == self.specs[0].shape
-
-    def get_tensor_shape(self, ctx, name):
-        return self.specs[1].shape
-
-    def malloc(self, n):
-        return self._alloc(n)
-
-    def host_alloc(self, n):
-        ptr = self._alloc(n)
-        return ptr, self.mem[ptr]
-
-    def free(self, ptr):
-        del self.mem[ptr]
-
-    host_free = free
-
-    def set_tensor_address(self, ctx, name, ptr):
-        self.addr[name] = ptr
-        return True
-
-    def memcpy_htod(self, dst, src, n, stream):
-        self.calls.append("htod")
-        self.mem[dst][:n] = self.mem[src][:n]
-
-    def execute_async(self, ctx, stream):
-        self.calls.append("execute")
-        x = self.mem[self.addr["images"]].view(np.float32)
-        assert x.size == np.prod(self.specs[0].shape) and np.isclose(x.max(), 114 / 255)  # the letterboxed frame
-        self.mem[self.addr["output0"]][:] = np.ascontiguousarray(self.output).view(np.uint8).reshape(-1)
-        return True
-
-    def memcpy_dtoh(self, dst, src, n, stream):
-        self.calls.append("dtoh")
-        self.mem[dst][:n] = self.mem[src][:n]
-
-    def synchronize(self, stream):
-        self.calls.append("sync")
+    fixed = tuple(d if d > 0 else INPUT for d in in_shape)
+    return RecordingCudaStandIn(
+        io=[TensorSpec("images", True, np.dtype(np.float32), tuple(in_shape)),
+            TensorSpec("output0", False, np.dtype(np.float32), tuple(out_shape))],
+        profile=profile or Profile(fixed, fixed, fixed), out_shape=lambda name, shapes: out_shape,
+        execute=execute if out is not None else None)
 
 
-def test_yolo_engine_path_through_the_tensorrt_api(tmp_path):
+def _ultralytics_engine(path, plan: bytes, metadata: dict):
+    """An engine file laid out byte for byte as ultralytics' exporter writes it: json.dumps(metadata), its length
+    as 4 little-endian signed bytes, the JSON, then the plan."""
+    meta = json.dumps(metadata)
+    with open(path, "wb") as t:
+        t.write(len(meta).to_bytes(4, byteorder="little", signed=True))
+        t.write(meta.encode())
+        t.write(plan)
+    return path
+
+
+ULTRALYTICS_META = {"description": "Ultralytics YOLO11n model trained on coco.yaml", "author": "Ultralytics",
+                    "date": "2026-11-30T10:00:00", "version": "8.3.0", "license": "AGPL-3.0 License",
+                    "docs": "https://docs.ultralytics.com", "stride": 32, "task": "detect", "batch": 1,
+                    "imgsz": [INPUT, INPUT], "names": {"0": "person", "1": "bicycle", "2": "car"},
+                    "args": {"batch": 1, "half": False, "dynamic": False}, "channels": 3}
+
+
+@pytest.fixture(scope="module")
+def yolo_plan(tmp_path_factory):
+    pytest.importorskip("tensorrt_rtx")
+    from trt_standin import build_plan
+
+    onnx_path = _write_model(tmp_path_factory.mktemp("plan") / "y.onnx", (1, 84, 100), _yolo_output())
+    import onnx
+
+    shape = (1, 3, INPUT, INPUT)
+    return build_plan(onnx.load(str(onnx_path)), {"images": (shape, shape, shape)})
+
+
+def test_yolo_engine_through_the_tensorrt_executor(tmp_path, yolo_plan):
+    """A plain plan (.engine as TensorRT writes it) runs through the runtime's TensorRT executor; the detector
+    frees its stream and buffers on close."""
     eng = tmp_path / "yolo.engine"
-    eng.write_bytes(b"plan")
-    api = RecordingTrtStandIn(output=_yolo_output())
+    eng.write_bytes(yolo_plan)
+    api = _yolo_standin(_yolo_output())
     det = YoloDetector(eng, api=api)
     d = det(np.zeros((*IMAGE_HW, 3), np.uint8))
     assert np.allclose(d.boxes, EXPECTED, atol=1e-3)
-    assert api.calls == ["deserialize", ("set_input_shape", "images", (1, 3, INPUT, INPUT)), "htod", "execute",
-                         "dtoh", "sync"]
+    names = api.names()
+    assert names[:3] == ["deserialize", "create_context", "stream_create"]
+    assert names.index("set_input_shape") < names.index("memcpy_htod") < names.index("execute_async") \
+        < names.index("memcpy_dtoh") < names.index("synchronize")
+    assert "begin_capture" not in names
+    det.close()
+    assert not api.live_device and not api.live_host and not api.streams and api.names()[-1] == "release"
     with pytest.raises(SmplerError, match=r"yolo.engine: not a person detector in the YOLO export layout"):
-        YoloDetector(eng, api=RecordingTrtStandIn(out_shape=(1, 300, 6)))
+        YoloDetector(eng, api=_yolo_standin(out_shape=(1, 300, 6)))
     bad = tmp_path / "bad.engine"
-    bad.write_bytes(b"corrupt")
+    bad.write_bytes(yolo_plan[: len(yolo_plan) // 2])  # truncated: the plan header's size disagrees
     with pytest.raises(SmplerError, match="bad.engine: TensorRT could not deserialize"):
-        YoloDetector(bad, api=RecordingTrtStandIn())
+        YoloDetector(bad, api=_yolo_standin())
+
+
+def test_ultralytics_engine_header_is_stripped_and_its_metadata_used(tmp_path, yolo_plan):
+    """ultralytics' .engine = 4-byte length + JSON metadata + plan: the header is stripped before deserialize, and
+    its imgsz (the input size of an engine with dynamic H/W) and class names (which index is "person") are used."""
+    from smpler_deploy.runtime.trt_plan import Profile
+
+    eng = _ultralytics_engine(tmp_path / "yolo11n.engine", yolo_plan, ULTRALYTICS_META)
+    det = YoloDetector(eng, api=_yolo_standin(_yolo_output()))
+    assert det.size == (INPUT, INPUT) and det.person_class == 0
+    assert np.allclose(det(np.zeros((*IMAGE_HW, 3), np.uint8)).boxes, EXPECTED, atol=1e-3)
+    det.close()
+    # dynamic H/W (ultralytics `dynamic=True`): the size comes from the metadata, inside the engine's profile
+    dyn = _yolo_standin(_yolo_output(), in_shape=(1, 3, -1, -1),
+                        profile=Profile((1, 3, 160, 160), (1, 3, INPUT, INPUT), (1, 3, 480, 480)))
+    det = YoloDetector(eng, api=dyn)
+    assert det.size == (INPUT, INPUT)
+    assert np.allclose(det(np.zeros((*IMAGE_HW, 3), np.uint8)).boxes, EXPECTED, atol=1e-3)
+    assert ("set_input_shape", "images", (1, 3, INPUT, INPUT)) in dyn.calls
+    det.close()
+    # "person" is where the names say: class 2 here, so the class-0 boxes are no longer persons
+    shifted = _ultralytics_engine(tmp_path / "b.engine", yolo_plan,
+                                  ULTRALYTICS_META | {"names": {"0": "car", "1": "dog", "2": "person"}})
+    det = YoloDetector(shifted, api=_yolo_standin(_yolo_output()))
+    assert det.person_class == 2 and len(det(np.zeros((*IMAGE_HW, 3), np.uint8))) == 1  # the 0.7 "other" box
+    det.close()
+    no_person = _ultralytics_engine(tmp_path / "c.engine", yolo_plan, ULTRALYTICS_META | {"names": {"0": "car"}})
+    with pytest.raises(SmplerError, match=r"c.engine: its classes \(car, \.\.\.\) have no 'person'"):
+        YoloDetector(no_person, api=_yolo_standin())

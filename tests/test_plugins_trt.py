@@ -212,6 +212,7 @@ class _FakeDriver:
     class CUdevice_attribute:
         CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = "major"
         CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = "minor"
+        CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN = "optin"
 
     class CUfunction_attribute:
         CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = "max_dyn_smem"
@@ -236,7 +237,7 @@ class _FakeDriver:
 
     def cuDeviceGetAttribute(self, attr, dev):
         self.calls.append(("cuDeviceGetAttribute", attr))
-        return 0, self.sm // 10 if attr == "major" else self.sm % 10
+        return 0, {"major": self.sm // 10, "minor": self.sm % 10, "optin": 99 * 1024}[attr]
 
     def cuDriverGetVersion(self):
         self.calls.append(("cuDriverGetVersion",))
@@ -334,8 +335,8 @@ def test_kernel_resolved_once_per_context_not_per_enqueue(tmp_path, driver):
     plugin = _global_plugin(trt.TensorRTPhase.RUNTIME).attach_to_context(None)
     plugin.on_shape_change(ins, outs)  # TensorRT: once per shape change, before the enqueues
     assert fake.names() == ["cuCtxGetCurrent", "cuCtxGetDevice", "cuDeviceGetAttribute", "cuDeviceGetAttribute",
-                            "cuDriverGetVersion", "cuModuleLoadData", "cuModuleGetFunction", "cuFuncSetAttribute"]
-    assert fake.calls[5][1] == b"CUBIN-global_attention-fp32-89"  # a CUDA 13 driver loads the cubin
+                            "cuDeviceGetAttribute", "cuDriverGetVersion", "cuModuleLoadData", "cuModuleGetFunction", "cuFuncSetAttribute"]
+    assert fake.calls[6][1] == b"CUBIN-global_attention-fp32-89"  # a CUDA 13 driver loads the cubin
     assert ("cuFuncSetAttribute", "max_dyn_smem", 57472) in fake.calls  # > 48 KiB needs the opt-in
     fake.calls.clear()
     ptrs = [0x1000, 0x2000, 0x3000, 0x4000, 0x5000]

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from smpler_deploy.engine.builder import check_sms, parse_batch, parse_mem_pool_size, profile_shapes, sm_to_major_minor
+from smpler_deploy.engine.builder import check_sms, parse_mem_pool_size, profile_shapes, sm_to_major_minor
+from smpler_deploy.outputs import parse_batch
 from smpler_deploy.engine.layer_summary import (
     find_layers_dump,
     format_layer_summary,
@@ -162,3 +163,19 @@ def test_engine_and_runtime_modules_import_without_torch_or_triton():
             "print('torch' in sys.modules, 'triton' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+def test_graph_policy_per_flavour():
+    """tensorrt: manual capture after the warm-up; tensorrt-rtx: the runtime's own CUDA graphs, never a capture."""
+    from smpler_deploy.runtime.trt_plan import GraphPolicy
+
+    rtx = GraphPolicy(warmup=1, flavour="tensorrt-rtx")
+    assert rtx.runtime_graphs
+    for _ in range(3):
+        assert rtx.decide("k").action == "run"
+        rtx.ran("k")
+    trt = GraphPolicy(warmup=1, flavour="tensorrt")
+    assert not trt.runtime_graphs and trt.decide("k").action == "run"
+    trt.ran("k")
+    assert trt.decide("k").action == "capture"
+    assert not GraphPolicy(enabled=False, flavour="tensorrt-rtx").runtime_graphs

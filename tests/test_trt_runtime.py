@@ -1,7 +1,8 @@
 """TensorRTSession call sequence, buffer reuse and CUDA-graph re-capture, through a recording stand-in.
 
-Nothing here can execute an engine (no GPU), so `RecordingCudaStandIn` replaces the TensorRT/CUDA calls and
-records them; it is the only stand-in in this project. The manifest and files are real.
+Nothing here can execute an engine (no GPU), so `RecordingCudaStandIn` replaces the TensorRT/CUDA calls, records
+them and refuses what TensorRT refuses (a plan that is not one, shapes outside the profile, a broken capture). The
+engine files are real TensorRT-RTX plans of a tiny SMPLer-shaped graph, with their manifests.
 """
 
 import hashlib
@@ -10,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from trt_standin import OUT_SHAPES, TRT_VERSION, RecordingCudaStandIn, write_kernel_index
+from trt_standin import OUT_SHAPES, TRT_VERSION, RecordingCudaStandIn, smpler_plan, write_kernel_index
 
 from smpler_deploy.errors import SmplerError
 from smpler_deploy.outputs import OUTPUT_NAMES, SMPLOutput
@@ -18,17 +19,18 @@ from smpler_deploy.runtime.base import Session
 from smpler_deploy.runtime.tensorrt import TensorRTSession
 from smpler_deploy.trt.manifest import SCHEMA, write_manifest
 
-@pytest.fixture
-def engine(tmp_path):
-    """An engine file with a complete manifest (bytes are opaque to the stand-in)."""
-    path = tmp_path / "smpler.engine"
-    path.write_bytes(b"not-a-real-plan" * 100)
+def _engine(tmp_path, flavour):
+    """A real plan (batch 1..4) with a complete manifest."""
+    pytest.importorskip("tensorrt_rtx")
+    path = tmp_path / f"smpler_{flavour}.engine"
+    path.write_bytes(smpler_plan())
     manifest = {
         "schema": SCHEMA,
-        "engine": {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "size": 1500},
+        "engine": {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                   "size": path.stat().st_size},
         "source": {"onnx": "smpler.onnx", "sha256": "0" * 64, "external_data": {}},
         "variant": "smpler", "precision": "fp16",
-        "trt": {"flavour": "tensorrt-rtx", "version": TRT_VERSION},
+        "trt": {"flavour": flavour, "version": TRT_VERSION},
         "target": {"sms": [89], "hardware_compatibility_level": "none"},
         "profiles": [{"images": {"min": [1, 3, 224, 224], "opt": [1, 3, 224, 224], "max": [4, 3, 224, 224]}}],
         "inputs": [{"name": "images", "shape": [-1, 3, 224, 224], "dtype": "float32"}],
@@ -37,6 +39,17 @@ def engine(tmp_path):
     }  # fmt: skip
     write_manifest(path, manifest)
     return path
+
+
+@pytest.fixture
+def engine(tmp_path):
+    """A TensorRT engine (manual, trtexec-style CUDA-graph capture)."""
+    return _engine(tmp_path, "tensorrt")
+
+
+@pytest.fixture
+def rtx_engine(tmp_path):
+    return _engine(tmp_path, "tensorrt-rtx")
 
 
 def images(b):
@@ -126,7 +139,8 @@ def test_address_change_invalidates_graph(engine):
     s.infer(images(1))  # captured for batch 1 with the first buffers
     assert api.names().count("graph_launch") == 1
     # same shape but reallocated buffers (simulate an external re-bind): key differs -> no replay
-    s.dev["images"] = (s.dev["images"][0] + 1, s.dev["images"][1])
+    size = s.dev["images"][1]
+    s.dev["images"] = (api.malloc(size), size)
     api.calls.clear()
     s.infer(images(1))
     assert "graph_launch" not in api.names() and "graph_destroy" in api.names()
@@ -138,7 +152,13 @@ def test_capture_failure_disables_graphs(engine):
     s.infer(images(1))
     out = s.infer(images(1))  # capture fails -> same call still runs plainly
     assert out.vertices.shape == (1, 6890, 3)
-    assert s.policy.disabled_reason and "CaptureUnsupported" in s.policy.disabled_reason
+    assert s.policy.disabled_reason == "RuntimeError: execute_async_v3 returned False under capture"
+    # trtexec's endCaptureOnError before the plain enqueue: capture left, the CUDA error cleared (a leftover error
+    # would fail that enqueue and every later one)
+    names = api.names()
+    i = names.index("begin_capture")
+    assert names[i:i + 4] == ["begin_capture", "execute_async", "end_capture_on_error", "execute_async"]
+    assert api.cuda_error is None and api.streams[s.executor.stream] is None
     api.calls.clear()
     for _ in range(3):
         s.infer(images(1))
@@ -153,7 +173,8 @@ def test_out_of_profile_batch(engine):
         s.infer(np.zeros((1, 3, 64, 64), np.float32))
 
 
-def test_manifest_checked_before_deserialize(engine, tmp_path):
+def test_manifest_checked_before_deserialize(rtx_engine, tmp_path):
+    engine = rtx_engine
     api = RecordingCudaStandIn(device_sm=86)
     with pytest.raises(SmplerError, match=r"built for SM89, this GPU is SM86; rebuild with --sm 86"):
         TensorRTSession(engine, api=api)
@@ -172,9 +193,21 @@ def _with_plugins(engine):
     write_manifest(engine, m)
 
 
+def _rewrite(engine, data: bytes):
+    """Replace the engine bytes, with a manifest that matches them (so the plan itself is what is judged)."""
+    m = json.loads((engine.parent / (engine.name + ".json")).read_text())
+    engine.write_bytes(data)
+    m["engine"] |= {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    write_manifest(engine, m)
+
+
 def test_corrupt_engine_and_plugins(engine, tmp_path):
-    with pytest.raises(SmplerError, match="could not deserialize the engine"):
-        TensorRTSession(engine, api=RecordingCudaStandIn(corrupt=True))
+    plan = engine.read_bytes()
+    for bad in (plan[: len(plan) // 2], b"not-a-real-plan" * 100, b"\0" * 4 + plan):
+        _rewrite(engine, bad)
+        with pytest.raises(SmplerError, match="could not deserialize the engine"):
+            TensorRTSession(engine, api=RecordingCudaStandIn())
+    _rewrite(engine, plan)
     _with_plugins(engine)
     kdir = write_kernel_index(tmp_path / "kernels", sms=(89,))
     api = RecordingCudaStandIn()
@@ -214,7 +247,7 @@ def test_session_open_imports_no_torch_or_triton(engine, tmp_path):
 
     _with_plugins(engine)
     m = json.loads((engine.parent / (engine.name + ".json")).read_text())
-    m["trt"]["version"] = tensorrt_rtx.__version__
+    m["trt"] |= {"version": tensorrt_rtx.__version__, "flavour": "tensorrt-rtx"}
     write_manifest(engine, m)
     kdir = write_kernel_index(tmp_path / "kernels", sms=(89,))
     code = f"""
@@ -254,8 +287,55 @@ print(out.vertices.shape, "torch" in sys.modules, "triton" in sys.modules)
     assert proc.stdout.split() == ["(1,", "6890,", "3)", "False", "False"]
 
 
-def test_real_api_on_a_machine_without_gpu(engine):
+def test_real_api_on_a_machine_without_gpu(rtx_engine):
     """The real api on this GPU-less machine: one line, whether cuda-python is missing or finds no driver."""
     pytest.importorskip("tensorrt_rtx")
     with pytest.raises(SmplerError, match=r"needs cuda-python|found no usable CUDA device \(cudaError\w+\): "):
-        TensorRTSession(engine)
+        TensorRTSession(rtx_engine)
+
+
+def test_tensorrt_rtx_uses_the_runtime_cuda_graph_strategy(rtx_engine, engine):
+    """TensorRT-RTX engines get the runtime config's whole-graph capture and no manual stream capture (it
+    JIT-specialises kernels at run time; stream capture needs REQUIRE_USER_ALLOCATION engines); full TensorRT
+    keeps trtexec-style capture after the warm-up."""
+    api = RecordingCudaStandIn()
+    s = TensorRTSession(rtx_engine, api=api, warmup=1)
+    for _ in range(4):
+        s.infer(images(1))
+    assert ("create_context", True) in api.calls
+    assert "begin_capture" not in api.names() and api.names().count("execute_async") == 4
+    s.close()
+    api = RecordingCudaStandIn()
+    TensorRTSession(rtx_engine, api=api, cuda_graphs=False).close()
+    assert ("create_context", False) in api.calls
+    api = RecordingCudaStandIn(flavour="tensorrt")
+    s = TensorRTSession(engine, api=api, warmup=1)
+    for _ in range(3):
+        s.infer(images(1))
+    assert ("create_context", False) in api.calls and api.names().count("begin_capture") == 1
+    s.close()
+
+
+def test_standin_refuses_what_tensorrt_refuses():
+    """The stand-in's own strictness (what the session tests rely on)."""
+    pytest.importorskip("tensorrt_rtx")
+    from trt_standin import plan_refusal
+
+    plan = smpler_plan()
+    assert plan_refusal(plan) is None
+    assert plan_refusal(plan[:-1]) and plan_refusal(b"ftrt" + plan[4:]) and plan_refusal(plan, "1.8.0")
+    api = RecordingCudaStandIn()
+    assert api.deserialize(plan) == "engine" and api.deserialize(plan + b"\0") is None
+    assert not api.set_input_shape("ctx", "images", (5, 3, 224, 224))  # batch 5 > profile max 4
+    assert not api.set_input_shape("ctx", "vertices", (1, 6890, 3))  # not an input
+    assert not api.set_tensor_address("ctx", "nope", 0x1000) and not api.set_tensor_address("ctx", "images", 0)
+    assert not api.execute_async("ctx", "stream0")  # nothing set
+    with pytest.raises(RuntimeError, match="cudaErrorStreamCaptureUnsupported"):
+        api.begin_capture("legacy-default-stream")
+    import threading
+
+    errors = []
+    t = threading.Thread(target=lambda: errors.append(pytest.raises(RuntimeError, api.stream_create)))
+    t.start()
+    t.join()
+    assert "no current device" in str(errors[0].value)

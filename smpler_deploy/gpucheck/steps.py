@@ -303,9 +303,17 @@ def step_aot(ctx: CheckContext) -> StepResult:
     except SmplerError as e:
         return skipped(name, str(e))
     use_torch = ctx.torch_cuda
-    buf = DeviceBuffers(use_torch)  # makes the primary context current (runtime API) before the driver calls
+    device = 0
+    if use_torch:
+        import torch
+
+        device = torch.cuda.current_device()
+    # torch creates its context lazily (first allocation), so the step may start with none current: launch
+    # retains the device's primary context and makes it current, the one torch and cuda_mem then use too.
+    context = L.current_context(cu, device)
+    buf = DeviceBuffers(use_torch)
     try:
-        sm = L.context_sm(cu, L.current_context(cu))
+        sm = L.context_sm(cu, context)
         kdir = resolve_kernel_dir(ctx.kernel_dir)
         try:
             check_kernels_for(kdir, sm, [spec["kernel"] for spec in SPECS.values()], "smpler-check-gpu")
@@ -414,7 +422,9 @@ def step_trt_session(ctx: CheckContext) -> StepResult:
         xb = rng.standard_normal((big, 3, 224, 224)).astype(np.float32)
         fails, nums = [], {"engine": engine.name, "flavour": sess.manifest["trt"]["flavour"]}
         outs = [sess.infer(x1) for _ in range(3)]  # 2 warm-up enqueues, then capture + launch
-        captured = sess.graph is not None
+        runtime_graphs = sess.policy.runtime_graphs  # TensorRT-RTX: its runtime captures, we never do
+        captured = runtime_graphs or sess.graph is not None
+        nums["cuda_graphs"] = "TensorRT-RTX runtime (whole-graph capture)" if runtime_graphs else "stream capture"
         nums["captured_b1"] = captured
         nums["replay_b1_device_ms_p50"] = _timed(sess, x1, ctx.iters)
         sizes = {n: b for n, (_, b) in sess.dev.items()}
@@ -422,7 +432,7 @@ def step_trt_session(ctx: CheckContext) -> StepResult:
             outs_b = sess.infer(xb)
         grown = {n: b for n, (_, b) in sess.dev.items()}
         nums["regrew"] = all(grown[n] > sizes[n] for n in sizes)  # every tensor scales with the batch
-        nums["captured_b%d" % big] = sess.graph is not None
+        nums["captured_b%d" % big] = runtime_graphs or sess.graph is not None
         ptrs = {n: p for n, (p, _) in sess.dev.items()}
         sess.infer(x1)
         nums["kept_buffers_on_smaller_batch"] = ptrs == {n: p for n, (p, _) in sess.dev.items()}

@@ -157,59 +157,62 @@ class _OrtRunner:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.sess.run(None, {self.in_name: x.astype(self.in_dtype, copy=False)})[0]
 
+    def close(self) -> None:
+        self.sess = None
+
+
+PLAN_MAGICS = (b"ftrt", b"vtrt")  # the first bytes of a TensorRT / TensorRT-RTX plan
+
+
+def read_engine_file(path: Path) -> tuple[bytes, dict | None]:
+    """(plan, metadata) of an engine file. ultralytics writes a 4-byte little-endian length and its JSON metadata
+    (imgsz, names, stride, task, ...) before the plan (`engine/exporter.py`; `nn/autobackend.py` strips them);
+    a plain TensorRT plan has no header (metadata None)."""
+    data = path.read_bytes()
+    if data[:4] in PLAN_MAGICS or len(data) < 8:
+        return data, None
+    n = int.from_bytes(data[:4], "little", signed=True)
+    if 0 < n <= len(data) - 4:
+        try:
+            meta = json.loads(data[4:4 + n].decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            meta = None
+        if isinstance(meta, dict):
+            return data[4 + n:], meta
+    return data, None
+
+
+def _person_class(meta: dict | None, path: Path) -> int:
+    """The "person" class index from ultralytics' `names` ({0: "person", ...}; JSON keys are strings)."""
+    names = (meta or {}).get("names")
+    if not isinstance(names, dict) or not names:
+        return PERSON_CLASS
+    for k, v in names.items():
+        if str(v).strip().lower() == "person":
+            return int(k)
+    shown = ", ".join(str(v) for v in list(names.values())[:5])
+    raise SmplerError(f"--detector {path}: its classes ({shown}, ...) have no 'person'; expected a person detector")
+
 
 class _TrtRunner:
-    """One-input, one-output TensorRT engine through the runtime's `TrtCudaApi` (same calls as the SMPLer
-    session; plain enqueues, buffers grown on demand)."""
+    """The detector's engine through the runtime's one TensorRT executor (plain enqueues; buffers grown on demand
+    and freed by `close`)."""
 
     def __init__(self, path: Path, flavour: str | None = None, api=None):
-        if api is None:
-            from ..runtime.tensorrt import TrtCudaApi
+        from ..runtime.tensorrt import TrtCudaApi, TrtExecutor
 
-            api = TrtCudaApi(flavour or "tensorrt")
-        self.api, self.path = api, path
-        self.engine = api.deserialize(path.read_bytes())
-        if self.engine is None:
-            raise SmplerError(f"--detector {path}: TensorRT could not deserialize the engine (corrupt, or built by "
-                              "another TensorRT version / for another GPU)")
-        self.ctx = api.create_context(self.engine)
-        specs = api.io_tensors(self.engine)
-        self.inp = [s for s in specs if s.is_input]
-        self.out = [s for s in specs if not s.is_input]
+        plan, self.metadata = read_engine_file(path)
+        api = api if api is not None else TrtCudaApi(flavour or "tensorrt")
+        self.exe = TrtExecutor(api, plan, f"--detector {path}", flavour=api.flavour, cuda_graphs=False)
         dims = lambda s: [d if d >= 0 else None for d in s.shape]
-        self.inputs, self.outputs = [dims(s) for s in self.inp], [dims(s) for s in self.out]
-        self.stream = api.stream_create()
-        self.buf: dict[str, tuple[int, int, int, np.ndarray]] = {}  # name -> (device, bytes, pinned ptr, view)
-
-    def _buffer(self, name: str, n: int):
-        api = self.api
-        if name not in self.buf or self.buf[name][1] < n:
-            if name in self.buf:
-                api.free(self.buf[name][0])
-                api.host_free(self.buf[name][2])
-            dev = api.malloc(n)
-            ptr, view = api.host_alloc(n)
-            self.buf[name] = (dev, n, ptr, view)
-            if not api.set_tensor_address(self.ctx, name, dev):
-                raise SmplerError(f"--detector {self.path}: TensorRT refused the address for tensor {name}")
-        return self.buf[name]
+        self.inputs, self.outputs = [dims(s) for s in self.exe.inputs], [dims(s) for s in self.exe.outputs]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        api, i, o = self.api, self.inp[0], self.out[0]
-        if not api.set_input_shape(self.ctx, i.name, tuple(x.shape)):
-            raise SmplerError(f"--detector {self.path}: TensorRT refused input shape {list(x.shape)}")
-        oshape = api.get_tensor_shape(self.ctx, o.name)
-        xi = np.ascontiguousarray(x, i.dtype)
-        n_in, n_out = xi.nbytes, int(np.prod(oshape)) * np.dtype(o.dtype).itemsize
-        dev_in, _, ptr_in, view_in = self._buffer(i.name, n_in)
-        dev_out, _, ptr_out, view_out = self._buffer(o.name, n_out)
-        view_in[:n_in] = xi.view(np.uint8).reshape(-1)
-        api.memcpy_htod(dev_in, ptr_in, n_in, self.stream)
-        if not api.execute_async(self.ctx, self.stream):
-            raise SmplerError(f"--detector {self.path}: TensorRT execute_async_v3 failed")
-        api.memcpy_dtoh(ptr_out, dev_out, n_out, self.stream)
-        api.synchronize(self.stream)
-        return view_out[:n_out].view(o.dtype).reshape(oshape).astype(np.float32)
+        i, o = self.exe.inputs[0], self.exe.outputs[0]
+        return self.exe.run({i.name: np.ascontiguousarray(x, i.dtype)})[o.name]
+
+    def close(self) -> None:
+        self.exe.close()
 
 
 class YoloDetector:
@@ -222,21 +225,36 @@ class YoloDetector:
         path = Path(path)
         if not path.is_file():
             raise SmplerError(f"--detector {path}: file not found (expected a YOLO .onnx or TensorRT engine)")
+        meta = None
         if path.suffix.lower() in ENGINE_SUFFIXES:
             self.runner = _TrtRunner(path, trt_flavour, api)
+            meta = self.runner.metadata
         else:
             self.runner = _OrtRunner(path, threads, provider)
-        err = yolo_layout_error(path, self.runner.inputs, self.runner.outputs)
-        if err:
-            raise SmplerError(err)
+        try:
+            err = yolo_layout_error(path, self.runner.inputs, self.runner.outputs)
+            if err:
+                raise SmplerError(err)
+            self.person_class = _person_class(meta, path)
+        except SmplerError:
+            self.close()
+            raise
+        # Input size: the engine's fixed dims, else ultralytics' metadata imgsz ([h, w] or one int), else 640.
+        imgsz = (meta or {}).get("imgsz", 640)
+        imgsz = [imgsz, imgsz] if isinstance(imgsz, int) else list(imgsz)
         h, w = self.runner.inputs[0][2:]
-        self.size = (h if isinstance(h, int) else 640, w if isinstance(w, int) else 640)
+        self.size = (h if isinstance(h, int) else int(imgsz[0]), w if isinstance(w, int) else int(imgsz[-1]))
         self.path, self.conf, self.iou = path, conf, iou
         self.label = f"YOLO {path.name}"
 
     def __call__(self, image: np.ndarray, frame_index: int = 0) -> Detections:
         x, lb = letterbox(image, self.size)
-        return decode_yolo(self.runner(x), lb, image.shape[:2], self.conf, self.iou, where=f"--detector {self.path}")
+        return decode_yolo(self.runner(x), lb, image.shape[:2], self.conf, self.iou, person_class=self.person_class,
+                           where=f"--detector {self.path}")
+
+    def close(self) -> None:
+        """Frees the engine's stream and buffers (TensorRT) or the ONNX Runtime session."""
+        self.runner.close()
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -28,10 +28,19 @@ from .abi import (  # noqa: F401  (CHANNELS/HEADS/RADIUS: the specialization, re
 )
 from .kernel_store import INDEX_FORMAT, PTX_ISA_DRIVER, SUPPORTED_SMS, load_index
 
-# JetPack 6 ships CUDA 12.6, whose driver JITs PTX up to ISA 8.5; Triton 3.9 would emit 8.8 (its ptxas).
-JETPACK6_PTX_ISA = 85
-# Oldest ISA that knows each newer target (PTX ISA release notes): sm_100 -> 8.6, sm_120 -> 8.7.
+# PTX ISA 8.0 (CUDA 12.0, driver R525+): every target up to sm_90a assembles at it (measured with Triton 3.9's
+# ptxas for sm_75..90; ISA 6.3 is refused on sm_75: ldmatrix needs 6.5). Triton would emit 8.8, which only 12.9+
+# drivers JIT; at 8.0 the PTX of sm_90 (whose cubin needs a CUDA 13 driver) also runs on the R535/R550 drivers of
+# many H100/H200 fleets and on JetPack 6 (CUDA 12.6), and the CUDA 12.9 cubins of sm_75..89 load on any 12.x driver.
+PTX_ISA_FLOOR = 80
 MIN_PTX_ISA = {100: 86, 120: 87}
+# Shared memory per block with the opt-in (CUDA programming guide, compute capabilities table): a variant over its
+# target's limit would only fail at launch, so smpler-aot refuses it.
+SHARED_OPTIN_BYTES = {75: 64 * 1024, 80: 163 * 1024, 86: 99 * 1024, 87: 163 * 1024, 89: 99 * 1024,
+                      90: 227 * 1024, 120: 99 * 1024}
+# PTX parameter widths (bytes) of the index's argument types: pointers are 64-bit (.u64), i32/fp32 32-bit.
+_PARAM_BYTES = {"i32": 4, "fp32": 4, "i64": 8}
+_PTX_PARAM = re.compile(r"\.param\s+\.([busf])(\d+)\b[^,)]*?\s+(\w+_param_\d+)")
 
 
 def triton_version() -> str:
@@ -49,7 +58,26 @@ def ptxas_cuda_version(sm: int) -> str:
 
 
 def ptx_isa_for(sm: int) -> int:
-    return max(JETPACK6_PTX_ISA, max((v for k, v in MIN_PTX_ISA.items() if sm >= k), default=0))
+    return max(PTX_ISA_FLOOR, max((v for k, v in MIN_PTX_ISA.items() if sm >= k), default=0))
+
+
+def check_variant(entry: dict, ptx: str) -> None:
+    """Refuse a compiled variant the target cannot run or the plugins would launch wrongly: shared memory over the
+    target's opt-in limit, or a PTX `.entry` whose parameters (count, widths) differ from the index's `args`."""
+    what = f"{entry['kernel']} ({entry['dtype']}) sm_{entry['sm']}"
+    limit = SHARED_OPTIN_BYTES.get(entry["sm"])
+    if limit is None or entry["shared"] > limit:
+        raise SmplerError(f"{what}: needs {entry['shared']} B of shared memory per block; sm_{entry['sm']} allows "
+                          f"{limit} B with the opt-in; change the variant's tiling (plugins/abi.py)")
+    m = re.search(rf"\.entry\s+{re.escape(entry['entry_name'])}\s*\((.*?)\)", ptx, re.S)
+    if not m:
+        raise SmplerError(f"{what}: the PTX has no .entry {entry['entry_name']}")
+    got = [int(bits) // 8 for _, bits, _ in _PTX_PARAM.findall(m.group(1))]
+    want = [8 if a["type"].startswith("*") else _PARAM_BYTES[a["type"]] for a in entry["args"]]
+    if got != want:
+        raise SmplerError(f"{what}: PTX .entry {entry['entry_name']} takes {len(got)} parameters of {got} bytes, the "
+                          f"index lists {len(want)} of {want} ({[a['name'] for a in entry['args']]}); the plugins "
+                          "would pass the wrong arguments")
 
 
 @dataclasses.dataclass
@@ -116,6 +144,7 @@ def compile_variant(kernel: str, dtype: str, sm: int) -> CompiledVariant:
         "constexprs": spec["constexprs"],
         "divisible_by_16": [spec["args"][i][0] for i in spec["div16"]],
     }
+    check_variant(entry, ptx)
     return CompiledVariant(kernel, dtype, sm, cubin, ptx, entry)
 
 

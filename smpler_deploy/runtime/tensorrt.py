@@ -1,7 +1,8 @@
-"""TensorRT session: manifest check, named-tensor I/O, reused pinned/device buffers, CUDA graphs.
+"""TensorRT session: manifest check, then the one TensorRT executor (`TrtExecutor`: named-tensor I/O, reused
+pinned/device buffers, CUDA graphs, device time), which the detector's engines run through too.
 
 Every TensorRT and CUDA call goes through one small `api` object (`TrtCudaApi` here), so the call sequence
-(order, buffer reuse, graph re-capture) is tested without a GPU through a recording stand-in. The decisions
+(order, buffer reuse, graph re-capture) is tested without a GPU through a strict recording stand-in. The decisions
 themselves (shapes, buffer sizes, when to capture) are plain functions in `trt_plan`.
 """
 
@@ -29,6 +30,7 @@ class TrtCudaApi:
         self.trt, self.flavour = import_trt(flavour)
         self.cuda = cuda_mem
         self.runtime = None
+        self.runtime_config = None
 
     # -- TensorRT
     def trt_version(self) -> str:
@@ -49,8 +51,14 @@ class TrtCudaApi:
             self.runtime.engine_host_code_allowed = True
         return self.runtime.deserialize_cuda_engine(plan)
 
-    def create_context(self, engine):
-        return engine.create_execution_context()
+    def create_context(self, engine, runtime_graphs: bool = False):
+        """runtime_graphs (TensorRT-RTX): the runtime config's CUDA-graph strategy, whole-graph capture."""
+        if not runtime_graphs:
+            return engine.create_execution_context()
+        config = engine.create_runtime_config()
+        config.cuda_graph_strategy = self.trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+        self.runtime_config = config  # kept with the context it configured
+        return engine.create_execution_context(config)
 
     def io_tensors(self, engine) -> list[TensorSpec]:
         out = []
@@ -114,6 +122,9 @@ class TrtCudaApi:
     def end_capture(self, stream):
         return self.cuda.end_capture(stream)
 
+    def end_capture_on_error(self, stream):
+        self.cuda.end_capture_on_error(stream)
+
     def graph_instantiate(self, graph):
         return self.cuda.graph_instantiate(graph)
 
@@ -137,6 +148,141 @@ class TrtCudaApi:
 
     def device_memory_used_mb(self) -> float:
         return self.cuda.device_memory_used_mb()
+
+
+class TrtExecutor:
+    """One deserialized engine on one stream: input shapes set when they change, grow-only pinned + device buffers
+    bound by name, the enqueue (a CUDA graph when `GraphPolicy` says so), outputs copied back, and the device time
+    of the enqueue alone (CUDA events: trtexec's "GPU Compute"). `what` names the engine in errors."""
+
+    def __init__(self, api, plan: bytes, what: str, *, flavour: str, cuda_graphs: bool = True, warmup: int = 2,
+                 host_code_allowed: bool = False):
+        self.api, self.what = api, what
+        self.engine = api.deserialize(plan, host_code_allowed=host_code_allowed)
+        if self.engine is None:
+            api.device_sm()  # no driver or no GPU: that reason (one line), not a file said to be corrupt
+            raise SmplerError(f"{what}: TensorRT could not deserialize the engine (corrupt or truncated file, or "
+                              "built by another TensorRT version / for another GPU); rebuild it")
+        self.policy = GraphPolicy(enabled=cuda_graphs, warmup=warmup, flavour=flavour)
+        self.ctx = api.create_context(self.engine, runtime_graphs=self.policy.runtime_graphs)
+        specs = api.io_tensors(self.engine)
+        self.inputs = [t for t in specs if t.is_input]
+        self.outputs = [t for t in specs if not t.is_input]
+        self.stream = api.stream_create()
+        self.events = (api.event_create(), api.event_create())
+        self.last_device_ms: float | None = None
+        self.dev: dict[str, tuple[int, int]] = {}  # name -> (device ptr, bytes)
+        self.host: dict[str, tuple[int, np.ndarray]] = {}  # name -> (pinned ptr, uint8 view)
+        self.shapes: dict[str, tuple] = {}  # input name -> the shape last set
+        self.graph = None  # (graph, graph_exec)
+        self.closed = False
+
+    def profile(self, name: str) -> Profile:
+        return self.api.profile(self.engine, name)
+
+    # -- buffers and graphs
+    def _grow(self, name: str, size: int) -> None:
+        api = self.api
+        if name in self.dev:
+            api.free(self.dev.pop(name)[0])
+            api.host_free(self.host.pop(name)[0])
+        self.dev[name] = (api.malloc(size), size)
+        self.host[name] = api.host_alloc(size)
+        if not api.set_tensor_address(self.ctx, name, self.dev[name][0]):
+            raise SmplerError(f"{self.what}: TensorRT refused the address for tensor {name}")
+
+    def _drop_graph(self) -> None:
+        if self.graph is not None:
+            graph, self.graph = self.graph, None
+            self.api.graph_destroy(*graph)
+
+    def _enqueue(self) -> None:
+        if not self.api.execute_async(self.ctx, self.stream):
+            raise SmplerError(f"{self.what}: TensorRT execute_async_v3 failed (see the TensorRT log above)")
+
+    def _capture(self, key) -> None:
+        """trtexec's capture: enqueue under capture, instantiate, launch. On failure (trtexec's endCaptureOnError)
+        capture mode is left, the partial graph dropped and the CUDA error cleared before the plain enqueue, and
+        graphs stay off for this executor (some engines contain non-capturable work)."""
+        api, graph, graph_exec = self.api, None, None
+        try:
+            api.begin_capture(self.stream)
+            if not api.execute_async(self.ctx, self.stream):
+                raise RuntimeError("execute_async_v3 returned False under capture")
+            graph = api.end_capture(self.stream)
+            graph_exec = api.graph_instantiate(graph)
+        except Exception as e:  # engine not capturable: fall back to plain enqueues for good
+            try:
+                if graph is not None or graph_exec is not None:
+                    api.graph_destroy(graph, graph_exec)
+                api.end_capture_on_error(self.stream)
+            except Exception:  # noqa: BLE001 - the plain enqueue below reports a broken stream
+                pass
+            self.policy.failed(f"{e.__class__.__name__}: {e}")
+            self._enqueue()
+            return
+        self.graph = (graph, graph_exec)
+        self.policy.captured(key)
+        api.graph_launch(graph_exec, self.stream)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Inputs by name (any shape the engine accepts; cast to the engine's dtype) -> outputs by name, float32
+        copies (the pinned buffers are reused by the next call)."""
+        if self.closed:
+            raise SmplerError(f"{self.what}: session is closed")
+        api = self.api
+        for name, arr in feeds.items():
+            shape = tuple(int(d) for d in arr.shape)
+            if self.shapes.get(name) != shape:
+                if not api.set_input_shape(self.ctx, name, shape):
+                    raise SmplerError(f"{self.what}: TensorRT refused input shape {list(shape)} for {name}")
+                self.shapes[name] = shape
+        specs = {t.name: t for t in self.inputs + self.outputs}
+        out_shapes = {o.name: api.get_tensor_shape(self.ctx, o.name) for o in self.outputs}
+        needed = {n: nbytes(a.shape, specs[n].dtype) for n, a in feeds.items()}
+        needed |= {n: nbytes(s, specs[n].dtype) for n, s in out_shapes.items()}
+        for name, size in buffers_to_grow({n: b for n, (_, b) in self.dev.items()}, needed).items():
+            self._grow(name, size)
+        for name, arr in feeds.items():
+            n = needed[name]
+            self.host[name][1][:n].view(specs[name].dtype).reshape(arr.shape)[...] = arr  # casts to the engine dtype
+            api.memcpy_htod(self.dev[name][0], self.host[name][0], n, self.stream)
+
+        key = (tuple(sorted(self.shapes.items())), tuple(sorted((n, p) for n, (p, _) in self.dev.items())))
+        decision = self.policy.decide(key)
+        api.event_record(self.events[0], self.stream)
+        if decision.release_graph:
+            self._drop_graph()
+        if decision.action == "replay":
+            api.graph_launch(self.graph[1], self.stream)
+        elif decision.action == "capture":
+            self._capture(key)
+        else:
+            self._enqueue()
+            self.policy.ran(key)
+        api.event_record(self.events[1], self.stream)
+
+        for o in self.outputs:
+            api.memcpy_dtoh(self.host[o.name][0], self.dev[o.name][0], needed[o.name], self.stream)
+        api.synchronize(self.stream)
+        self.last_device_ms = api.event_elapsed_ms(*self.events)
+        return {o.name: self.host[o.name][1][: needed[o.name]].view(o.dtype).reshape(out_shapes[o.name])
+                .astype(np.float32) for o in self.outputs}
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        api = self.api
+        self._drop_graph()
+        for name in list(self.dev):
+            api.free(self.dev.pop(name)[0])
+            api.host_free(self.host.pop(name)[0])
+        for ev in self.events:
+            api.event_destroy(ev)
+        api.stream_destroy(self.stream)
+        api.release(self.ctx, self.engine)
+        self.ctx = self.engine = None
 
 
 class TensorRTSession:
@@ -174,121 +320,32 @@ class TensorRTSession:
             self.kernel_dir = kdir
             api.register_plugins(manifest["plugins"], str(path), kdir)
         vc = bool(manifest["build"].get("options", {}).get("version_compatible"))
-        self.engine = api.deserialize(plan, host_code_allowed=vc)
-        if self.engine is None:
-            raise SmplerError(
-                f"{path}: TensorRT could not deserialize the engine (corrupt or truncated file, or built by "
-                "another TensorRT version / for another GPU); rebuild it"
-            )
-        self.ctx = api.create_context(self.engine)
-        specs = api.io_tensors(self.engine)
-        inputs = [s for s in specs if s.is_input]
-        self.outputs = [s for s in specs if not s.is_input]
+        self.executor = exe = TrtExecutor(api, plan, str(path), flavour=flavour, cuda_graphs=cuda_graphs,
+                                          warmup=warmup, host_code_allowed=vc)
+        self.outputs = exe.outputs
         missing = [n for n in OUTPUT_NAMES if n not in {s.name for s in self.outputs}]
-        if len(inputs) != 1 or missing:
+        if len(exe.inputs) != 1 or missing:
+            exe.close()
             raise SmplerError(
-                f"{path}: not an SMPLer engine (inputs {[s.name for s in inputs]}, missing outputs {missing})"
+                f"{path}: not an SMPLer engine (inputs {[s.name for s in exe.inputs]}, missing outputs {missing})"
             )
-        self.input = inputs[0]
-        self.profile = api.profile(self.engine, self.input.name)
-        self.stream = api.stream_create()
-        # Device time of the engine alone (trtexec's "GPU Compute"), apart from host latency and copies.
-        self.events = (api.event_create(), api.event_create())
-        self.last_device_ms: float | None = None
-        self.dev: dict[str, tuple[int, int]] = {}  # name -> (device ptr, bytes)
-        self.host: dict[str, tuple[int, np.ndarray]] = {}  # name -> (pinned ptr, uint8 view)
-        self.policy = GraphPolicy(enabled=cuda_graphs, warmup=warmup)
-        self.graph = None  # (graph, graph_exec)
-        self.shape = None
-        self.closed = False
+        self.input = exe.inputs[0]
+        self.profile = exe.profile(self.input.name)
 
-    # -- buffers and graphs
-    def _grow(self, name: str, size: int) -> None:
-        api = self.api
-        if name in self.dev:
-            api.free(self.dev[name][0])
-            api.host_free(self.host[name][0])
-        self.dev[name] = (api.malloc(size), size)
-        self.host[name] = api.host_alloc(size)
-        if not api.set_tensor_address(self.ctx, name, self.dev[name][0]):
-            raise SmplerError(f"{self.name}: TensorRT refused the address for tensor {name}")
-
-    def _drop_graph(self) -> None:
-        if self.graph is not None:
-            graph, self.graph = self.graph, None
-            self.api.graph_destroy(*graph)
-
-    def _enqueue(self) -> None:
-        if not self.api.execute_async(self.ctx, self.stream):
-            raise SmplerError(f"{self.name}: TensorRT execute_async_v3 failed (see the TensorRT log above)")
-
-    def _capture(self, key) -> None:
-        api, graph, graph_exec = self.api, None, None
-        try:
-            api.begin_capture(self.stream)
-            try:
-                ok = api.execute_async(self.ctx, self.stream)
-            finally:
-                graph = api.end_capture(self.stream)  # always leave capture mode
-            if not ok:
-                raise RuntimeError("execute_async_v3 returned False under capture")
-            graph_exec = api.graph_instantiate(graph)
-        except Exception as e:  # engine not capturable: fall back to plain enqueues for good
-            if graph is not None or graph_exec is not None:
-                try:
-                    api.graph_destroy(graph, graph_exec)
-                except Exception:
-                    pass
-            self.policy.failed(f"{e.__class__.__name__}: {e}")
-            self._enqueue()
-            return
-        self.graph = (graph, graph_exec)
-        self.policy.captured(key)
-        api.graph_launch(graph_exec, self.stream)
+    # What the executor holds, read by the self-check and tests: buffers, the captured graph, the graph policy.
+    dev = property(lambda self: self.executor.dev)
+    graph = property(lambda self: self.executor.graph)
+    policy = property(lambda self: self.executor.policy)
+    last_device_ms = property(lambda self: self.executor.last_device_ms)
+    closed = property(lambda self: self.executor.closed)
 
     # -- Session protocol
     def infer(self, images) -> SMPLOutput:
         if self.closed:
             raise SmplerError(f"{self.name}: session is closed")
         arr = check_images(images)
-        api, inp = self.api, self.input
-        shape = plan_input_shape(arr.shape, inp, self.profile, self.name)
-        if shape != self.shape:
-            if not api.set_input_shape(self.ctx, inp.name, shape):
-                raise SmplerError(f"{self.name}: TensorRT refused input shape {list(shape)}")
-            self.shape = shape
-        out_shapes = {o.name: api.get_tensor_shape(self.ctx, o.name) for o in self.outputs}
-        needed = {inp.name: nbytes(shape, inp.dtype)}
-        needed |= {o.name: nbytes(out_shapes[o.name], o.dtype) for o in self.outputs}
-        for name, size in buffers_to_grow({n: b for n, (_, b) in self.dev.items()}, needed).items():
-            self._grow(name, size)
-
-        n_in = needed[inp.name]
-        self.host[inp.name][1][:n_in].view(inp.dtype).reshape(shape)[...] = arr  # casts if the engine I/O is fp16
-        api.memcpy_htod(self.dev[inp.name][0], self.host[inp.name][0], n_in, self.stream)
-
-        key = (shape, tuple(sorted((n, p) for n, (p, _) in self.dev.items())))
-        decision = self.policy.decide(key)
-        api.event_record(self.events[0], self.stream)
-        if decision.release_graph:
-            self._drop_graph()
-        if decision.action == "replay":
-            api.graph_launch(self.graph[1], self.stream)
-        elif decision.action == "capture":
-            self._capture(key)
-        else:
-            self._enqueue()
-            self.policy.ran(key)
-        api.event_record(self.events[1], self.stream)
-
-        for o in self.outputs:
-            api.memcpy_dtoh(self.host[o.name][0], self.dev[o.name][0], needed[o.name], self.stream)
-        api.synchronize(self.stream)
-        self.last_device_ms = api.event_elapsed_ms(*self.events)
-        outs = {
-            o.name: self.host[o.name][1][: needed[o.name]].view(o.dtype).reshape(out_shapes[o.name]).astype(np.float32)
-            for o in self.outputs
-        }  # astype copies: the pinned buffers are reused by the next call
+        shape = plan_input_shape(arr.shape, self.input, self.profile, self.name)
+        outs = self.executor.run({self.input.name: arr.reshape(shape)})
         return check_outputs(SMPLOutput(*(outs[n] for n in OUTPUT_NAMES)), self.name)
 
     @property
@@ -296,19 +353,7 @@ class TensorRTSession:
         return self.api.device_memory_used_mb()
 
     def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        api = self.api
-        self._drop_graph()
-        for name in list(self.dev):
-            api.free(self.dev.pop(name)[0])
-            api.host_free(self.host.pop(name)[0])
-        for ev in self.events:
-            api.event_destroy(ev)
-        api.stream_destroy(self.stream)
-        api.release(self.ctx, self.engine)
-        self.ctx = self.engine = None
+        self.executor.close()
 
     def __enter__(self):
         return self

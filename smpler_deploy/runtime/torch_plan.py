@@ -30,6 +30,13 @@ class TorchPlan:
     def is_cuda(self) -> bool:
         return self.device.startswith("cuda")
 
+    @property
+    def cuda_index(self) -> int | None:
+        """The device to make current around GPU work: N for cuda:N, 0 for plain cuda, None on the CPU."""
+        if not self.is_cuda:
+            return None
+        return int(self.device[5:]) if self.device.startswith("cuda:") else 0
+
 
 def parse_device(device: str, flag: str = "--device") -> str:
     d = str(device).strip().lower()

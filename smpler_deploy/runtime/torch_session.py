@@ -8,6 +8,7 @@ graph cache) lives in `torch_plan` and is tested on CPU.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -26,32 +27,40 @@ class TorchSession:
                  graph_warmup: int = 3, max_graphs: int = 8, cuda_check=None):
         self.plan = plan = plan_torch(device, precision, cuda_graphs=cuda_graphs, compile=compile,
                                       attention=attention, cuda_check=cuda_check)
-        if model is None:
-            from ..model.smpler import load_model
+        with self._device_guard():  # cuda:N current while the model moves and events are made
+            if model is None:
+                from ..model.smpler import load_model
 
-            model = load_model(variant, checkpoint, smpl_model, attention=attention, official_style=official)
-        elif plan.precision != "fp32" or plan.device != "cpu":
-            model = copy.deepcopy(model)  # casting/moving must not change the caller's model
-        self.device = torch.device(plan.device)
-        model = model.eval().to(self.device)
-        if plan.precision != "fp32":
-            model.set_precision(plan.precision)
-        self.model = model
-        self.precision = plan.precision
-        self.official = bool(model.official_style)
-        self.threads = threads
-        if threads:  # process-wide in torch; set once (re-setting per call rebuilds the pool)
-            torch.set_num_threads(int(threads))
-        # torch.compile traces per batch size (dynamic=False: static shapes, as the CUDA graphs need anyway).
-        self._forward = torch.compile(model, dynamic=False) if plan.compile else model
-        self.graphs = GraphCache(enabled=plan.cuda_graphs, max_graphs=max_graphs)
-        self.graph_warmup = graph_warmup
-        self.last_device_ms: float | None = None  # CUDA-event time of the forward alone (no copies)
-        self._events = ((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                        if plan.is_cuda else None)
-        self.info = dict(model.info) | {"device": plan.device, "precision": plan.precision,
-                                        "cuda_graphs": plan.cuda_graphs, "compile": plan.compile,
-                                        "fp32_parts": list(plan.fp32_parts)}
+                model = load_model(variant, checkpoint, smpl_model, attention=attention, official_style=official)
+            elif plan.precision != "fp32" or plan.device != "cpu":
+                model = copy.deepcopy(model)  # casting/moving must not change the caller's model
+            self.device = torch.device(plan.device)
+            model = model.eval().to(self.device)
+            if plan.precision != "fp32":
+                model.set_precision(plan.precision)
+            self.model = model
+            self.precision = plan.precision
+            self.official = bool(model.official_style)
+            self.threads = threads
+            if threads:  # process-wide in torch; set once (re-setting per call rebuilds the pool)
+                torch.set_num_threads(int(threads))
+            # torch.compile traces per batch size (dynamic=False: static shapes, as the CUDA graphs need anyway).
+            self._forward = torch.compile(model, dynamic=False) if plan.compile else model
+            self.graphs = GraphCache(enabled=plan.cuda_graphs, max_graphs=max_graphs)
+            self.graph_warmup = graph_warmup
+            self.last_device_ms: float | None = None  # CUDA-event time of the forward alone (no copies)
+            self._events = ((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                            if plan.is_cuda else None)
+            self.info = dict(model.info) | {"device": plan.device, "precision": plan.precision,
+                                            "cuda_graphs": plan.cuda_graphs, "compile": plan.compile,
+                                            "fp32_parts": list(plan.fp32_parts)}
+
+    def _device_guard(self):
+        """cuda:N current for everything the session does on the GPU: torch.cuda.graph captures on a side stream of
+        the *current* device and events record on it, so without this a session on cuda:1 would capture an empty
+        graph (every replay returning the first output) and time cuda:0."""
+        index = self.plan.cuda_index
+        return torch.cuda.device(index) if index is not None else contextlib.nullcontext()
 
     # -- CUDA graphs
     def _capture(self, batch: int, x: torch.Tensor):
@@ -88,7 +97,7 @@ class TorchSession:
         if self.model is None:
             raise SmplerError("torch session is closed")
         x = torch.from_numpy(check_images(images))
-        with torch.inference_mode():
+        with torch.inference_mode(), self._device_guard():
             if not self.plan.is_cuda:
                 return check_outputs(self._forward(x).numpy(), "torch session")
             x = x.to(self.device)

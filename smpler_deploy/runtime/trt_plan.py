@@ -89,12 +89,19 @@ class GraphPolicy:
     `warmup` plain runs with the same key (TRT does lazy work on the first enqueue after a shape change; trtexec
     likewise enqueues once before capturing). A key change drops the graph and restarts the warm-up count.
     A capture failure disables graphs for the session (some engines contain non-capturable work).
+
+    TensorRT-RTX is not captured by hand: it JIT-specialises kernels at run time (a capture after the warm-up
+    could freeze fallback kernels) and stream capture needs engines built with REQUIRE_USER_ALLOCATION; its
+    documented path is the runtime config's CUDA-graph strategy (WHOLE_GRAPH_CAPTURE), which captures inside
+    `execute_async_v3` once the shape-specialised kernels exist. `runtime_graphs` says to ask for it; every
+    decision is then a plain enqueue.
     """
 
-    def __init__(self, enabled: bool = True, warmup: int = 2):
+    def __init__(self, enabled: bool = True, warmup: int = 2, flavour: str = "tensorrt"):
         if warmup < 1:
             raise ValueError("warmup must be >= 1: never capture the first enqueue after a shape change")
-        self.enabled, self.warmup = enabled, warmup
+        self.runtime_graphs = enabled and flavour == "tensorrt-rtx"
+        self.enabled, self.warmup = enabled and not self.runtime_graphs, warmup
         self.key = None
         self.runs = 0
         self.captured_key = None

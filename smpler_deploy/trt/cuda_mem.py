@@ -2,7 +2,8 @@
 
 Only what the TensorRT session needs: device/pinned buffers, a stream, async copies, graph capture. Every call
 checks the `(err, value)` tuple cuda-python returns and raises with the CUDA error name.
-Not executed in this project's CI (no GPU); the session's call sequence is tested through a recording stand-in.
+No GPU in this project's CI: tests run this module over a stand-in of `cuda.bindings.runtime` that returns the
+real `(cudaError_t, ...)` tuples (tests/cuda_bindings_standin.py).
 """
 
 from __future__ import annotations
@@ -117,6 +118,19 @@ def begin_capture(stream) -> None:
 def end_capture(stream):
     """Returns the captured graph (raises if capture was invalidated)."""
     return call(rt().cudaStreamEndCapture(stream))
+
+
+def end_capture_on_error(stream) -> None:
+    """After a failed capture (trtexec's endCaptureOnError): leave capture mode if the stream is still in it (an
+    invalidated capture too), drop the partial graph, and clear this thread's CUDA error, so the plain enqueues
+    that follow do not report the capture's leftover error as their own."""
+    r = rt()
+    err, status = r.cudaStreamIsCapturing(stream)
+    if int(err) == 0 and status != r.cudaStreamCaptureStatus.cudaStreamCaptureStatusNone:
+        err, graph = r.cudaStreamEndCapture(stream)
+        if int(err) == 0 and graph is not None:
+            call(r.cudaGraphDestroy(graph))
+    r.cudaGetLastError()  # returns and resets the thread's last error
 
 
 def graph_instantiate(graph):

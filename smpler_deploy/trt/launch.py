@@ -18,7 +18,8 @@ from pathlib import Path
 
 from ..errors import SmplerError
 from ..plugins.abi import HIDDEN_ARGS, KERNEL_ABI, POINTER_ALIGN, LaunchPlan, plan_launch, pointer_count
-from ..plugins.kernel_store import aot_command, find_entry, load_index, load_order
+from ..plugins.kernel_store import (PTX_ISA_DRIVER, aot_command, cuda_version_text, find_entry, load_index,
+                                    load_order)
 
 
 def cuda_driver():
@@ -38,7 +39,7 @@ def check(cu, res, what):
     """Unpack cuda-python's `(CUresult, *values)`; raise naming the call on error."""
     err, *rest = res if isinstance(res, tuple) else (res,)
     if err != cu.CUresult.CUDA_SUCCESS:
-        raise SmplerError(f"{what} failed: {err}")
+        raise SmplerError(f"{what} failed: {getattr(err, 'name', err)}")
     return rest[0] if len(rest) == 1 else rest
 
 
@@ -54,26 +55,39 @@ class KernelFunction:
 _lock = threading.Lock()
 _functions: dict = {}  # (context, kernel dir, kernel, dtype, abi) -> KernelFunction
 _modules: list = []  # loaded modules stay loaded for the life of the process
-_sm: dict = {}  # context -> compute capability
+_sm: dict = {}  # context -> (compute capability, opt-in shared memory per block)
 _driver_version: list = []
 
 
-def current_context(cu) -> int:
+def current_context(cu, device: int = 0) -> int:
+    """The calling thread's CUDA context. When none is current (a thread where only the driver API ran, or torch
+    before its first allocation), retain `device`'s primary context and make it current, as Triton's launcher
+    does before loading a binary; inside a TensorRT enqueue TensorRT's context is already current."""
     ctx = int(check(cu, cu.cuCtxGetCurrent(), "cuCtxGetCurrent"))
     if not ctx:
-        raise SmplerError("no current CUDA context (the attention plugins run inside a TensorRT execution context)")
+        check(cu, cu.cuInit(0), "cuInit")
+        dev = check(cu, cu.cuDeviceGet(device), f"cuDeviceGet({device})")
+        primary = check(cu, cu.cuDevicePrimaryCtxRetain(dev), "cuDevicePrimaryCtxRetain")
+        check(cu, cu.cuCtxSetCurrent(primary), "cuCtxSetCurrent")
+        ctx = int(primary)
     return ctx
 
 
-def context_sm(cu, ctx: int) -> int:
-    """Compute capability of the current context's device as an int (8.9 -> 89), queried once per context."""
+def _device_facts(cu, ctx: int) -> tuple[int, int]:
+    """(compute capability as an int, 8.9 -> 89; opt-in shared memory per block in bytes) of the current
+    context's device, queried once per context."""
     if ctx not in _sm:
         dev = check(cu, cu.cuCtxGetDevice(), "cuCtxGetDevice")
         a = cu.CUdevice_attribute
-        major = check(cu, cu.cuDeviceGetAttribute(a.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev), "cuDeviceGetAttribute")
-        minor = check(cu, cu.cuDeviceGetAttribute(a.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev), "cuDeviceGetAttribute")
-        _sm[ctx] = int(major) * 10 + int(minor)
+        get = lambda attr: int(check(cu, cu.cuDeviceGetAttribute(attr, dev), "cuDeviceGetAttribute"))
+        sm = get(a.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR) * 10 + get(a.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)
+        _sm[ctx] = (sm, get(a.CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN))
     return _sm[ctx]
+
+
+def context_sm(cu, ctx: int) -> int:
+    """Compute capability of the current context's device as an int (8.9 -> 89)."""
+    return _device_facts(cu, ctx)[0]
 
 
 def driver_version(cu) -> int:
@@ -103,7 +117,7 @@ def resolve_function(cu, kernel: str, dtype: str, kernel_dir, abi: int = KERNEL_
     with _lock:
         if key in _functions:
             return _functions[key]
-        sm = context_sm(cu, ctx)
+        sm, optin = _device_facts(cu, ctx)
         index = load_index(kdir)
         if index.get("kernel_abi") != abi:
             raise SmplerError(f"{kdir}: kernels have ABI {index.get('kernel_abi')}, the engine expects {abi}; "
@@ -112,15 +126,23 @@ def resolve_function(cu, kernel: str, dtype: str, kernel_dir, abi: int = KERNEL_
         if entry.get("num_ctas", 1) != 1:  # clusters would need cuLaunchKernelEx with a cluster attribute
             raise SmplerError(f"{kdir / entry['cubin']}: compiled with num_ctas={entry['num_ctas']}; the plugins "
                               f"launch one CTA per program; rerun `{aot_command(sm, kdir)}`")
+        if entry["shared"] > optin:  # smpler-aot refuses such variants; an index from elsewhere may hold one
+            raise SmplerError(f"{kernel} ({dtype}) sm_{sm}: needs {entry['shared']} B of shared memory per block, this "
+                              f"GPU allows {optin} B (CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN); rerun "
+                              f"`{aot_command(sm, kdir)}`")
         failures = []
         for kind in load_order(entry, driver_version(cu)):
             err, module = cu.cuModuleLoadData(_image(kdir, entry, kind, sm))
             if err == cu.CUresult.CUDA_SUCCESS:
                 break
-            failures.append(f"{kind}: {err}")
+            failures.append(f"{kind}: {getattr(err, 'name', err)}")
         else:
-            raise SmplerError(f"{kernel} ({dtype}) sm_{sm}: the driver (CUDA {driver_version(cu)}) loaded neither "
-                              f"image ({'; '.join(failures)}); rerun `{aot_command(sm, kdir)}` or update the driver")
+            need = entry.get("ptx_min_driver") or PTX_ISA_DRIVER.get(str(entry.get("ptx_version")), 0)
+            raise SmplerError(f"{kernel} ({dtype}) sm_{sm}: the driver (CUDA {cuda_version_text(driver_version(cu))}) "
+                              f"loaded neither image ({'; '.join(failures)}); the PTX needs a CUDA "
+                              f"{cuda_version_text(need)}+ driver (PTX ISA {entry.get('ptx_version')}), the cubin a "
+                              f"CUDA {entry.get('ptxas_cuda', '?')} one (docs/gpu-install.md); rerun "
+                              f"`{aot_command(sm, kdir)}` or update the driver")
         _modules.append(module)
         fn = check(cu, cu.cuModuleGetFunction(module, entry["entry_name"].encode()), "cuModuleGetFunction")
         if entry["shared"] > 48 * 1024:  # dynamic shared memory above 48 KiB needs an explicit opt-in
