@@ -9,10 +9,6 @@ class SmplerError(ValueError):
     """A problem with the user's input (file, flag, tensor), stated in one line."""
 
 
-def fail(message: str) -> "NoReturn":  # noqa: F821 - typing only
-    raise SmplerError(message)
-
-
 def one_line(e: BaseException) -> str:
     """Any exception as one short line, `ClassName: first line of its message` (for reports and skip reasons)."""
     msg = str(e).strip().splitlines()

@@ -4,6 +4,7 @@ CUDA driver (what cannot run here: the kernels themselves on a GPU)."""
 import ctypes
 import hashlib
 import json
+import logging
 import types
 
 import numpy as np
@@ -46,6 +47,13 @@ def _export(path, dtype, b=2):
     torch.onnx.export(_Attn(), args, str(path), dynamo=False, opset_version=19, input_names=names,
                       output_names=["la", "ga"], dynamic_axes=dyn, custom_opsets=onnx_nodes.CUSTOM_OPSETS)
     return path
+
+
+@pytest.fixture
+def plugin_errors(caplog):
+    """The errors the plugins logged (TensorRT reduces a plugin method's exception to "non-zero return code")."""
+    caplog.set_level(logging.ERROR, logger=P.log.name)
+    return lambda: [r.getMessage() for r in caplog.records if r.name == P.log.name and r.levelno >= logging.ERROR]
 
 
 @pytest.fixture(scope="module")
@@ -98,11 +106,11 @@ def _layers_section(lines):
 
 
 @pytest.mark.parametrize("dtype,trt_type", [("float32", "Float"), ("float16", "Half")])
-def test_build_sm89_custom_layers(onnx_files, dtype, trt_type):
+def test_build_sm89_custom_layers(onnx_files, dtype, trt_type, plugin_errors):
     assert P.register_plugins(trt) == ["SmplerLocalAttention", "SmplerGlobalAttention"]
     assert P.register_plugins(trt) == ["SmplerLocalAttention", "SmplerGlobalAttention"]  # idempotent
     log, network, plan = _build(onnx_files[dtype])
-    assert plan is not None and plan.nbytes > 0, P.plugin_errors()
+    assert plan is not None and plan.nbytes > 0, plugin_errors()
     kinds = {network.get_layer(i).name: network.get_layer(i).type for i in range(network.num_layers)}
     assert kinds["/SmplerLocalAttention"] == kinds["/SmplerGlobalAttention"] == trt.LayerType.PLUGIN_V3
     layers = _layers_section(log.lines)
@@ -112,7 +120,7 @@ def test_build_sm89_custom_layers(onnx_files, dtype, trt_type):
         assert f"Datatype: {trt_type}" in rows[0] and "[-1," in rows[0]  # strongly typed, dynamic batch
     local = next(ln for ln in layers if ln.startswith("Name: /SmplerLocalAttention"))
     assert "Name: joints, Dimensions: [-1,3,2]" in local and "Datatype: Float, Format" in local  # joints fp32
-    assert not P.plugin_errors()
+    assert not plugin_errors()
 
 
 @pytest.mark.parametrize("radius", [4, 2])
@@ -166,22 +174,20 @@ def _local_node_model(path, feat_t, qk_t, joints_t=TensorProto.FLOAT, c=C):
     (TensorProto.BFLOAT16, TensorProto.BFLOAT16, TensorProto.FLOAT, "feat_nhwc=bf16"),
     (TensorProto.FLOAT16, TensorProto.FLOAT16, TensorProto.FLOAT16, "joints2d=fp16"),
 ])
-def test_unsupported_dtype_names_layer(tmp_path, feat_t, qk_t, joints_t, bad):
+def test_unsupported_dtype_names_layer(tmp_path, feat_t, qk_t, joints_t, bad, plugin_errors):
     P.register_plugins(trt)
-    P.plugin_errors()
     _, _, _, ok, errors = _parse(_local_node_model(tmp_path / "bad.onnx", feat_t, qk_t, joints_t))
     assert not ok and any("local_bad" in e for e in errors), errors  # the parser names the node
-    msgs = P.plugin_errors()  # and our reason, which TensorRT reduces to "non-zero return code"
+    msgs = plugin_errors()  # and our reason, which TensorRT reduces to "non-zero return code"
     assert len(msgs) == 1 and msgs[0].startswith("local_bad (SmplerLocalAttention): unsupported input types")
     assert bad in msgs[0] and "expected feat_nhwc and qk both fp32 or both fp16" in msgs[0]
 
 
-def test_unsupported_shape_refused_at_build(tmp_path):
+def test_unsupported_shape_refused_at_build(tmp_path, plugin_errors):
     P.register_plugins(trt)
-    P.plugin_errors()
     log, _, plan = _build(_local_node_model(tmp_path / "c256.onnx", TensorProto.FLOAT, TensorProto.FLOAT, c=256))
     assert plan is None
-    msgs = P.plugin_errors()
+    msgs = plugin_errors()
     assert msgs and "local_bad (SmplerLocalAttention): shapes" in msgs[0] and "compiled kernels" in msgs[0]
 
 
@@ -432,7 +438,7 @@ def test_launch_functions_callable_without_tensorrt(tmp_path, driver):
                                         [(0, *s[1:]) for s in LOCAL_IN[:3]] + LOCAL_IN[3:], stream=5)
 
 
-def test_enqueue_missing_sm_names_command(tmp_path, driver):
+def test_enqueue_missing_sm_names_command(tmp_path, driver, plugin_errors):
     _fake_kernel_dir(tmp_path)
     driver(sm=75)
     plugin_cls, _ = P._make_classes(trt)
@@ -441,7 +447,7 @@ def test_enqueue_missing_sm_names_command(tmp_path, driver):
     ins = [_desc(H, *LOCAL_IN[0]), _desc(F, *LOCAL_IN[1]), _desc(H, *LOCAL_IN[2]), _desc(F, *LOCAL_IN[3])]
     with pytest.raises(SmplerError, match=r"local_attention \(fp16\): no cubin for sm_75 .*smpler-aot --sm 75"):
         plugin.enqueue(ins, ins[2:3], [16, 32, 48, 64], [80], 0, 0)
-    assert "sm_75" in P.plugin_errors()[-1]
+    assert "sm_75" in plugin_errors()[-1]
 
 
 def test_cuda_python_is_lazy():

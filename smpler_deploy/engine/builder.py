@@ -20,11 +20,10 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from ..errors import SmplerError
-from ..fileio import atomic_path, outputs, sha256_file, stage_dir, write_bytes_atomic
-from ..outputs import INPUT_NAME
+from ..fileio import atomic_path, outputs, sha256_file, stage_dir, write_bytes_atomic, write_text_atomic
+from ..outputs import INPUT_NAME, parse_batch
 from . import layer_summary
-from ..trt.manifest import FLAVOUR_TITLES, SCHEMA, layers_path, manifest_path
-from ..outputs import parse_batch  # noqa: F401  (re-exported)
+from ..trt.manifest import FLAVOUR_TITLES, SCHEMA, layers_path, manifest_path, write_manifest
 from ..plugins.graph import plugin_summary
 from ..trt.importer import import_trt
 from ..trt.plugins import register_smpler_plugins
@@ -528,11 +527,10 @@ def _build(onnx_path, engine_path, facts, shapes, *, trt, flavour, title, t_star
         "layers": summary,
     }
     manifest["build"]["total_seconds"] = round(time.perf_counter() - t_start, 3)
-    # Engine, manifest and layer records appear together or not at all.
-    with atomic_path(engine_path) as e_tmp, atomic_path(manifest_path(engine_path)) as m_tmp, \
-            atomic_path(layers_path(engine_path)) as l_tmp:  # fmt: skip
-        e_tmp.write_bytes(plan)
-        m_tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-        l_tmp.write_text(json.dumps(layer_summary.records_to_json(records), indent=1) + "\n")
+    # Engine, manifest and layer records appear together or not at all: each is committed inside build_engine's
+    # `outputs` transaction, which removes all three if any write fails.
+    write_bytes_atomic(engine_path, plan)
+    write_manifest(engine_path, manifest)
+    write_text_atomic(layers_path(engine_path), json.dumps(layer_summary.records_to_json(records), indent=1) + "\n")
     log(f"built {engine_path.name} in {build_s:.1f} s ({summary['layers']} layers)")
     return manifest

@@ -19,7 +19,7 @@ import torch
 from .. import __version__
 from ..errors import SmplerError
 from ..fileio import atomic_path
-from ..outputs import CROP_SIZE, INPUT_NAME, OUTPUT_NAMES, parse_batch  # noqa: F401
+from ..outputs import CROP_SIZE, INPUT_NAME, OUTPUT_NAMES
 
 OPSET = 19
 FORBIDDEN_OPS = ("ScatterND", "If", "Einsum", "Range", "Loop")
@@ -38,7 +38,7 @@ class _Flat(torch.nn.Module):
 
 
 def graph_report(model) -> dict:
-    """Op histogram and the properties the issue asks to hold."""
+    """Node count, op histogram, and any op TensorRT or ONNX Runtime handle badly (FORBIDDEN_OPS)."""
     ops: dict[str, int] = {}
     for n in model.graph.node:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1

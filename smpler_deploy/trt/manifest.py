@@ -92,6 +92,7 @@ def layers_path(engine_path: str | os.PathLike) -> Path:
 
 
 def write_manifest(engine_path: str | os.PathLike, manifest: dict) -> Path:
+    """`NAME.engine.json` beside the engine, atomically (the one writer: the builder's)."""
     return write_text_atomic(manifest_path(engine_path), json.dumps(manifest, indent=2, sort_keys=False) + "\n")
 
 

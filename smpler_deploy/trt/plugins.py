@@ -12,7 +12,6 @@ launches it. Nothing here imports torch or Triton.
 
 from __future__ import annotations
 
-import collections
 import functools
 import logging
 import os
@@ -39,7 +38,6 @@ SPECS = {
 }
 
 log = logging.getLogger("smpler_deploy.plugins")
-_errors: collections.deque = collections.deque(maxlen=32)
 _kernel_dir: Path | None = None
 _classes: dict = {}  # trt module name -> (plugin class, creator class)
 _creators: list = []  # registered creators stay referenced for the life of the process
@@ -115,26 +113,15 @@ def check_types(op: str, layer: str, names: list[str]) -> str:
     return names[0]
 
 
-def plugin_errors(clear: bool = True) -> list[str]:
-    """Messages of exceptions raised inside plugin methods since the last call.
-
-    TensorRT turns a Python exception in a plugin method into a bare "non-zero return code" (the parser then
-    reports `Invalid Node - <name>`), so builders append these to their own error message.
-    """
-    out = list(_errors)
-    if clear:
-        _errors.clear()
-    return out
-
-
 def _reported(method):
+    """Log a plugin method's exception before re-raising it: TensorRT reduces it to a bare "non-zero return code"
+    (the parser to `Invalid Node - <name>`), so the logged line is where the reason is seen."""
     @functools.wraps(method)
     def wrapper(self, *args):
         try:
             return method(self, *args)
         except Exception as e:
             msg = str(e) if isinstance(e, SmplerError) else f"{self.layer} ({self.op}): {method.__name__}: {e!r}"
-            _errors.append(msg)
             log.error(msg)
             raise
     return wrapper
