@@ -1,12 +1,110 @@
-"""Overlay rendering and mesh writers (no model needed)."""
+"""Overlay rendering and mesh writers (no model needed): the z-buffer rasteriser against analytic cases (a square
+at a known depth, a tilted plane, interpenetrating triangles, a person behind another), the painter's fallback."""
 
 import numpy as np
 import pytest
 
+from smpler_deploy import render
 from smpler_deploy.errors import SmplerError
 from smpler_deploy.preprocess import CropTransform
-from smpler_deploy.render import (face_shading, model_label, project, read_ply_counts, render_overlay, save_png,
-                                  write_obj, write_ply)
+from smpler_deploy.render import (AMBIENT, LIGHT, Camera, face_shading, model_label, project, rasterize,
+                                  read_ply_counts, render_overlay, render_people, save_png, write_obj, write_ply)
+
+CAM = Camera(100.0, (15.5, 11.5))  # a 32 x 24 image, principal point at its centre
+HW = (24, 32)
+
+
+def backproject(u, v, z, cam=CAM):
+    """Image point (pixel coordinates) at depth z -> camera-space point."""
+    return [(u - cam.principal_point[0]) * z / cam.focal, (v - cam.principal_point[1]) * z / cam.focal, z]
+
+
+def square(u0, v0, u1, v1, z):
+    """Two triangles whose corners project to the image rectangle [u0,u1] x [v0,v1] at depth z."""
+    v = np.array([backproject(u0, v0, z), backproject(u1, v0, z), backproject(u1, v1, z), backproject(u0, v1, z)])
+    return v, np.array([[0, 1, 2], [0, 2, 3]])
+
+
+def test_square_at_known_depth_covers_exactly_its_pixels():
+    v, f = square(4.5, 2.5, 14.5, 9.5, z=2.0)  # pixel edges around columns 5..14, rows 3..9
+    r = rasterize([v], f, CAM, HW)
+    expected = np.zeros(HW, bool)
+    expected[3:10, 5:15] = True
+    assert np.array_equal(r.mesh >= 0, expected)
+    assert np.allclose(r.depth[expected], 2.0, rtol=1e-6) and np.isinf(r.depth[~expected]).all()
+    # a plane facing the camera: normal (0, 0, +-1), two-sided Lambert
+    assert np.allclose(r.shade[expected], AMBIENT + (1 - AMBIENT) * abs(LIGHT[2]), atol=1e-6)
+    # the two triangles share the diagonal, which runs through pixel centres: each such pixel belongs to one
+    one, two = rasterize([v], f[:1], CAM, HW).mesh >= 0, rasterize([v], f[1:], CAM, HW).mesh >= 0
+    assert not (one & two).any() and np.array_equal(one | two, expected)
+
+
+def test_tilted_plane_depth_is_perspective_correct():
+    """Plane Z = 3 + 0.5 X: the ray through pixel u meets it at Z = 3 / (1 - 0.5 (u - px) / f)."""
+    xs = np.array([-0.6, 0.6])
+    corners = np.array([[x, y, 3 + 0.5 * x] for x, y in ((xs[0], -0.4), (xs[1], -0.4), (xs[1], 0.4), (xs[0], 0.4))])
+    r = rasterize([corners], np.array([[0, 1, 2], [0, 2, 3]]), CAM, HW)
+    ys, xpix = np.nonzero(r.mesh >= 0)
+    assert len(ys) > 100
+    want = 3.0 / (1 - 0.5 * (xpix - CAM.principal_point[0]) / CAM.focal)
+    assert np.allclose(r.depth[ys, xpix], want, rtol=1e-5)
+
+
+def test_nearer_triangle_wins_in_any_order_and_interpenetration_is_exact():
+    far, f = square(2.5, 2.5, 20.5, 20.5, z=3.0)
+    near, _ = square(10.5, 5.5, 28.5, 15.5, z=2.0)
+    for meshes, near_id in (([far, near], 1), ([near, far], 0)):
+        r = rasterize(meshes, f, CAM, HW)
+        assert (r.mesh[6:16, 11:29] == near_id).all() and (r.mesh[3:21, 3:11] == 1 - near_id).all()
+        assert np.allclose(r.depth[6:16, 11:29], 2.0)
+    # a plane tilted through Z = 3 crosses the flat one: left of u = px it is nearer, right of it farther
+    tilt = np.array([backproject(2.5, 2.5, 3.0), backproject(28.5, 2.5, 3.0), backproject(28.5, 20.5, 3.0),
+                     backproject(2.5, 20.5, 3.0)])
+    tilt[:, 2] = 3.0 + 0.5 * tilt[:, 0]
+    flat, _ = square(2.5, 2.5, 28.5, 20.5, z=3.0)
+    m = rasterize([flat, tilt], f, CAM, HW).mesh
+    assert (m[5:18, 4:14] == 1).all() and (m[5:18, 18:27] == 0).all()  # painter's order gets one side wrong
+
+
+@pytest.fixture(scope="module")
+def body():
+    from smpler_deploy.body.standin import make_standin_body_model
+
+    d = make_standin_body_model(0)
+    return np.asarray(d.v_template, np.float64) * [1, -1, -1], np.asarray(d.faces)  # y down, z away
+
+
+def test_person_behind_another_is_hidden_where_they_overlap(body):
+    verts, faces = body
+    cam = Camera(1101.4, (479.5, 269.5))  # 960 x 540, focal = the image diagonal (the default)
+    front, back = {"vertices": verts, "transl": [0.0, 0.0, 4.5]}, {"vertices": verts, "transl": [0.6, 0.0, 6.5]}
+    r = rasterize([verts + front["transl"], verts + back["transl"]], faces, cam, (540, 960))
+    alone = rasterize([verts + back["transl"]], faces, cam, (540, 960)).mesh >= 0
+    front_px = r.mesh == 0
+    assert front_px.sum() > 10000 and (r.mesh == 1).sum() > 1000
+    assert (alone & front_px).sum() > 1000  # the back person is hidden there ...
+    assert np.array_equal(r.mesh == 1, alone & ~front_px)  # ... and visible everywhere else
+    assert np.all(r.depth[front_px] < 4.5 + 0.3) and np.all(r.depth[r.mesh == 1] > 6.5 - 0.3)
+    img = np.full((540, 960, 3), 40, np.uint8)
+    a = render_people(img, [front, back], faces, cam, alpha=1.0)
+    b = render_people(img, [back, front], faces, cam, alpha=1.0)  # list order does not matter
+    assert np.array_equal(a, b) and np.array_equal((a != 40).any(axis=2), r.mesh >= 0)
+
+
+def test_painter_fallback_without_numba(body, monkeypatch):
+    """An install without numba still draws overlays (PIL polygons, far to near) covering the same silhouette."""
+    verts, faces = body
+    cam = Camera(1101.4, (479.5, 269.5))
+    img = np.full((540, 960, 3), 40, np.uint8)
+    people = [{"vertices": verts, "transl": [0.0, 0.0, 4.5]}]
+    z = render_people(img, people, faces, cam, alpha=1.0)
+    monkeypatch.setattr(render, "_numba", lambda: None)
+    assert render.backend() == "pil"
+    p = render_people(img, people, faces, cam, alpha=1.0)
+    mz, mp = (z != 40).any(axis=2), (p != 40).any(axis=2)
+    assert (mz & ~mp).sum() < 0.01 * mz.sum() and mp.sum() < 1.06 * mz.sum()  # PIL also fills the outlines
+    with pytest.raises(SmplerError, match="numba"):
+        rasterize([verts], faces, cam, (540, 960))
 
 
 def quad(z_front=0.0, z_back=0.1):
@@ -24,7 +122,7 @@ def test_projection_through_crop_transform():
     assert uv[1] == pytest.approx(t.crop_to_image([224.0, 0.0]))  # x2d = 1, y2d = -1 -> right, top
 
 
-def test_painter_draws_near_over_far():
+def test_overlay_draws_near_over_far():
     v, f = quad()
     img = np.zeros((224, 224, 3), np.uint8)
     out = render_overlay(img, v, f, cam=(1.0, 0.0, 0.0), alpha=1.0)

@@ -147,7 +147,7 @@ def _put(q: queue.Queue, item, stop: threading.Event) -> None:
 
 def _output(q: queue.Queue, faces, label, on_frame, times: StageTimes, stop: threading.Event, errors: list) -> None:
     """Draw and hand over finished frames in order; the first error stops the run (the main thread re-raises)."""
-    from ..render import render_people
+    from ..render import Camera, render_people
 
     try:
         while True:
@@ -161,7 +161,9 @@ def _output(q: queue.Queue, faces, label, on_frame, times: StageTimes, stop: thr
                 return
             frame, meshes, people, draw = item
             t1 = time.perf_counter()
-            overlay = render_people(frame.image, meshes, faces, label=label) if draw else None
+            # every person of a frame carries the same pinhole camera (focal length, principal point)
+            camera = Camera(people[0].focal_length, tuple(people[0].principal_point)) if people else None
+            overlay = render_people(frame.image, meshes, faces, camera, label=label) if draw else None
             t2 = time.perf_counter()
             if on_frame is not None:
                 on_frame(frame, overlay, people)
@@ -196,7 +198,12 @@ def run(source, detector, session, *, faces=None, body: Body | None = None, conf
     writer = threading.Thread(target=_output, args=(out_q, faces, label, on_frame, times, out_stop, errors),
                               daemon=True, name="smpler-run-output")
     all_people: list[PersonParams] = []
+    warned: list[int] = []  # frames whose boxes were dropped (the first few are named)
     pending = None
+    if cfg.overlay:
+        from ..render import warm_up
+
+        warm_up()  # compile the rasteriser (or load numba's cache) before timing, as the session is loaded before
     start = time.perf_counter()
     producer.start()
     writer.start()
@@ -226,6 +233,7 @@ def run(source, detector, session, *, faces=None, body: Body | None = None, conf
             times.add("infer", time.perf_counter() - t0)
             times.calls += -(-n // cfg.max_batch) if n else 0
             for g, out in zip(group, outs):
+                _warn_dropped_boxes(g, log, warned)
                 people, meshes = _finish(g, out, cfg, tracker, smoother, body, times)
                 all_people.extend(people)
                 _put(out_q, (g.frame, meshes, people, cfg.overlay), out_stop)
@@ -249,6 +257,23 @@ def run(source, detector, session, *, faces=None, body: Body | None = None, conf
         raise errors[0]
     times.wall_s = time.perf_counter() - start
     return all_people, times
+
+
+WARN_FRAMES = 3  # frames named in full when boxes are dropped; later ones only counted
+
+
+def _warn_dropped_boxes(g: Prepared, log, warned: list[int]) -> None:
+    """A box that lies outside the frame (a boxes file for another video, or wrong units) clips to nothing and
+    gives no person: say so instead of writing an empty result silently."""
+    dropped = len(g.dets) - len(g.keep)
+    if dropped <= 0:
+        return
+    warned.append(g.frame.index)
+    h, w = g.frame.image.shape[:2]
+    if len(warned) <= WARN_FRAMES:
+        log(f"warning: frame {g.frame.index} ({g.frame.name}): {dropped} box(es) outside the {w}x{h} frame (or "
+            "thinner than 2 px inside it); skipped" + ("; further frames are not listed" if len(warned) ==
+                                                       WARN_FRAMES else ""))
 
 
 def _infer_group(session, group: list[Prepared], max_batch: int, log) -> list:
@@ -295,8 +320,7 @@ def _finish(g: Prepared, out, cfg, tracker, smoother, body, times) -> tuple[list
             p.joints2d = to_pixels(j2d, g.transforms[i])
             if cfg.keep_vertices:
                 p.vertices = verts
-        meshes.append({"vertices": verts, "cam": p.cam, "transform": g.transforms[i], "depth": p.transl[2],
-                       "joints2d": j2d if cfg.draw_joints else None, "box": p.box,
-                       "text": f"#{p.track_id}" if p.track_id >= 0 else None})
+        meshes.append({"vertices": verts, "transl": p.transl, "joints": p.joints2d if cfg.draw_joints else None,
+                       "box": p.box, "text": f"#{p.track_id}" if p.track_id >= 0 else None})
     times.add("track+params", time.perf_counter() - t0)
     return people, meshes
