@@ -266,7 +266,7 @@ def test_plugin_graph(tmp_path, monkeypatch):
     assert not (tmp_path / "q.engine").exists() and not manifest_path(tmp_path / "q.engine").exists()
 
 
-# ---------------------------------------------------------------- issue 10: refusals by metadata, Ctrl-C
+# ---------------------------------------------------------------- refusals by metadata, Ctrl-C
 
 
 def test_int8_cpu_graph_refused_by_metadata(tmp_path):

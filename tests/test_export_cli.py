@@ -113,7 +113,7 @@ def test_cli_fp32_export_with_fidelity(tmp_path, capsys):
     assert meta["precision"] == "fp32" and meta["variant"] == "smpler"
 
 
-# ---------------------------------------------------------------- issue 10: flags and outputs checked before work
+# ---------------------------------------------------------------- flags and outputs checked before work
 
 
 @pytest.fixture
@@ -306,7 +306,7 @@ def test_demo_threads_zero(tmp_path, capsys):
     assert capsys.readouterr().err == "error: --threads 0: expected a positive integer\n"
 
 
-# ---------------------------------------------------------------- issue 10: the fidelity gate (--max-error-mm)
+# ---------------------------------------------------------------- the fidelity gate (--max-error-mm)
 
 
 @pytest.mark.parametrize("argv,names", [

@@ -13,7 +13,8 @@ from ..fileio import write_text_atomic
 
 SCHEMA = "smpler-deploy/bench-report"
 SCHEMA_VERSION = 1
-# Nominal model cost (2×MAC, conv/linear/matmul; notes/smpler-reference.md §8), per 224×224 image.
+# Nominal model cost per 224×224 image: 2×MAC of conv/linear/matmul/bmm/einsum, as torch.utils.flop_counter counts
+# them on the model (grid_sample, softmax, normalization and elementwise ops not counted).
 MODEL_GFLOPS = {"smpler": 18.785, "smpler-l": 35.508}
 KINDS = ("official", "reference", "deployed")  # official-style eager baseline, our torch fp32 reference, the rest
 STATUSES = ("ok", "skipped", "failed")

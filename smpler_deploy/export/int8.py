@@ -8,7 +8,7 @@ Both targets use ONNX Runtime's static quantizer (one dependency, one calibratio
   outputs too) that its CPU optimizer fuses into real int8 kernels. Weights are 7-bit (reduce_range, [-64, 64]):
   ORT's u8s8 kernels on AVX2 CPUs without VNNI multiply with vpmaddubsw, which adds two u8*s8 products in a
   saturating int16; with |w| <= 64 the pair sum is at most 2*255*64 = 32640 < 32767, so every x86 CPU (AVX2,
-  AVX-512, VNNI) computes the same result. With full 8-bit weights issue 10 measured 8.4 mm mean vertex error on
+  AVX-512, VNNI) computes the same result. With full 8-bit weights we measured 8.4 mm mean vertex error on
   an AVX2-only CPU vs 4.0 on an AVX-512 one; 7-bit weights cost ~1.9 mm mean on a VNNI CPU (4.1 -> 6.0 mm over 8
   held-out crops, benchmarks/reports/int8_cpu_range) and are the same everywhere.
 Policy: the backbone convolutions first; the decoder (transformer, regressor, SMPL) stays float, because the

@@ -4,7 +4,8 @@
 GPU). The package imports fine on machines with neither; only building or running engines needs one.
 
 TensorRT-RTX 1.7 wheels ship `libtensorrt_rtx.so.1` but the ONNX parser `dlopen`s `libtensorrt_rtx.so` when it
-imports a plugin node; the failure is an uncatchable `std::terminate` (see shared notes, tensorrt-rtx §1.2).
+imports a plugin node; the failure is an uncatchable `std::terminate` (the lookup sits in a `noexcept` static
+initializer, so the failed `dlopen` aborts the process: seen under gdb, with any plugin, C++ ones included).
 The parser's RPATH is `$ORIGIN`, so a symlink beside it fixes every process. We create it on first use when
 site-packages is writable, and otherwise refuse plugin graphs with the one command that fixes it.
 """
