@@ -3,6 +3,7 @@ whose functions are first checked against the installed cuda-bindings: names, pa
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import re
@@ -147,13 +148,17 @@ def write_kernels(kdir, sm=89, shared=None, ptx_version="8.0", ptxas="12.9"):
             args = [{"name": n, "type": t} for n, t in spec["args"]] + [{"name": h, "type": "*i8"} for h in abi.HIDDEN_ARGS]
             name, stem = f"{kernel}_kernel", f"{kernel}_{dtype}_sm{sm}"
             elf_abi = 8 if ptxas.startswith("13") else 7
-            (kdir / f"{stem}.cubin").write_bytes(b"\x7fELF\x02\x01\x01\x41" + bytes([elf_abi]) + f" sm_{sm} {name}".encode())
+            cubin = b"\x7fELF\x02\x01\x01\x41" + bytes([elf_abi]) + f" sm_{sm} {name}".encode()
             params = ",\n".join(f"  .param .{'u64' if a['type'].startswith('*') else 'u32'} {name}_param_{i}"
                                 for i, a in enumerate(args))
-            (kdir / f"{stem}.ptx").write_text(f".version {ptx_version}\n.target sm_{sm}\n.address_size 64\n\n"
-                                              f".visible .entry {name}(\n{params}\n)\n{{\n ret;\n}}\n")
+            ptx = (f".version {ptx_version}\n.target sm_{sm}\n.address_size 64\n\n"
+                   f".visible .entry {name}(\n{params}\n)\n{{\n ret;\n}}\n")
+            (kdir / f"{stem}.cubin").write_bytes(cubin)
+            (kdir / f"{stem}.ptx").write_text(ptx)
             entries.append({"kernel": kernel, "dtype": dtype, "sm": sm, "entry_name": name, "cubin": f"{stem}.cubin",
-                            "ptx": f"{stem}.ptx", "num_warps": 4, "threads_per_block": 128,
+                            "cubin_sha256": hashlib.sha256(cubin).hexdigest(), "ptx": f"{stem}.ptx",
+                            "ptx_sha256": hashlib.sha256(ptx.encode()).hexdigest(), "num_warps": 4,
+                            "threads_per_block": 128,
                             "shared": shared if shared is not None else (57472 if kernel == "global_attention" else 2048),
                             "num_ctas": 1, "ptx_version": ptx_version, "ptx_min_driver": None, "ptxas_cuda": ptxas,
                             "grid": spec["grid"], "args": args, "constexprs": spec["constexprs"]})

@@ -334,8 +334,45 @@ def test_standin_refuses_what_tensorrt_refuses():
         api.begin_capture("legacy-default-stream")
     import threading
 
-    errors = []
-    t = threading.Thread(target=lambda: errors.append(pytest.raises(RuntimeError, api.stream_create)))
+    def on_new_thread(api):
+        box = []
+        t = threading.Thread(target=lambda: box.append(api.stream_create()))
+        t.start()
+        t.join()
+        return box
+
+    assert on_new_thread(api)  # device 0 is current on any new thread, as with the CUDA runtime
+    on_one = RecordingCudaStandIn()
+    on_one.set_device(1)
+    on_one.stream_create()  # the engine's stream on device 1
+    with pytest.raises(RuntimeError, match="current device is 0, the engine and its stream are on device 1"):
+        _raise_on_new_thread(on_one)
+
+
+def _raise_on_new_thread(api):
+    import threading
+
+    err = []
+
+    def body():
+        try:
+            api.stream_create()
+        except RuntimeError as e:
+            err.append(e)
+
+    t = threading.Thread(target=body)
     t.start()
     t.join()
-    assert "no current device" in str(errors[0].value)
+    if err:
+        raise err[0]
+
+
+def test_trt_cuda_api_uses_names_the_installed_tensorrt_rtx_has():
+    """TrtCudaApi.create_context's TensorRT-RTX path (runtime config, CUDA-graph strategy) spelled as the installed
+    bindings spell it (no engine can be deserialized here to call it)."""
+    trt = pytest.importorskip("tensorrt_rtx")
+    assert trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE.value == 1
+    assert trt.IRuntimeConfig.cuda_graph_strategy.fset is not None
+    assert hasattr(trt.ICudaEngine, "create_runtime_config")
+    assert "runtime_config: tensorrt_rtx_bindings.tensorrt_rtx.IRuntimeConfig" in \
+        trt.ICudaEngine.create_execution_context.__doc__

@@ -11,7 +11,8 @@ the real API refuses:
 - capture needs a stream from `stream_create`; an engine with a non-capturable operation (`fail_capture`) fails
   the capture (the enqueue returns False, `end_capture` raises cudaErrorStreamCaptureInvalidated) and leaves the
   CUDA error set, so a later enqueue fails unless `end_capture_on_error` cleared it (as trtexec does);
-- every call must come from a thread with a current device (the thread that opened the session).
+- a current device per thread (0 unless `set_device` chose another, as cudaSetDevice does): calls from a thread
+  whose current device is not the one the engine was opened on fail.
 
 The `flavour` it plays decides the CUDA-graph path (TensorRT: manual capture; TensorRT-RTX: the runtime config's
 strategy); its plans are checked with TensorRT-RTX's header either way (no full TensorRT here).
@@ -116,16 +117,22 @@ class RecordingCudaStandIn:
         self.addresses: dict[str, int] = {}
         self.streams: dict[str, str | None] = {}  # stream -> capture state (None | "active" | "invalidated")
         self.cuda_error: str | None = None  # the thread's last CUDA error (cudaGetLastError clears it)
-        self.thread = None  # the thread whose device is current (set by the first CUDA call)
+        self.tls = threading.local()  # per thread: the current device
+        self.device = None  # the device the engine was opened on (the current one at the first CUDA call)
 
     def _rec(self, *call):
         self.calls.append(call)
 
+    def set_device(self, device: int) -> None:
+        self.tls.device = device
+
     def _device(self):
-        if self.thread is None:
-            self.thread = threading.get_ident()
-        if threading.get_ident() != self.thread:
-            raise CudaError("cudaErrorInvalidResourceHandle (no current device/context on this thread)")
+        current = getattr(self.tls, "device", 0)
+        if self.device is None:
+            self.device = current
+        if current != self.device:
+            raise CudaError(f"cudaErrorInvalidResourceHandle (this thread's current device is {current}, the engine "
+                            f"and its stream are on device {self.device})")
 
     def names(self):
         return [c[0] for c in self.calls]
