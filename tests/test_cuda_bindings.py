@@ -239,3 +239,23 @@ def test_sm90_on_a_cuda12_driver_loads_the_ptx_and_names_the_floor(gpu, tmp_path
                                           r"CUDA_ERROR_UNSUPPORTED_PTX_VERSION\); the PTX needs a CUDA "
                                           r"12\.0\+ driver \(PTX ISA 8\.5\), the cubin a CUDA 13\.4 one"):
         _in_thread(lambda: L.resolve_function(gpu.driver, "local_attention", "fp16", old))
+
+
+@pytest.mark.slow  # ~10 s: the step's PyTorch references at SMPLer's sizes
+def test_aot_step_runs_its_driver_path_over_the_standin(gpu, tmp_path, monkeypatch):
+    """smpler-check-gpu's AOT step with cuda-python memory (torch without CUDA), on a thread where no context is
+    current: it takes the primary context, resolves every variant, launches through PreparedLaunch, times with
+    events and frees everything. The stand-in runs no kernel, so the step's comparison fails, as a number."""
+    from smpler_deploy.gpucheck import steps
+    from smpler_deploy.gpucheck.core import CheckContext
+
+    kdir = write_kernels(tmp_path / "k")
+    monkeypatch.setattr(L, "cuda_driver", lambda: gpu.driver)
+    ctx = CheckContext(device="cuda", torch_reason="a CPU build of torch", kernel_dir=kdir, iters=1)
+    r = _in_thread(lambda: steps.step_aot(ctx))
+    assert r.status == "failed" and "local fp32 max abs error" in r.reason, r.reason
+    n = r.numbers
+    assert n["sm"] == 89 and n["driver"] == 12080 and n["device_memory"] == "cuda-python"
+    assert n["local fp32"]["image"] == n["global fp16"]["image"] == "cubin"
+    assert {x["function"] for x in gpu.launches} == {"local_attention_kernel", "global_attention_kernel"}
+    assert not gpu.mem and not gpu.streams and not gpu.events
