@@ -309,6 +309,9 @@ class OpenCVDetector:
         k = nms(b, sc, 0.0, self.iou)
         return Detections(b[k], sc[k])
 
+    def close(self) -> None:  # every detector has close(); OpenCV's hold nothing to free
+        pass
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Boxes from a file
@@ -369,6 +372,9 @@ class BoxFileDetector:
         if d is None:
             return Detections.empty()
         return Detections(clip_boxes(d.boxes, image.shape[:2]), d.scores, d.track_ids)
+
+    def close(self) -> None:
+        pass
 
 
 def open_detector(spec: str | None, *, boxes=None, conf: float = 0.25, iou: float = 0.45, threads=None,
