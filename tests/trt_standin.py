@@ -156,7 +156,8 @@ class RecordingCudaStandIn:
     def create_context(self, engine, runtime_graphs=False):
         self._rec("create_context", runtime_graphs)
         if runtime_graphs and self.flavour != "tensorrt-rtx":
-            raise AttributeError("'ICudaEngine' object has no attribute 'create_runtime_config'")  # full TensorRT
+            # full TensorRT 11 has runtime configs but no CUDA-graph strategy (pyCore.cpp)
+            raise AttributeError("type object 'tensorrt' has no attribute 'CudaGraphStrategy'")
         return "ctx"
 
     def io_tensors(self, engine):
