@@ -3,6 +3,7 @@
 import os
 import pickle
 import sys
+import time
 import types
 
 import numpy as np
@@ -10,36 +11,27 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from smpler_deploy.body.data import NUM_JOINTS, SHAPES, SMPL_PARENTS, BodyModelData
+from smpler_deploy.body.data import SHAPES, SMPL_PARENTS, BodyModelData
 from smpler_deploy.body.loaders import (load_body_model, load_h36m_regressor, posedirs_to_pkl,
                                         save_body_model_npz)
 from smpler_deploy.body.standin import REST_JOINTS, make_standin_body_model, write_standin_smpl_pkl
 from smpler_deploy.errors import SmplerError
 
-_WORK = {"nnls": [], "sdf": 0}  # what generating the stand-in costs, counted (not timed: timings fail under load)
+# CPU seconds of the generating thread (not wall clock, which a loaded machine stretches; not the process's, which
+# idle-spinning BLAS threads inflate on many-core machines) the stand-in may take: 1.3-1.6 s here, on 2 cores at load 6-11.
+STANDIN_CPU_S = 5.0
 FIELDS = ("v_template", "shapedirs", "posedirs", "J_regressor", "lbs_weights", "faces", "parents")
+_COST = {}  # what the module's stand-in fixture measured
 
 
 @pytest.fixture(scope="module")
 def standin():
-    import scipy.optimize
-
-    from smpler_deploy.body import standin as S
-
-    nnls, sdf = scipy.optimize.nnls, S._sdf_grad
-
-    def count_nnls(A, b, *a, **k):
-        _WORK["nnls"].append(A.shape[1])
-        return nnls(A, b, *a, **k)
-
-    def count_sdf(*a, **k):
-        _WORK["sdf"] += 1
-        return sdf(*a, **k)
-
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(scipy.optimize, "nnls", count_nnls)
-        m.setattr(S, "_sdf_grad", count_sdf)
-        return make_standin_body_model(seed=0)
+        m.setenv("SMPLER_DEPLOY_CACHE", "off")  # generated here, not read from the on-disk cache
+        t0 = time.thread_time()
+        model = make_standin_body_model(seed=0)
+        _COST["cpu_s"] = time.thread_time() - t0
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -76,15 +68,16 @@ def test_standin_shapes_labels_and_work(standin):
     assert standin.J_regressor_h36m.shape == (17, 6890)
     assert standin.standin and standin.source == "stand-in (generated, seed 0)"
     assert "stand-in" in standin.label
-    # Bounded work instead of a wall-clock budget (~1 s idle): the body-surface field is evaluated a fixed number
-    # of times (30 relaxation + 3 projection steps over all vertices at once), and the 24 + 17 regressor rows
-    # together solve at most two NNLS problems each on average, none over 384 vertices (the search may grow to 768).
-    targets = NUM_JOINTS + 17
-    assert _WORK["sdf"] == 33
-    assert targets <= len(_WORK["nnls"]) <= 2 * targets and max(_WORK["nnls"]) <= 384
+    # Every command without a --smpl-model generates it, so it must stay cheap: a CPU-time budget, ~3x today's
+    # cost; and each joint's regressor row spreads over a local neighbourhood (at most 384 vertices), never over
+    # the widest search (768), which would also mean the joint is not surrounded by the surface.
+    assert _COST["cpu_s"] < STANDIN_CPU_S, f"generating the stand-in took {_COST['cpu_s']:.1f} s of CPU time"
+    for R in (standin.J_regressor, standin.J_regressor_h36m):
+        assert (R > 0).sum(1).max() <= 384
 
 
-def test_standin_deterministic():
+def test_standin_deterministic(monkeypatch):
+    monkeypatch.setenv("SMPLER_DEPLOY_CACHE", "off")  # two generations, not one and its cached copy
     a, b = make_standin_body_model(3), make_standin_body_model(3)
     for k in FIELDS + ("J_regressor_h36m",):
         assert np.array_equal(getattr(a, k), getattr(b, k)), k
