@@ -17,6 +17,23 @@ def default_model():
     return load_model("smpler")
 
 
+@pytest.fixture
+def engine(tmp_path):
+    """A TensorRT engine file (manual, trtexec-style CUDA-graph capture) with its manifest, for sessions over the
+    recording stand-in (tests/trt_standin.py)."""
+    from trt_standin import standin_engine
+
+    return standin_engine(tmp_path, "tensorrt")
+
+
+@pytest.fixture
+def rtx_engine(tmp_path):
+    """The same as a TensorRT-RTX engine (the runtime's own CUDA graphs)."""
+    from trt_standin import standin_engine
+
+    return standin_engine(tmp_path, "tensorrt-rtx")
+
+
 @pytest.fixture(scope="session")
 def onnx_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("onnx")

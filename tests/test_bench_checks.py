@@ -88,31 +88,22 @@ def test_out_checked_first(tmp_path, capsys, no_baselines):
 
 
 def test_batch_outside_the_engine_profile_is_a_failed_cell(files, monkeypatch):
-    """The engine (a real TensorRT-RTX build, profile 1..2) cannot run here (no GPU): the session is a recording
-    stand-in. Batch 4 is refused as a failed cell, the in-profile batch still runs, nothing aborts the matrix."""
+    """The engine (a real TensorRT-RTX build, profile 1..2) cannot run here (no GPU): the real TensorRTSession
+    runs it over the recording CUDA stand-in. Batch 4 is refused as a failed cell, the in-profile batch still
+    runs, nothing aborts the matrix."""
     if "engine" not in files:
         pytest.skip("no TensorRT flavour to build the test engine")
     import numpy as np
     from tqdm import tqdm
+    from trt_standin import RecordingCudaStandIn
 
     import smpler_deploy.bench.runner as R
     from smpler_deploy.bench.report import Cell
-    from smpler_deploy.outputs import SMPLOutput
+    from smpler_deploy.runtime.tensorrt import TensorRTSession
+    from smpler_deploy.runtime.trt_plan import Profile
 
-    class RecordingStandInSession:  # stands in for a TensorRT session, which needs a GPU
-        precision = "fp32"
-        batches: list = []
-
-        def infer(self, x):
-            self.batches.append(len(x))
-            b, z = len(x), np.zeros
-            return SMPLOutput(z((b, 6890, 3)), z((b, 14, 3)), z((b, 24, 3)), z((b, 24, 2)), z((b, 24, 3, 3)),
-                              z((b, 10)), z((b, 3)))
-
-        def close(self):
-            pass
-
-    monkeypatch.setattr(R, "_open", lambda cfg, g: RecordingStandInSession())
+    api = RecordingCudaStandIn(profile=Profile((1, 3, 224, 224), (1, 3, 224, 224), (2, 3, 224, 224)))
+    monkeypatch.setattr(R, "_open", lambda cfg, g: TensorRTSession(g.artifact, api=api))
     cfg = R.BenchConfig(backends=["tensorrt"], batches=[1, 4], iters=1, warmup=1)
     g = R._Group("tensorrt", "fp32", "deployed", [Cell("tensorrt", "fp32", b) for b in (1, 4)],
                  artifact=files["engine"])
@@ -120,4 +111,6 @@ def test_batch_outside_the_engine_profile_is_a_failed_cell(files, monkeypatch):
     ok, out = g.cells
     assert ok.status == "ok" and ok.latency["iters"] == 1
     assert out.status == "failed" and out.reason == "batch 4 is outside the engine's profile 1..2 (rebuild with --batch)"
-    assert RecordingStandInSession.batches == [1, 1]  # batch 4 never reached the engine
+    shapes = [c[2] for c in api.calls if c[0] == "set_input_shape"]
+    assert shapes and {s[0] for s in shapes} == {1}  # batch 4 never reached the engine
+    assert api.names().count("execute_async") + api.names().count("graph_launch") == 2  # warm-up + 1 iteration

@@ -127,7 +127,7 @@ def _as_full_tensorrt(engine, tmp_path):
 
 def test_trt_session_step_capture_replay_regrow(tiny_engine, tmp_path):
     """Recording stand-in for the GPU calls; engine file and manifest are the real TensorRT-RTX build."""
-    from test_trt_runtime import RecordingCudaStandIn
+    from trt_standin import RecordingCudaStandIn
 
     api = RecordingCudaStandIn(device_sm=89)
     ctx = CheckContext(device="cuda", trt_api=api, iters=3, cache={"tiny_engine": tiny_engine[1]})
@@ -150,7 +150,7 @@ def test_trt_session_step_capture_replay_regrow(tiny_engine, tmp_path):
 
 
 def test_trt_session_step_reports_a_failed_capture(tiny_engine, tmp_path):
-    from test_trt_runtime import RecordingCudaStandIn
+    from trt_standin import RecordingCudaStandIn
 
     ctx = CheckContext(device="cuda", trt_api=RecordingCudaStandIn(device_sm=89, fail_capture=True, flavour="tensorrt"),
                        iters=2, cache={"tiny_engine": _as_full_tensorrt(tiny_engine[1], tmp_path)})

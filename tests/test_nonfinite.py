@@ -7,7 +7,6 @@ import torch
 
 from tiny_smpler import SHAPES, TinySmpler
 from trt_standin import RecordingCudaStandIn
-from test_trt_runtime import engine  # noqa: F401 - fixture: an engine file with a complete manifest
 
 from smpler_deploy.errors import SmplerError
 from smpler_deploy.outputs import INPUT_NAME, OUTPUT_NAMES, SMPLOutput
@@ -125,7 +124,7 @@ class NaNJointsStandIn(RecordingCudaStandIn):
             self.live_host[dst][:n].view(np.float32)[per_item + 5] = np.nan
 
 
-def test_tensorrt_session(engine):  # noqa: F811
+def test_tensorrt_session(engine):
     from smpler_deploy.runtime.tensorrt import TensorRTSession
 
     api = NaNJointsStandIn()

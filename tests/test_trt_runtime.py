@@ -11,45 +11,15 @@ import json
 import numpy as np
 import pytest
 
-from trt_standin import OUT_SHAPES, TRT_VERSION, RecordingCudaStandIn, smpler_plan, write_kernel_index
+from trt_standin import OUT_SHAPES, RecordingCudaStandIn, smpler_plan, standin_engine, write_kernel_index
 
 from smpler_deploy.errors import SmplerError
 from smpler_deploy.outputs import OUTPUT_NAMES, SMPLOutput
 from smpler_deploy.runtime.base import Session
 from smpler_deploy.runtime.tensorrt import TensorRTSession
-from smpler_deploy.trt.manifest import SCHEMA, write_manifest
+from smpler_deploy.trt.manifest import write_manifest
 
-def _engine(tmp_path, flavour):
-    """A real plan (batch 1..4) with a complete manifest."""
-    pytest.importorskip("tensorrt_rtx")
-    path = tmp_path / f"smpler_{flavour}.engine"
-    path.write_bytes(smpler_plan())
-    manifest = {
-        "schema": SCHEMA,
-        "engine": {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-                   "size": path.stat().st_size},
-        "source": {"onnx": "smpler.onnx", "sha256": "0" * 64, "external_data": {}},
-        "variant": "smpler", "precision": "fp16",
-        "trt": {"flavour": flavour, "version": TRT_VERSION},
-        "target": {"sms": [89], "hardware_compatibility_level": "none"},
-        "profiles": [{"images": {"min": [1, 3, 224, 224], "opt": [1, 3, 224, 224], "max": [4, 3, 224, 224]}}],
-        "inputs": [{"name": "images", "shape": [-1, 3, 224, 224], "dtype": "float32"}],
-        "outputs": [{"name": n, "shape": [-1, *s], "dtype": "float32"} for n, s in OUT_SHAPES.items()],
-        "plugins": [], "build": {"seconds": 1.0, "options": {"version_compatible": False}}, "layers": {},
-    }  # fmt: skip
-    write_manifest(path, manifest)
-    return path
-
-
-@pytest.fixture
-def engine(tmp_path):
-    """A TensorRT engine (manual, trtexec-style CUDA-graph capture)."""
-    return _engine(tmp_path, "tensorrt")
-
-
-@pytest.fixture
-def rtx_engine(tmp_path):
-    return _engine(tmp_path, "tensorrt-rtx")
+_engine = standin_engine  # the name test_cuda_bindings imports from here; the fixtures are in conftest.py
 
 
 def images(b):

@@ -304,6 +304,36 @@ class RecordingCudaStandIn:
         self._rec("graph_destroy", graph)
 
 
+def standin_engine(directory, flavour: str = "tensorrt"):
+    """`smpler_FLAVOUR.engine` in `directory`: a real plan (`smpler_plan`, batch 1..4) with a complete manifest,
+    for sessions over this stand-in."""
+    import hashlib
+    from pathlib import Path
+
+    import pytest
+
+    from smpler_deploy.trt.manifest import SCHEMA, write_manifest
+
+    pytest.importorskip("tensorrt_rtx")
+    path = Path(directory) / f"smpler_{flavour}.engine"
+    path.write_bytes(smpler_plan())
+    manifest = {
+        "schema": SCHEMA,
+        "engine": {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                   "size": path.stat().st_size},
+        "source": {"onnx": "smpler.onnx", "sha256": "0" * 64, "external_data": {}},
+        "variant": "smpler", "precision": "fp16",
+        "trt": {"flavour": flavour, "version": TRT_VERSION},
+        "target": {"sms": [89], "hardware_compatibility_level": "none"},
+        "profiles": [{"images": {"min": [1, 3, 224, 224], "opt": [1, 3, 224, 224], "max": [4, 3, 224, 224]}}],
+        "inputs": [{"name": "images", "shape": [-1, 3, 224, 224], "dtype": "float32"}],
+        "outputs": [{"name": n, "shape": [-1, *s], "dtype": "float32"} for n, s in OUT_SHAPES.items()],
+        "plugins": [], "build": {"seconds": 1.0, "options": {"version_compatible": False}}, "layers": {},
+    }  # fmt: skip
+    write_manifest(path, manifest)
+    return path
+
+
 def write_kernel_index(kernel_dir, sms=(89,)):
     """A kernel directory's index.json as smpler-aot writes it (binaries are not read at session open)."""
     import json
