@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..outputs import CROP_SIZE, SMPLOutput
-from ..preprocess import BOX_MARGIN, CropTransform, box_transform, crop, normalize
+from ..preprocess import BOX_MARGIN, CropTransform, box_transform, crops, normalize
 from ..runtime.base import NonFiniteError
 
 MIN_BOX_PX = 2.0  # boxes thinner than this (after clipping to the frame) carry no person
@@ -22,7 +22,7 @@ def person_crops(image: np.ndarray, boxes, margin: float = BOX_MARGIN):
     transforms: list[CropTransform] = [box_transform(image.shape[:2], b[k], margin) for k in keep]
     if not transforms:
         return np.zeros((0, 3, CROP_SIZE, CROP_SIZE), np.float32), [], keep
-    return normalize(np.stack([crop(image, t) for t in transforms])), transforms, keep
+    return normalize(crops(image, transforms)), transforms, keep
 
 
 def infer_batched(session, crops_per_frame: list[np.ndarray], max_batch: int) -> list[SMPLOutput | None]:
