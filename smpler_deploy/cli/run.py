@@ -23,7 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap = ArgumentParser(prog="smpler-run", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    ap.add_argument("source", help="image, folder of images, video file, or camera (/dev/video0, 0, cam:0)")
+    ap.add_argument("source", help="image, folder of images, video file, stream URL, or camera (/dev/video0, 0, "
+                                   "cam:0)")
+    ap.add_argument("--realtime", action="store_true",
+                    help="treat a video file or stream as live: deliver it at its frame rate and drop frames the "
+                         "model cannot keep up with (cameras always are)")
     ap.add_argument("-o", "--out", required=True, help="output folder (created if missing)")
     ap.add_argument("--force", action="store_true", help="overwrite existing outputs in OUT_DIR")
     g = ap.add_argument_group("people")
@@ -36,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--conf", type=float, default=0.25, help="YOLO person score threshold (default 0.25)")
     g.add_argument("--iou", type=float, default=0.45, help="YOLO NMS IoU threshold (default 0.45)")
     g.add_argument("--no-track", action="store_true", help="no track ids (norfair IoU tracker otherwise)")
+    g.add_argument("--detect-every", type=int, default=1, metavar="N",
+                   help="run the detector on every N-th frame only; the tracker carries the boxes in between "
+                        "(default 1: every frame)")
     g.add_argument("--smooth", default="none", choices=("none", "ema", "one-euro"),
                    help="temporal smoothing of each track's parameters (default none)")
     m = ap.add_argument_group("model")
@@ -102,6 +109,12 @@ def _check_args(a) -> None:
             raise SmplerError(f"{flag} {val}: expected a positive integer")
     if a.max_frames is not None and a.max_frames < 1:
         raise SmplerError(f"--max-frames {a.max_frames}: expected a positive integer")
+    if a.detect_every < 1:
+        raise SmplerError(f"--detect-every {a.detect_every}: expected a positive integer")
+    if a.detect_every > 1 and a.boxes:
+        raise SmplerError("--detect-every: applies to a detector; a --boxes file already has every frame's boxes")
+    if a.detect_every > 1 and a.no_track:
+        raise SmplerError("--detect-every: carries boxes between detections with the tracker; drop --no-track")
     if a.focal_length is not None and not a.focal_length > 0:
         raise SmplerError(f"--focal-length {a.focal_length}: expected a positive number of pixels")
     for flag, val in (("--onnx", a.onnx), ("--engine", a.engine), ("--checkpoint", a.checkpoint),
@@ -127,9 +140,9 @@ def main(argv=None) -> int:
     out = Path(a.out)
     if out.exists() and not out.is_dir():
         raise SmplerError(f"-o {out}: exists and is not a folder")
-    source = open_source(a.source, a.max_frames)  # bad input fails before any model work
+    source = open_source(a.source, a.max_frames, realtime=a.realtime)  # bad input fails before any model work
     try:
-        video = source.kind in ("video", "camera")
+        video = source.kind in ("video", "camera", "stream")
         out.mkdir(parents=True, exist_ok=True)
         targets = [out / "params.npz", out / "params.jsonl"] + ([out / "overlay.mp4"] if video and not a.no_overlay
                                                                 else [])
@@ -155,7 +168,8 @@ def main(argv=None) -> int:
         label = model_label(untrained, standin)
         cfg = RunConfig(max_batch=session_max_batch(sess, a.batch), queue_size=a.queue, focal_length=a.focal_length,
                         track=not a.no_track, smooth=a.smooth, overlay=not a.no_overlay,
-                        draw_joints=not a.no_joints, keep_vertices=a.save_vertices)
+                        draw_joints=not a.no_joints, keep_vertices=a.save_vertices,
+                        detect_every=a.detect_every)
         print(f"source: {source.description}")
         print(f"detector: {detector.label}")
         print(f"model: {a.backend} {getattr(sess, 'precision', 'fp32')}, up to {cfg.max_batch} crops per call"

@@ -1,13 +1,19 @@
-"""The smpler-run loop, three threads joined by bounded queues: a background thread decodes, detects and crops
-frames; the main thread batches crops into session calls, tracks and smooths; an output thread draws the overlays
-and hands finished frames (in order) to the caller's writer. Per-stage times are summed for a summary.
+"""The smpler-run loop, four threads: a decode thread reads frames (FFmpeg's own threads decode inside it); a
+prepare thread detects people (every `detect_every`-th frame; the tracker carries the boxes and assigns track ids)
+and crops them; the main thread batches crops into session calls and derives parameters (smoothing too); an output
+thread draws the overlays and hands finished frames (in order) to the caller's writer. Per-stage times are summed
+for a summary, with capture-to-result latency (p50/p99) and the frames a live source dropped.
 
-Memory stays bounded: at most `queue_size` prepared frames wait for inference and as many finished frames wait
-for drawing, and the session sees at most `max_batch` crops per call.
+Files are read at the pipeline's pace: bounded queues hold at most `queue_size` decoded frames, as many prepared
+frames and as many finished frames, and the session sees at most `max_batch` crops per call. A live source (a
+camera, a `--realtime` stream: `Source.live`) is never held back: the decode thread keeps only the newest frame,
+dropping one the prepare thread has not taken yet, and at most one prepared frame waits for inference, so a frame's
+latency is bounded by a few frames' processing time instead of growing with the backlog.
 """
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 import time
@@ -18,7 +24,7 @@ import numpy as np
 from ..errors import SmplerError
 from ..runtime.base import NonFiniteError
 from .crops import infer_batched, person_crops
-from .detect import Detections
+from .detect import Detections, clip_boxes
 from .params import PersonParams, people_params, weak_camera
 from .track import BoxTracker, ParamSmoother
 
@@ -27,7 +33,7 @@ CONSUMER_STAGES = ("infer", "track+params")
 OUTPUT_STAGES = ("overlay", "write")
 
 
-_THREAD = {**{s: "decode" for s in PRODUCER_STAGES}, **{s: "main" for s in CONSUMER_STAGES},
+_THREAD = {"decode": "decode", "detect": "prepare", "crop": "prepare", **{s: "main" for s in CONSUMER_STAGES},
            **{s: "output" for s in OUTPUT_STAGES}}
 
 
@@ -41,6 +47,7 @@ class RunConfig:
     overlay: bool = True
     draw_joints: bool = True
     keep_vertices: bool = False
+    detect_every: int = 1  # run the detector on every N-th frame; the tracker carries the boxes in between
 
 
 @dataclass
@@ -50,15 +57,27 @@ class StageTimes:
     people: int = 0
     calls: int = 0
     wall_s: float = 0.0
+    captured: int = 0  # frames the source delivered
+    dropped: int = 0  # of those, stale frames of a live source dropped unprocessed
+    latencies: list = field(default_factory=list)  # seconds from delivery to the finished frame, per frame
+    live: bool = False
 
     def add(self, stage: str, dt: float) -> None:
         self.seconds[stage] += dt
+
+    def latency_ms(self) -> dict:
+        if not self.latencies:
+            return {"p50": None, "p99": None}
+        p50, p99 = np.percentile(np.asarray(self.latencies) * 1000, [50, 99])
+        return {"p50": round(float(p50), 1), "p99": round(float(p99), 1)}
 
     def summary(self) -> dict:
         f = max(self.frames, 1)
         return {
             "frames": self.frames, "people": self.people, "session_calls": self.calls, "wall_s": round(self.wall_s, 3),
             "frames_per_s": round(self.frames / self.wall_s, 3) if self.wall_s > 0 else None,
+            "live": self.live, "frames_captured": self.captured, "frames_dropped": self.dropped,
+            "latency_ms": self.latency_ms(),
             "stages": {s: {"total_s": round(t, 3), "ms_per_frame": round(1000 * t / f, 2),
                            "frames_per_s_alone": round(self.frames / t, 2) if t > 0 else None,
                            "thread": _THREAD[s]}
@@ -72,8 +91,13 @@ class StageTimes:
             fps = "-" if v["frames_per_s_alone"] is None else f"{v['frames_per_s_alone']:.1f}"
             rows.append(f"{name:<14}{v['thread']:<12}{v['total_s']:>9.2f}{v['ms_per_frame']:>10.1f}{fps:>11}")
         fps = s["frames_per_s"] or 0.0
+        lat = s["latency_ms"]
+        lat_txt = "-" if lat["p50"] is None else f"p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms"
         rows.append(f"whole pipeline: {s['frames']} frames, {s['people']} people, {s['session_calls']} session "
-                    f"calls, {s['wall_s']:.2f} s wall, {fps:.2f} frames/s (the decode and output threads overlap inference)")
+                    f"calls, {s['wall_s']:.2f} s wall, {fps:.2f} frames/s (the decode, prepare and output threads "
+                    "overlap inference)")
+        rows.append(f"latency from capture to result: {lat_txt}; frames dropped: {s['frames_dropped']} of "
+                    f"{s['frames_captured']}" + (" (live source: the newest frame is kept)" if s["live"] else ""))
         return "\n".join(rows)
 
 
@@ -89,7 +113,45 @@ class Prepared:
 _DONE = object()
 
 
-def _produce(source, detector, times: StageTimes, q: queue.Queue, stop: threading.Event) -> None:
+class _Latest:
+    """A live source's hand-over: holds only the newest frame; a frame not taken before the next one arrives is
+    dropped (counted). The end marker or an error queues behind the last frame and is never dropped."""
+
+    def __init__(self):
+        self.cv = threading.Condition()
+        self.items: collections.deque = collections.deque()
+        self.dropped = 0
+
+    def put(self, item, stop: threading.Event) -> None:
+        with self.cv:
+            if self.items and self.items[-1] is not _DONE and not isinstance(self.items[-1], BaseException) \
+                    and item is not _DONE and not isinstance(item, BaseException):
+                self.items.pop()
+                self.dropped += 1
+            self.items.append(item)
+            self.cv.notify()
+
+    def get(self, timeout: float | None = None):
+        with self.cv:
+            if not self.items:
+                self.cv.wait(timeout)
+            if not self.items:
+                raise queue.Empty
+            return self.items.popleft()
+
+    def get_nowait(self):
+        return self.get(0)
+
+
+class _Bounded(queue.Queue):
+    """A file's hand-over: the reader waits for room (back-pressure), giving up when the run stops."""
+
+    def put(self, item, stop: threading.Event) -> None:  # type: ignore[override]
+        _put_queue(super().put, item, stop)
+
+
+def _decode(source, times: StageTimes, out, stop: threading.Event) -> None:
+    """Read frames, stamping each with its delivery time, and hand them on."""
     try:
         it = iter(source)
         while not stop.is_set():
@@ -98,18 +160,48 @@ def _produce(source, detector, times: StageTimes, q: queue.Queue, stop: threadin
                 frame = next(it)
             except StopIteration:
                 break
+            frame.captured = t1 = time.perf_counter()
+            times.add("decode", t1 - t0)  # a --realtime file's waits for the frame's time count here too
+            times.captured += 1
+            out.put(frame, stop)
+        out.put(_DONE, stop)
+    except BaseException as e:  # handed on to the main thread, which re-raises it
+        out.put(e, stop)
+
+
+def _prepare(frames, detector, tracker, every: int, times: StageTimes, q, stop: threading.Event) -> None:
+    """People and crops for each frame: the detector on every `every`-th frame taken (a live source's dropped
+    frames do not count), the tracker's predicted boxes in between; track ids from the tracker (or the boxes
+    file)."""
+    n = 0
+    try:
+        while not stop.is_set():
+            try:
+                frame = frames.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if frame is _DONE or isinstance(frame, BaseException):
+                q.put(frame, stop)
+                return
             t1 = time.perf_counter()
-            dets = detector(frame.image, frame.index)
+            if tracker is not None and n % every:
+                boxes, ids, scores = tracker.predict()
+                dets = Detections(clip_boxes(boxes, frame.image.shape[:2]), scores, ids)
+            else:
+                dets = detector(frame.image, frame.index)
             t2 = time.perf_counter()
             crops, transforms, keep = person_crops(frame.image, dets.boxes)
             t3 = time.perf_counter()
-            times.add("decode", t1 - t0)
-            times.add("detect", t2 - t1)
+            if tracker is not None and dets.track_ids is None:
+                ids = np.full(len(dets), -1, np.int64)
+                ids[keep] = tracker.update(dets.boxes[keep], dets.scores[keep])
+                dets = replace(dets, track_ids=ids)
+            times.add("detect", t2 - t1 + time.perf_counter() - t3)
             times.add("crop", t3 - t2)
-            _put(q, Prepared(frame, dets, crops, transforms, keep), stop)
-        _put(q, _DONE, stop)
-    except BaseException as e:  # handed to the main thread, which re-raises it
-        _put(q, e, stop)
+            n += 1
+            q.put(Prepared(frame, dets, crops, transforms, keep), stop)
+    except BaseException as e:
+        q.put(e, stop)
 
 
 class Body:
@@ -137,9 +229,13 @@ def _drain(thread: threading.Thread, q: queue.Queue) -> None:
 
 
 def _put(q: queue.Queue, item, stop: threading.Event) -> None:
+    _put_queue(q.put, item, stop)
+
+
+def _put_queue(put, item, stop: threading.Event) -> None:
     while not stop.is_set():
         try:
-            q.put(item, timeout=0.1)
+            put(item, timeout=0.1)
             return
         except queue.Full:
             continue
@@ -167,6 +263,8 @@ def _output(q: queue.Queue, faces, label, on_frame, times: StageTimes, stop: thr
             t2 = time.perf_counter()
             if on_frame is not None:
                 on_frame(frame, overlay, people)
+            if frame.captured is not None:
+                times.latencies.append(time.perf_counter() - frame.captured)
             times.add("overlay", t2 - t1)
             times.add("write", time.perf_counter() - t2)
             times.frames += 1
@@ -182,19 +280,27 @@ def run(source, detector, session, *, faces=None, body: Body | None = None, conf
     order, on the output thread (the CLI writes overlays there). Returns all people of all frames and the stage
     times."""
     cfg = config or RunConfig()
-    tracker = BoxTracker() if cfg.track else None
+    if cfg.detect_every < 1:
+        raise SmplerError(f"--detect-every {cfg.detect_every}: expected a positive integer")
+    if cfg.detect_every > 1 and not cfg.track:
+        raise SmplerError("--detect-every: carries boxes between detections with the tracker; drop --no-track")
+    tracker = BoxTracker(period=cfg.detect_every) if cfg.track else None
     smoother = ParamSmoother(cfg.smooth, getattr(source, "fps", None))
     if smoother.enabled and body is None:
         raise SmplerError("--smooth: needs the body model to re-pose smoothed parameters")
     if cfg.overlay and faces is None:
         raise SmplerError("overlay: needs the mesh faces")
-    times = StageTimes()
-    q: queue.Queue = queue.Queue(maxsize=max(1, cfg.queue_size))
+    live = bool(getattr(source, "live", False))
+    times = StageTimes(live=live)
+    frames = _Latest() if live else _Bounded(maxsize=max(1, cfg.queue_size))
+    q = _Bounded(maxsize=1 if live else max(1, cfg.queue_size))
     out_q: queue.Queue = queue.Queue(maxsize=max(1, cfg.queue_size))
     stop, out_stop = threading.Event(), threading.Event()
     errors: list[BaseException] = []
-    producer = threading.Thread(target=_produce, args=(source, detector, times, q, stop), daemon=True,
-                                name="smpler-run-decode")
+    decoder = threading.Thread(target=_decode, args=(source, times, frames, stop), daemon=True,
+                               name="smpler-run-decode")
+    producer = threading.Thread(target=_prepare, args=(frames, detector, tracker, cfg.detect_every, times, q, stop),
+                                daemon=True, name="smpler-run-prepare")
     writer = threading.Thread(target=_output, args=(out_q, faces, label, on_frame, times, out_stop, errors),
                               daemon=True, name="smpler-run-output")
     all_people: list[PersonParams] = []
@@ -205,6 +311,7 @@ def run(source, detector, session, *, faces=None, body: Body | None = None, conf
 
         warm_up()  # compile the rasteriser (or load numba's cache) before timing, as the session is loaded before
     start = time.perf_counter()
+    decoder.start()
     producer.start()
     writer.start()
     finished = False
@@ -234,18 +341,19 @@ def run(source, detector, session, *, faces=None, body: Body | None = None, conf
             times.calls += -(-n // cfg.max_batch) if n else 0
             for g, out in zip(group, outs):
                 _warn_dropped_boxes(g, log, warned)
-                people, meshes = _finish(g, out, cfg, tracker, smoother, body, times)
+                people, meshes = _finish(g, out, cfg, smoother, body, times)
                 all_people.extend(people)
                 _put(out_q, (g.frame, meshes, people, cfg.overlay), out_stop)
         finished = True
     except KeyboardInterrupt:
-        if getattr(source, "kind", "") != "camera":
+        if not (live or getattr(source, "kind", "") == "camera"):  # a file: Ctrl-C aborts
             raise
         log("stopped (Ctrl-C): writing what was captured")
         finished = True
     finally:
         stop.set()
         _drain(producer, q)
+        _drain(decoder, frames)
         if finished:
             _put(out_q, _DONE, out_stop)
             writer.join()
@@ -256,6 +364,7 @@ def run(source, detector, session, *, faces=None, body: Body | None = None, conf
     if errors:
         raise errors[0]
     times.wall_s = time.perf_counter() - start
+    times.dropped = getattr(frames, "dropped", 0)
     return all_people, times
 
 
@@ -295,18 +404,13 @@ def _infer_group(session, group: list[Prepared], max_batch: int, log) -> list:
                 group[i] = replace(g, crops=g.crops[:0], transforms=[], keep=g.keep[:0])
 
 
-def _finish(g: Prepared, out, cfg, tracker, smoother, body, times) -> tuple[list[PersonParams], list[dict]]:
+def _finish(g: Prepared, out, cfg, smoother, body, times) -> tuple[list[PersonParams], list[dict]]:
     """Track ids, parameters, optional smoothing for one frame -> (people, meshes to draw)."""
     from ..render import to_pixels
 
     t0 = time.perf_counter()
     frame = g.frame
-    if g.dets.track_ids is not None:
-        ids = g.dets.track_ids[g.keep]
-    elif tracker is not None:
-        ids = tracker.update(g.dets.boxes[g.keep])
-    else:
-        ids = None
+    ids = g.dets.track_ids[g.keep] if g.dets.track_ids is not None else None  # the prepare thread tracked
     people = [] if out is None else people_params(out, g.transforms, g.dets, g.keep, frame, cfg.focal_length,
                                                   track_ids=ids, keep_vertices=cfg.keep_vertices)
     meshes = []

@@ -18,26 +18,41 @@ SMOOTHERS = ("none", "ema", "one-euro")
 
 
 class BoxTracker:
-    """IDs for boxes (x, y, w, h): a box continues the track it overlaps (IoU > 1 - distance_threshold)."""
+    """IDs for boxes (x, y, w, h): a box continues the track it overlaps (IoU > 1 - distance_threshold). Between
+    detections (`--detect-every N`: `update` every N-th frame, `predict` on the others) the tracks' Kalman filters
+    (norfair's constant-velocity model on the box corners) carry the boxes forward."""
 
-    def __init__(self, distance_threshold: float = 0.7, hit_counter_max: int = 10):
+    def __init__(self, distance_threshold: float = 0.7, hit_counter_max: int = 10, period: int = 1):
         from norfair import Tracker
 
+        self.period = max(1, int(period))  # frames between updates with detections
+        # a track lives through hit_counter_max frames without detections; it must outlast the gap between them
         self.tracker = Tracker(distance_function="iou", distance_threshold=distance_threshold,
-                               hit_counter_max=hit_counter_max, initialization_delay=0)
+                               hit_counter_max=max(hit_counter_max, 2 * self.period), initialization_delay=0)
 
-    def update(self, boxes) -> np.ndarray:
+    def update(self, boxes, scores=None) -> np.ndarray:
         """Boxes of this frame -> track ids [K] (1-based; a box no track took gets a new id)."""
         from norfair import Detection
 
         b = np.asarray(boxes, np.float64).reshape(-1, 4)
-        dets = [Detection(np.array([[x, y], [x + w, y + h]]), data=i) for i, (x, y, w, h) in enumerate(b)]
+        sc = np.ones(len(b)) if scores is None else np.asarray(scores, np.float64).reshape(-1)
+        dets = [Detection(np.array([[x, y], [x + w, y + h]]), data=(i, float(sc[i])))
+                for i, (x, y, w, h) in enumerate(b)]
         ids = np.full(len(b), -1, np.int64)
-        for obj in self.tracker.update(dets):
+        for obj in self.tracker.update(dets, period=self.period):
             d = obj.last_detection
             if any(d is det for det in dets):
-                ids[d.data] = obj.id
+                ids[d.data[0]] = obj.id
         return ids
+
+    def predict(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Advance one frame without detections: (boxes [K,4] where the live tracks are predicted, their ids [K],
+        the score of each track's last detection [K])."""
+        objs = self.tracker.update([])
+        boxes = np.array([[*o.estimate[0], *(o.estimate[1] - o.estimate[0])] for o in objs], np.float64)
+        ids = np.array([o.id for o in objs], np.int64)
+        scores = np.array([o.last_detection.data[1] for o in objs], np.float64)
+        return boxes.reshape(-1, 4), ids, scores
 
 
 def project_to_so3(m: np.ndarray) -> np.ndarray:

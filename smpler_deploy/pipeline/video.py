@@ -1,12 +1,19 @@
 """Frame sources (an image, a folder of images, a video file, a camera) and the mp4 overlay writer, with PyAV.
 
-A camera is a V4L2 device path (/dev/video0) or an index (`0`, `cam:0`). Every source yields `Frame`s of uint8 RGB
-[H,W,3]; bad input (missing file, unreadable video, no camera) is a one-line `SmplerError` naming it.
+A camera is a V4L2 device path (/dev/video0) or an index (`0`, `cam:0`); a stream is a URL FFmpeg opens (rtsp://,
+http://, udp://, ...). Every source yields `Frame`s of uint8 RGB [H,W,3]; bad input (missing file, unreadable video,
+no camera) is a one-line `SmplerError` naming it.
+
+Live sources (`Source.live`: cameras, and any video or stream opened with `realtime=True`, which is then paced at
+its own frame rate) do not wait for the consumer: `pipeline.runner` keeps only the newest frame of one and counts the
+frames it had to drop. FFmpeg's frame threads decode ahead for files; a live source decodes with slice threads, which
+add no frames of delay.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -18,6 +25,7 @@ from ..errors import SmplerError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 _CAMERA = re.compile(r"^(?:cam:)?(\d+)$|^(/dev/video\d+)$")
+_URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
 
 
 @dataclass
@@ -26,11 +34,13 @@ class Frame:
     image: np.ndarray  # uint8 RGB [H,W,3]
     name: str  # file name for images, "frame_000123" for video
     time_s: float | None = None  # presentation time for video
+    captured: float | None = None  # time.perf_counter() when the source delivered it (for capture-to-result latency)
 
 
 class Source:
-    kind = "images"  # "images" | "video" | "camera"
+    kind = "images"  # "images" | "video" | "camera" | "stream"
     fps: float | None = None
+    live = False  # frames arrive on their own clock (a camera, a --realtime stream): stale ones may be dropped
 
     def __iter__(self) -> Iterator[Frame]:
         raise NotImplementedError
@@ -54,13 +64,17 @@ class ImageSource(Source):
 
 
 class AVSource(Source):
-    """A video file or a camera through PyAV (FFmpeg)."""
+    """A video file, a stream or a camera through PyAV (FFmpeg). `realtime`: deliver frames at the source's own
+    frame rate (a file played as if it were a live stream) and mark the source live."""
 
-    def __init__(self, url: str, *, camera: bool, max_frames: int | None = None):
+    def __init__(self, url: str, *, camera: bool, max_frames: int | None = None, realtime: bool = False,
+                 stream: bool = False):
         import av
 
         self.url, self.max_frames = url, max_frames
-        self.kind = "camera" if camera else "video"
+        self.kind = "camera" if camera else "stream" if stream else "video"
+        self.live = camera or realtime
+        self.paced = realtime and not camera  # a camera delivers at its own rate already
         try:
             self.container = av.open(url, format="v4l2" if camera and url.startswith("/dev/") else None)
         except FileNotFoundError:
@@ -73,7 +87,8 @@ class AVSource(Source):
             self.container.close()
             raise SmplerError(f"{url}: no video stream (expected a video file such as .mp4/.mkv/.avi)")
         self.stream = self.container.streams.video[0]
-        self.stream.thread_type = "AUTO"  # FFmpeg's frame threads decode ahead
+        # frame threads decode ahead (throughput, a few frames of delay); slice threads add no delay (live)
+        self.stream.thread_type = "SLICE" if self.live else "AUTO"
         rate = self.stream.average_rate or self.stream.guessed_rate
         self.fps = float(rate) if rate else None
         self.description = f"{self.kind} {url}" + (f" ({self.fps:.3g} fps)" if self.fps else "")
@@ -82,11 +97,18 @@ class AVSource(Source):
         import av
 
         n = 0
+        start = first = None
         try:
             for frame in self.container.decode(self.stream):
                 if self.max_frames is not None and n >= self.max_frames:
                     break
                 t = float(frame.pts * self.stream.time_base) if frame.pts is not None else None
+                if self.paced:  # wait for the frame's presentation time on the wall clock
+                    due = (t - first) if t is not None and first is not None else n / (self.fps or 25.0)
+                    if start is None:
+                        start, first = time.perf_counter(), t
+                    elif (wait := start + due - time.perf_counter()) > 0:
+                        time.sleep(wait)
                 yield Frame(n, frame.to_ndarray(format="rgb24"), f"frame_{n:06d}", t)
                 n += 1
         except av.error.FFmpegError as e:
@@ -102,8 +124,9 @@ def _av_reason(e: Exception) -> str:
     return (getattr(e, "strerror", None) or str(e).splitlines()[0] or e.__class__.__name__)[:160]
 
 
-def open_source(spec: str, max_frames: int | None = None) -> Source:
-    """An image file, a folder of images, a video file, or a camera (/dev/videoN, N, cam:N)."""
+def open_source(spec: str, max_frames: int | None = None, realtime: bool = False) -> Source:
+    """An image file, a folder of images, a video file, a stream URL, or a camera (/dev/videoN, N, cam:N).
+    `realtime`: a video file or stream is delivered at its frame rate and treated as live (cameras always are)."""
     m = _CAMERA.match(str(spec))
     if m:
         dev = m.group(2) or f"/dev/video{m.group(1)}"
@@ -111,7 +134,12 @@ def open_source(spec: str, max_frames: int | None = None) -> Source:
             raise SmplerError(f"{spec}: camera not found ({dev} does not exist; expected a V4L2 device such as "
                               "/dev/video0)")
         return AVSource(dev, camera=True, max_frames=max_frames)
+    if _URL.match(str(spec)):
+        return AVSource(str(spec), camera=False, max_frames=max_frames, realtime=realtime, stream=True)
     p = Path(spec)
+    if realtime and (p.is_dir() or p.suffix.lower() in IMAGE_SUFFIXES):
+        raise SmplerError(f"--realtime: {p} is an image or a folder of images, which has no frame rate (expected a "
+                          "video file, a stream or a camera)")
     if p.is_dir():
         paths = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())
         if not paths:
@@ -122,7 +150,7 @@ def open_source(spec: str, max_frames: int | None = None) -> Source:
                           "camera such as /dev/video0)")
     if p.suffix.lower() in IMAGE_SUFFIXES:
         return ImageSource([p], str(p))
-    return AVSource(str(p), camera=False, max_frames=max_frames)
+    return AVSource(str(p), camera=False, max_frames=max_frames, realtime=realtime)
 
 
 class VideoWriter:
