@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .errors import SmplerError
 from .outputs import INPUT_NAME, OUTPUT_NAMES
-from .spec import Precision
+from .precision import Precision
 
 VARIANTS = ("smpler", "smpler-l")
 

@@ -1,118 +1,18 @@
-"""Flags parsed once into typed values: a precision (with its int8 layout), GPU targets, the export request.
+"""smpler-export's flags parsed once into a typed request (`ExportSpec`): the precision (`precision.Precision`),
+GPU targets (`engine.targets`), engine options and the files it writes.
 
-Every command validates its flags here before any work, so a bad value is a one-line error in a second, not a
-traceback after minutes of export. The report spelling of precisions ("fp32", "fp16", "int8" for TensorRT's
-layout, "int8-cpu" for ONNX Runtime's) is produced and parsed only here.
+Every check runs here before any work, so a bad value is a one-line error in a second, not a traceback after
+minutes of export.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .engine.targets import DEFAULT_SMS, parse_sms, valid_sms
 from .errors import SmplerError
-
-KINDS = ("fp32", "fp16", "int8")
-INT8_TARGETS = ("trt", "cpu")  # trt: symmetric Q/DQ TensorRT accepts; cpu: ONNX Runtime's fused uint8 layout
-NAMES = ("fp32", "fp16", "int8", "int8-cpu")  # report spelling
-
-
-@dataclass(frozen=True)
-class Precision:
-    kind: str  # fp32 | fp16 | int8
-    target: str | None = None  # int8 only: trt | cpu
-
-    def __post_init__(self):
-        if self.kind not in KINDS:
-            raise SmplerError(f"precision {self.kind}: expected one of {', '.join(KINDS)}")
-        if (self.kind == "int8") != (self.target is not None) or (self.target and self.target not in INT8_TARGETS):
-            raise SmplerError(f"precision {self.kind}/{self.target}: an int8 layout (trt or cpu) goes with int8 only")
-
-    @property
-    def name(self) -> str:
-        """Report spelling: int8 is TensorRT's layout, int8-cpu ONNX Runtime's."""
-        return "int8-cpu" if self.target == "cpu" else self.kind
-
-    def __str__(self) -> str:
-        return self.name
-
-    @property
-    def buildable(self) -> bool:
-        """TensorRT can build it (it refuses the non-zero zero points of the cpu layout)."""
-        return self.target != "cpu"
-
-    @classmethod
-    def parse(cls, text: str, flag: str = "--precision") -> "Precision":
-        """"fp32" | "fp16" | "int8" (= int8 TensorRT layout) | "int8-cpu" | "int8-trt"."""
-        t = str(text).strip().lower().replace("_", "-")
-        if t in ("fp32", "fp16"):
-            return cls(t)
-        if t in ("int8", "int8-trt"):
-            return cls("int8", "trt")
-        if t == "int8-cpu":
-            return cls("int8", "cpu")
-        raise SmplerError(f"{flag} {text}: expected one of {', '.join(NAMES)}")
-
-    @classmethod
-    def from_flags(cls, precision: str | None, target: str | None) -> "Precision":
-        """smpler-export's --precision and --target: --target only with int8 (default trt)."""
-        kind = precision or "fp32"
-        if kind not in KINDS:
-            raise SmplerError(f"--precision {kind}: expected one of {', '.join(KINDS)}")
-        if target is not None and kind != "int8":
-            raise SmplerError(f"--target {target}: applies to --precision int8 only (got --precision {kind})")
-        if target is not None and target not in INT8_TARGETS:
-            raise SmplerError(f"--target {target}: expected one of {', '.join(INT8_TARGETS)}")
-        return cls(kind, (target or "trt") if kind == "int8" else None)
-
-    @classmethod
-    def from_metadata(cls, meta: dict, where: str = "graph") -> "Precision":
-        """From an exported graph's metadata (`precision`, and `int8_target` for int8)."""
-        kind = meta.get("precision")
-        if kind not in KINDS:
-            raise SmplerError(f"{where}: metadata precision {kind!r} is not one of {', '.join(KINDS)}")
-        return cls(kind, meta.get("int8_target") or "trt") if kind == "int8" else cls(kind)
-
-
-# ---------------------------------------------------------------- TensorRT-RTX targets
-
-
-# GPUs TensorRT-RTX cannot target: their engines come from full TensorRT on the device (docs/jetson.md).
-ON_DEVICE_SMS = {87: "Jetson Orin", 90: "Hopper"}
-
-
-def parse_sm(text) -> int:
-    """"89", 89, "8.9", "sm_89", "SM89", "sm89" -> 89; anything else a one-line error naming --sm."""
-    t = str(text).strip().lower().removeprefix("sm").lstrip("_")
-    m = re.fullmatch(r"(\d+)\.(\d)", t)
-    if m:
-        t = m.group(1) + m.group(2)
-    if not t.isdigit():
-        raise SmplerError(f"--sm {text}: expected a compute capability such as 89, 8.9 or sm_89")
-    return int(t)
-
-
-def parse_sms(values, valid: list[int] | None = None) -> list[int] | None:
-    """Repeatable and comma-separated --sm values, normalized and de-duplicated; checked against `valid`."""
-    if not values:
-        return None
-    out: list[int] = []
-    for v in values:
-        for item in str(v).split(","):
-            if not item.strip():
-                continue
-            sm = parse_sm(item)
-            if valid is not None and sm not in valid:
-                hint = (f"; {ON_DEVICE_SMS[sm]} (SM{sm}) engines are built on the device itself with --trt tensorrt"
-                        if sm in ON_DEVICE_SMS else "")
-                raise SmplerError(f"--sm {item.strip()}: not a TensorRT-RTX target; valid: {', '.join(map(str, valid))}"
-                                  + hint)
-            if sm not in out:
-                out.append(sm)
-    if not out:
-        raise SmplerError("--sm: give at least one target" + (f"; valid: {', '.join(map(str, valid))}" if valid else ""))
-    return out
+from .precision import Precision
 
 
 # ---------------------------------------------------------------- smpler-export
@@ -244,7 +144,7 @@ def export_spec(a) -> ExportSpec:
         trt, opts.flavour = B.import_trt(a.trt)  # fail fast, before minutes of export, if no flavour is installed
         B.check_engine_options(opts)
         if opts.flavour == "tensorrt-rtx":
-            opts.sms = parse_sms(a.sm, B.valid_sms(trt)) or list(B.DEFAULT_SMS)
+            opts.sms = parse_sms(a.sm, valid_sms(trt)) or list(DEFAULT_SMS)
         elif a.sm:
             raise SmplerError("--sm applies to --trt tensorrt-rtx only; --trt tensorrt builds for the local GPU")
     onnx_path = Path(a.onnx) if a.onnx else (out if a.format == "onnx" else out.with_suffix(".onnx"))

@@ -325,7 +325,7 @@ def test_ctrl_c_cancels_the_build_and_keeps_nothing(tmp_path, monkeypatch):
 
 
 def test_sm_spellings(graphs, tmp_path):
-    from smpler_deploy.engine.builder import check_sms
+    from smpler_deploy.engine.targets import check_sms
 
     assert check_sms(["8.9", "sm_86", "SM120", 89], [75, 80, 86, 89, 120]) == [89, 86, 120]
     with pytest.raises(SmplerError) as e:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from smpler_deploy.errors import SmplerError
-from smpler_deploy.spec import Precision
+from smpler_deploy.precision import Precision
 from smpler_deploy.runtime.torch_plan import FP32_PARTS, GraphCache, parse_device, plan_torch
 
 HAVE_CUDA = torch.cuda.is_available()

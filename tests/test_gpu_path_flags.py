@@ -91,7 +91,7 @@ def test_plugin_kernels_refused_before_a_build_that_runs_them(tmp_path):
 
 @pytest.mark.parametrize("sm,name", [("87", "Jetson Orin"), ("9.0", "Hopper")])
 def test_sm_error_says_build_on_device(sm, name):
-    from smpler_deploy.spec import parse_sms
+    from smpler_deploy.engine.targets import parse_sms
 
     with pytest.raises(SmplerError, match=rf"^--sm {re.escape(sm)}: not a TensorRT-RTX target; valid: 86, 89; "
                                           rf"{name} \(SM{sm.replace('.', '')}\) engines are built on the device "

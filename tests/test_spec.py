@@ -1,4 +1,4 @@
-"""Flags parsed once into typed values (spec.Precision, --sm, ExportSpec) and the SMPLer-artifact checks; every
+"""Flags parsed once into typed values (Precision, --sm, ExportSpec) and the SMPLer-artifact checks; every
 refusal is one line and comes before any work."""
 
 from __future__ import annotations
@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 
 from smpler_deploy.errors import SmplerError
-from smpler_deploy.spec import Precision, export_spec, parse_sm, parse_sms
+from smpler_deploy.engine.targets import parse_sm, parse_sms
+from smpler_deploy.precision import Precision
+from smpler_deploy.spec import export_spec
 
 
 @pytest.mark.parametrize("text,kind,target,name", [

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from smpler_deploy.engine.builder import check_sms, parse_mem_pool_size, profile_shapes, sm_to_major_minor
+from smpler_deploy.engine.builder import parse_mem_pool_size, profile_shapes, sm_to_major_minor
+from smpler_deploy.engine.targets import check_sms
 from smpler_deploy.outputs import parse_batch
 from smpler_deploy.engine.layer_summary import (
     find_layers_dump,

@@ -311,7 +311,7 @@ def _ensure_onnx(cfg: BenchConfig, precision: str) -> Path:
     if not path.is_file():
         from ..export import onnx_export as E
 
-        from ..spec import Precision
+        from ..precision import Precision
 
         p = Precision.parse(precision)
         E.export_onnx(path, precision=p.kind, target=p.target or "trt", variant=cfg.variant,

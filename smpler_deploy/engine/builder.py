@@ -22,13 +22,14 @@ from pathlib import Path
 from ..errors import SmplerError
 from ..fileio import atomic_path, outputs, sha256_file, stage_dir, write_bytes_atomic, write_text_atomic
 from ..outputs import INPUT_NAME, parse_batch
+from ..precision import KINDS, Precision
 from . import layer_summary
 from ..trt.manifest import FLAVOUR_TITLES, SCHEMA, layers_path, manifest_path, write_manifest
 from ..plugins.graph import plugin_summary
 from ..trt.importer import import_trt
 from ..trt.plugins import register_smpler_plugins
+from .targets import DEFAULT_SMS, check_sms, valid_sms
 
-DEFAULT_SMS = (89,)
 # trtexec --memPoolSize pool names -> trt.MemoryPoolType members.
 MEM_POOLS = {
     "workspace": "WORKSPACE",
@@ -58,21 +59,6 @@ def parse_mem_pool_size(spec: str | None) -> dict[str, int]:
                 "(e.g. workspace:2G)"
             )
         out[pool] = int(float(m.group(2)) * _UNITS[m.group(3).upper()])
-    return out
-
-
-def valid_sms(trt) -> list[int]:
-    """Compute capabilities this TensorRT-RTX can target, e.g. [75, 80, 86, 89, 120, 121]."""
-    return sorted(int(n[2:]) for n in trt.ComputeCapability.__members__ if re.fullmatch(r"SM\d+", n))
-
-
-def check_sms(sms, valid: list[int]) -> list[int]:
-    """Normalize ("89", 8.9, "sm_120", 120) -> ints and refuse unknown targets, listing the valid ones."""
-    from ..spec import parse_sms
-
-    out = parse_sms(list(sms), valid)
-    if not out:
-        raise SmplerError(f"--sm: give at least one target; valid: {', '.join(map(str, valid))}")
     return out
 
 
@@ -350,8 +336,6 @@ def build_engine(
 
     facts = onnx_facts(onnx_path)
     meta = facts["metadata"]
-    from ..spec import KINDS, Precision
-
     if meta.get("precision") in KINDS and not Precision.from_metadata(meta).buildable:
         raise SmplerError(f"{onnx_path}: an int8-cpu graph (ONNX Runtime's layout, non-zero zero points TensorRT "
                           "refuses); build engines from smpler-export --precision int8 --target trt")

@@ -366,7 +366,7 @@ def trt_for_this_gpu() -> tuple[object, str, int] | str:
     except Exception as e:  # noqa: BLE001 - no driver / no device: a reason, not a crash
         return f"cannot query the GPU through cuda-python: {e.__class__.__name__}: {e}"
     if flavour == "tensorrt-rtx":
-        from ..engine.builder import valid_sms
+        from ..engine.targets import valid_sms
 
         if sm not in valid_sms(trt):
             return (f"TensorRT-RTX {trt.__version__} does not target sm_{sm} (it targets "

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import SmplerError
-from ..spec import Precision
+from ..precision import Precision
 from ..outputs import CROP_SIZE, INPUT_NAME
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}

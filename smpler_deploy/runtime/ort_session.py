@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import SmplerError
 from ..outputs import CROP_SIZE, INPUT_NAME, OUTPUT_NAMES, SMPLOutput
-from ..spec import KINDS, Precision
+from ..precision import KINDS, Precision
 from .base import check_images, check_outputs
 from .ort_providers import PROVIDERS, check_available, parse_provider, provider_list
 

@@ -44,7 +44,7 @@ def refuse_misplaced(a) -> None:
 def export_triton(a, say, load_model) -> int:
     """Everything checked before any work; then export (unless --onnx/--engine) and write the repository."""
     from ..outputs import parse_batch
-    from ..spec import Precision
+    from ..precision import Precision
 
     given = _given(a, ENGINE_BUILD)
     if given:
