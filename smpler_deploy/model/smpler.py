@@ -2,8 +2,8 @@
 
 Parameter/buffer names equal the official release (`load_state_dict(strict=True)` takes an official
 checkpoint). Intermediate stages compute only the 24 posed skeleton joints (joints-only refinement, exact);
-the mesh is built once, at the end. `official_style=True` evaluates the full mesh at every stage and uses
-textbook attention, as the official code does: the baseline benchmarks compare against.
+the mesh is built once, at the end. `official_style=True` runs the official forward's computation in its layout
+(`official_style.py`: full mesh at every stage, projected keys, grid_sample): the baseline benchmarks compare against.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from torch import nn
 from ..body.layer import SMPLHandler
 from ..body.lbs import rot6d_to_rotmat
 from ..outputs import SMPLOutput
+from . import official_style
 from .hrnet import HRNet
 from .transformer import HIDDEN, NUM_JOINTS, TORCH_OPS, TransformerBlockWrapped
 
@@ -132,12 +133,13 @@ class SMPLer(nn.Module):
     def forward(self, images: torch.Tensor) -> SMPLOutput:
         if not torch.jit.is_tracing() and not torch.compiler.is_compiling():
             _check_input(images)
+        if self.official_style:
+            return official_style.forward(self, images)
         feats = self.backbone(images.to(self.compute_dtype))
         g = feats[3].float().mean(dim=(2, 3))
         rot, betas, cam = self.SMPL_predictor(g)
         handler = self.smpl_handler
-        full = self.official_style
-        mesh = full or self.full_mesh_stages
+        mesh = self.full_mesh_stages
         j2d = handler(rot, betas, cam)[3] if mesh else handler.joints2d(rot, betas, cam)
         b = images.shape[0]
         q = torch.cat([
@@ -147,7 +149,7 @@ class SMPLer(nn.Module):
         ], dim=1) + self.global_feat_projection(g).unsqueeze(1)
         last = len(self.transformer) - 1
         for i, block in enumerate(self.transformer):
-            d_rot, d_betas, d_cam, q = block(q, feats, j2d, self.ops, standard=full)
+            d_rot, d_betas, d_cam, q = block(q, feats, j2d, self.ops)
             betas = betas + d_betas
             cam = cam + d_cam
             rot = torch.matmul(rot, d_rot)

@@ -2,8 +2,9 @@
 
 Cross-attention uses the folded form of `attention.py` (key/value projections moved onto the query side and
 after the weighted sum); the attention kernels themselves are pluggable (`ops`): PyTorch reference, Triton
-kernels, or ONNX plugin nodes. `standard=True` runs textbook attention (keys projected), the official
-computation, kept for the official-style baseline and as a test oracle.
+kernels, or ONNX plugin nodes. `TransformerLayer.standard` is textbook attention in the official layer's layout
+(keys projected): the self-attention of every path, and every attention of the official-style baseline
+(`official_style.py`, which drives these modules' weights the official way).
 """
 
 from __future__ import annotations
@@ -72,21 +73,26 @@ class TransformerLayer(nn.Module):
         a = x + self.dropout(self.linear_attn(ctx))
         return a + self.mlp(a)
 
-    def standard(self, x, keys, bias=None):
-        """Textbook attention (official): x [B,T,128], keys [B,T,N,128] or [B,N,128], bias [B,T,NH,N]."""
+    def standard(self, x, keys=None, bias=None):
+        """Textbook attention laid out as the official (BERT-style) layer: keys and values projected once, queries
+        [B,NH,T,32] against keys [B,NH,N,32] in one product. x [B,T,128]; keys [B,N,128] (None: self-attention
+        on the normalized x); bias added to the logits, broadcast to [B,NH,T,N]."""
         h = self.LayerNorm_attn(x)
-        q = self._heads(self.attention.query(h))  # [B,T,NH,1,32]
-        kv = keys if keys.dim() == 4 else keys.unsqueeze(1)  # [B,T|1,N,128]
-        k = self.attention.key(kv).reshape(*kv.shape[:3], HEADS, HEAD_DIM).transpose(2, 3)  # [B,T,NH,N,32]
-        v = self.attention.value(kv).reshape(*kv.shape[:3], HEADS, HEAD_DIM).transpose(2, 3)
-        logits = (torch.matmul(q, k.transpose(-1, -2)).squeeze(-2) / math.sqrt(HEAD_DIM)).float()
+        kv = h if keys is None else keys
+        att = self.attention
+        q, k, v = (_split_heads(lin(t)) for lin, t in ((att.query, h), (att.key, kv), (att.value, kv)))
+        logits = (torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(HEAD_DIM)).float()
         if bias is not None:
             logits = logits + bias
-        ctx = torch.matmul(torch.softmax(logits, -1).to(v.dtype).unsqueeze(-2), v).reshape(x.shape[0], x.shape[1], HIDDEN)
-        return self._residual(x, ctx)
+        ctx = torch.matmul(torch.softmax(logits, -1).to(v.dtype), v)  # [B,NH,T,32]
+        return self._residual(x, ctx.permute(0, 2, 1, 3).reshape(x.shape[0], x.shape[1], HIDDEN))
 
     def self_attention(self, x):
-        return self.standard(x, self.LayerNorm_attn(x))
+        return self.standard(x)
+
+
+def _split_heads(y: torch.Tensor) -> torch.Tensor:  # [B,L,128] -> [B,NH,L,32]
+    return y.reshape(y.shape[0], y.shape[1], HEADS, HEAD_DIM).permute(0, 2, 1, 3)
 
 
 class _Wrap(nn.Module):
@@ -108,14 +114,11 @@ class GlobalUnit(nn.Module):
         super().__init__()
         self.trans_layer_list = nn.ModuleList(_Wrap() for _ in FEAT_RES)
 
-    def forward(self, x, keys: list[torch.Tensor], ops, standard: bool = False):
+    def forward(self, x, keys: list[torch.Tensor], ops):
         layers = [w.transformer_layer for w in self.trans_layer_list]
-        if standard:
-            outs = [layer.standard(x, k) for layer, k in zip(layers, keys)]
-        else:
-            qk = torch.stack([layer.fold_query(x) for layer in layers], dim=1)  # [B,4,T,NH,128]
-            agg = ops.global_attention_multiscale(keys, qk)
-            outs = [layer.finish(x, agg[:, s]) for s, layer in enumerate(layers)]
+        qk = torch.stack([layer.fold_query(x) for layer in layers], dim=1)  # [B,4,T,NH,128]
+        agg = ops.global_attention_multiscale(keys, qk)
+        outs = [layer.finish(x, agg[:, s]) for s, layer in enumerate(layers)]
         return (outs[0] + outs[1] + outs[2] + outs[3]) * 0.25
 
 
@@ -125,13 +128,9 @@ class LocalUnit(nn.Module):
         self.relative_position_encoding_table = nn.ParameterList([nn.Parameter(torch.zeros(1, HEADS, 2 * RADIUS + 1, 2 * RADIUS + 1))])
         self.trans_layer_list = nn.ModuleList([_Wrap()])
 
-    def forward(self, x, feat_nhwc, joints2d, ops, standard: bool = False):
+    def forward(self, x, feat_nhwc, joints2d, ops):
         layer = self.trans_layer_list[0].transformer_layer
         table = self.relative_position_encoding_table[0][0]
-        if standard:
-            ix, iy, dx, dy = A.window_coords(joints2d, feat_nhwc.shape[1])
-            keys = A.gather_window(feat_nhwc, ix, iy)
-            return layer.standard(x, keys, A.local_bias(table, dx, dy))
         agg = ops.local_attention(feat_nhwc, joints2d, layer.fold_query(x), table)
         return layer.finish(x, agg)
 
@@ -143,9 +142,9 @@ class TransformerUnit(nn.Module):
         self.local_unit = LocalUnit()
         self.self_trans_layer = _SelfWrap()
 
-    def forward(self, x, keys, feat0, joints2d, ops, standard=False):
-        xg = self.global_unit(x, keys, ops, standard)
-        xl = self.local_unit(x[:, :NUM_JOINTS], feat0, joints2d, ops, standard)
+    def forward(self, x, keys, feat0, joints2d, ops):
+        xg = self.global_unit(x, keys, ops)
+        xl = self.local_unit(x[:, :NUM_JOINTS], feat0, joints2d, ops)
         # Concat instead of the official in-place row write (which exports as ScatterND).
         xm = torch.cat([0.5 * (xg[:, :NUM_JOINTS] + xl), xg[:, NUM_JOINTS:]], dim=1)
         return self.self_trans_layer.self_trans_layer.self_attention(xm)
@@ -172,12 +171,12 @@ class TransformerBlock(nn.Module):
                 q = nn.functional.avg_pool2d(q, 2, 2)
             getattr(self, f"pos_{s}").copy_(q.flatten(2).transpose(1, 2))
 
-    def forward(self, q, feats_nhwc, joints2d, ops, standard=False):
+    def forward(self, q, feats_nhwc, joints2d, ops):
         x = self.dropout(self.early_embedding(q) + self.position_embeddings.weight)
         b = q.shape[0]
         keys = [f.reshape(b, -1, HIDDEN) + getattr(self, f"pos_{s}") for s, f in enumerate(feats_nhwc)]
         for unit in self.trans_units:
-            x = unit(x, keys, feats_nhwc[0], joints2d, ops, standard)
+            x = unit(x, keys, feats_nhwc[0], joints2d, ops)
         return self.head(x) + self.residual(q)
 
 
@@ -210,14 +209,14 @@ class TransformerBlockWrapped(nn.Module):
         self.beta_predictor = nn.Linear(HIDDEN, 10)
         self.cam_predictor = nn.Linear(HIDDEN, 3)
 
-    def forward(self, q, feats, joints2d, ops, standard=False):
+    def forward(self, q, feats, joints2d, ops):
         """q [B,26,128] float32; feats in the compute dtype; joints2d float32. Deltas come back float32."""
         cdt = feats[0].dtype
         q = q.to(cdt)
         proj = [self.raw_feat_projection_layer[str(s)](f) for s, f in enumerate(feats)]  # NHWC
         e = self.joint_feat_projection_layer["0"](A.bilinear_sample_points(proj[0], joints2d).to(cdt))
         q2 = torch.cat([q[:, :NUM_JOINTS] + e, q[:, NUM_JOINTS:] + e.mean(1, keepdim=True)], dim=1)
-        out = self.trans_block(q2, proj, joints2d, ops, standard)
+        out = self.trans_block(q2, proj, joints2d, ops)
         out32 = out.float()  # the predictors and rotation math run in float32 (fp32 islands)
         d_rot = rot6d_to_rotmat(self.theta_predictor(out32[:, :NUM_JOINTS]))
         return d_rot, self.beta_predictor(out32[:, NUM_JOINTS]), self.cam_predictor(out32[:, NUM_JOINTS + 1]), out32
