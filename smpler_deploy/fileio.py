@@ -150,8 +150,13 @@ def _lock(p: Path, label: str) -> int:
         except FileNotFoundError:
             pass
         os.close(fd)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # for the "another process (pid N)" message
+    except OSError as e:  # a full disk: release the lock (its file too) and name the output
+        _unlock(p, fd)
+        e.filename = str(p)
+        raise
     _reclaim_stale(p)
     return fd
 
@@ -203,7 +208,11 @@ class Transaction:
         kept = []
         for final, backup in reversed(self.written):
             try:
-                if backup is not None:
+                if final.is_dir() and not final.is_symlink():  # a directory committed by staged_dir
+                    shutil.rmtree(final)
+                    if backup is not None:
+                        os.rename(backup, final)
+                elif backup is not None:
                     os.replace(backup, final)
                 else:
                     final.unlink()
@@ -220,8 +229,7 @@ class Transaction:
     def finish(self) -> None:
         for _, backup in self.written:
             if backup is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    backup.unlink()
+                _remove(backup)
 
 
 def _txs() -> list[Transaction]:
@@ -277,6 +285,22 @@ def outputs(*paths, force: bool = False, flag: str = "-o", dirs=()) -> Iterator[
         tx.finish()
 
 
+def os_error_message(e: OSError) -> str:
+    """An OSError (full disk, read-only file system, ...) as one line naming the path the user gave: a scratch or
+    staging name of this process is shown as the output it stands for."""
+    names = [_final_name(f) for f in (e.filename, e.filename2) if f is not None]
+    what = e.strerror or str(e) or e.__class__.__name__
+    kept = getattr(e, "kept", [])
+    tail = f"; {_names(kept)} could not be removed" if kept else ""
+    return f"{' -> '.join(names)}: {what}{tail}" if names else f"{what}{tail}"
+
+
+def _final_name(name) -> str:
+    scratch = re.compile(rf"^\.(.+?)\.{os.getpid()}\.[^/]*\.(?:tmp|bak|stage)$")
+    parts = [m.group(1) if (m := scratch.match(part)) else part for part in Path(os.fsdecode(name)).parts]
+    return str(Path(*parts)) if parts else os.fsdecode(name)
+
+
 def interrupted_message(exc: BaseException) -> str:
     """What an interrupted command says about its outputs."""
     kept = getattr(exc, "kept", [])
@@ -318,6 +342,84 @@ def _scratch(final: Path, suffix: str, kind: str) -> Path:
 def stage_dir(final: Path) -> Path:
     """A private staging directory beside `final`, named with our pid so `_reclaim_stale` removes it if we die."""
     return Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".stage", dir=final.parent))
+
+
+class _StageTx(Transaction):
+    """What is written inside a `staged_dir` block: it moves (or is removed) with the staging directory."""
+
+
+def check_output_tree(path: str | os.PathLike, force: bool = False, flag: str = "-o") -> Path:
+    """`check_output_dir` for a directory written as a whole (`staged_dir`): a non-empty one needs --force."""
+    p = check_output_dir(path, flag)
+    if _nonempty(p) and not force:
+        raise SmplerError(f"{flag} {p}: exists and is not empty (pass --force to replace it)")
+    return p
+
+
+def _nonempty(p: Path) -> bool:
+    """`p` holds something a new output would replace: a non-empty directory, a file, or a link."""
+    if p.is_symlink() or (p.exists() and not p.is_dir()):
+        return True
+    try:
+        with os.scandir(p) as it:
+            return any(True for _ in it)
+    except FileNotFoundError:
+        return False
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
+@contextlib.contextmanager
+def staged_dir(path: str | os.PathLike, *, force: bool = False, flag: str = "-o") -> Iterator[Path]:
+    """A directory output as one transaction: checked and claimed before any work, written into a private staging
+    directory beside it (yielded), renamed into place only when the block succeeds. A non-empty `path` needs
+    --force and is then replaced as a whole (the previous one kept aside until the new one is in; inside an
+    `outputs` block it is put back if that block fails). On an error or Ctrl-C nothing of the block stays."""
+    out = check_output_tree(path, force, flag)
+    with _claimed(out, force=force, label=f"{flag} {out}"):  # a concurrent writer of `path` fails here
+        stage = stage_dir(out)
+        try:
+            os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700; outputs are ordinary shared directories
+            txs = _txs()
+            txs.append(_StageTx())  # files written in the stage move with it; nothing to undo one by one
+            try:
+                yield stage
+            finally:
+                txs.pop()
+            _commit_dir(stage, out, force)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def _commit_dir(stage: Path, out: Path, force: bool) -> None:
+    """Rename a finished staging directory onto `out` (missing or empty; under --force the previous one is moved
+    aside first, and removed once the new one is in, or by the enclosing transaction's end)."""
+    backup = None
+    if force and _nonempty(out):
+        backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".bak", dir=out.parent))
+        if out.is_symlink() or not out.is_dir():
+            backup.rmdir()  # a link or file is renamed onto the free name (rename(2) puts directories on directories)
+        os.rename(out, backup)
+    try:
+        os.rename(stage, out)  # replaces an empty directory, never a non-empty one
+    except OSError as e:
+        if backup is not None:
+            os.rename(backup, out)
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise SmplerError(f"{out}: another run's output of that name appeared while this one was written; "
+                              "pass --force to replace it") from None
+        raise
+    outer = next((t for t in reversed(_txs()) if not isinstance(t, _StageTx)), None)
+    if outer is not None:
+        outer.written.append((out, backup))
+    elif backup is not None:
+        _remove(backup)
 
 
 def _commit(tmp: Path, final: Path, overwrite: bool) -> None:
@@ -370,6 +472,10 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         try:
             yield tmp
             _commit(tmp, final, overwrite=claim.force)
+        except OSError as e:  # a full disk raises from write() without a file name: name the output
+            if e.filename is None:
+                e.filename = str(final)
+            raise
         finally:
             tmp.unlink(missing_ok=True)
 

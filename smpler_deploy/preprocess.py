@@ -31,6 +31,16 @@ class ImageTooLargeError(SmplerError):
 def open_image(path) -> np.ndarray:
     """The one place image files are opened (demo, calibration, smpler-run): uint8 RGB [H,W,3] or a one-line
     SmplerError naming the file. PIL's DecompressionBombWarning is an error here, like its bomb error."""
+    return _read_image(path, decode=True)
+
+
+def check_image_file(path) -> tuple[int, int]:
+    """(width, height) from the header alone, refused as `open_image` refuses it (unreadable, a bomb): lets a
+    command check every input image before any model work or output."""
+    return _read_image(path, decode=False)
+
+
+def _read_image(path, decode: bool):
     import warnings
 
     from PIL import Image, UnidentifiedImageError
@@ -43,7 +53,7 @@ def open_image(path) -> np.ndarray:
                 if w * h > MAX_IMAGE_PIXELS:
                     raise ImageTooLargeError(f"{path}: image of {w}x{h} = {w * h / 1e6:.0f} Mpx exceeds the "
                                              f"{MAX_IMAGE_PIXELS / 1e6:.0f} Mpx limit (decompression bomb?); refused")
-                return np.asarray(im.convert("RGB"))
+                return np.asarray(im.convert("RGB")) if decode else (w, h)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageTooLargeError(f"{path}: refused as a possible decompression bomb ({str(e).strip()})") from None
     except FileNotFoundError:

@@ -35,14 +35,25 @@ def build_parser() -> ArgumentParser:
     return p
 
 
+def _ignore_half_built_kernels(u) -> None:
+    """Ctrl-C inside triton.compile leaves a CompiledKernel whose __init__ did not finish; its __del__ then raises
+    AttributeError ('module') at exit, which Python would print as a traceback after our one-line message."""
+    if not (isinstance(u.exc_value, AttributeError)
+            and getattr(u.object, "__qualname__", "") == "CompiledKernel.__del__"):
+        sys.__unraisablehook__(u)
+
+
 @cli_main
 def main(argv: list[str] | None = None) -> int:
+    sys.unraisablehook = _ignore_half_built_kernels
     aot = _aot()
     from ..plugins.kernel_store import ENV, resolve_kernel_dir
 
     a = build_parser().parse_args(argv)
     sms = aot.parse_sms(a.sm)
     out = resolve_kernel_dir(a.output)  # the same rule the runtime uses, so the default is where it looks
+    if a.output is None:  # the cache location: its parents are ours to make (a given -o's parent must exist)
+        out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     index = aot.build(out, sms, kernels=a.kernel or aot.KERNEL_NAMES, dtypes=a.dtype or aot.DTYPES,
                       progress=None if a.quiet else (lambda m: print(f"  {m}", flush=True)))

@@ -3,7 +3,7 @@
   smpler-bench --backends torch,onnxruntime,tensorrt --precisions fp32,fp16,int8 --batch 1,8 \
       --iters 50 --warmup 5 [--threads N] [--onnx PREC=PATH,...] [--engine PREC=PATH,...] \
       [--device cpu|cuda [--provider cuda,tensorrt] [--no-cuda-graphs] [--trt-cache DIR] [--trt-fp16]] \
-      [--dataset FILE.npz --images ROOT [--smpl-model PATH]] [--official-repo PATH] --out benchmarks/reports/NAME
+      [--dataset FILE.npz --images ROOT [--smpl-model PATH]] --out benchmarks/reports/NAME
 """
 
 from __future__ import annotations
@@ -15,10 +15,13 @@ from pathlib import Path
 
 from ..artifacts import check_bench_artifacts
 from ..errors import SmplerError
-from ..fileio import check_output_dir, outputs
+from ..fileio import check_output_dir, check_output_path, outputs
 from .. import __version__
 from ..plugins.kernel_store import add_kernel_dir_argument, use_kernel_dir
-from .common import ArgumentParser, cli_main
+from .common import ArgumentParser, check_positive, cli_main
+
+
+REPORT_FILES = ("report.json", "report.md")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,13 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--cache-dir", default=None, help="where missing ONNX files are exported (default OUT/cache)")
     ap.add_argument("--dataset", default=None, help="evaluation set FILE.npz (docs/datasets.md)")
     ap.add_argument("--images", default=None, help="image root for --dataset")
-    ap.add_argument("--official-repo", default=None, help="a checkout of github.com/xuxy09/SMPLer: its own forward "
-                    "(same weights, inputs, threads, device) is timed as the baseline speed-ups divide by")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--no-plots", action="store_true")
     add_kernel_dir_argument(ap)  # tensorrt cells, --plugins engines
     ap.add_argument("--out", required=True, help="report directory, e.g. benchmarks/reports/NAME")
+    ap.add_argument("--force", action="store_true", help="replace the report in --out (to regenerate a report of "
+                                                         "record in place)")
     return ap
 
 
@@ -63,11 +66,12 @@ def _config(a, argv):
 
     if a.iters < 1 or a.warmup < 0:
         raise SmplerError(f"--iters {a.iters} / --warmup {a.warmup}: need iters >= 1 and warmup >= 0")
-    if a.threads is not None and a.threads < 1:
-        raise SmplerError(f"--threads {a.threads}: expected a positive integer")
+    check_positive("--threads", a.threads)
     if a.variant not in R.VARIANTS:
         raise SmplerError(f"--variant {a.variant}: expected one of {', '.join(R.VARIANTS)}")
     out = check_output_dir(a.out, "--out")  # before any work: a file, missing parent or read-only dir fails here
+    for name in REPORT_FILES if out.is_dir() else ():  # an existing report is replaced only with --force
+        check_output_path(out / name, a.force, "--out")
     cfg = R.BenchConfig(
         backends=R.parse_choices(a.backends, R.BACKENDS, "--backends"),
         precisions=R.parse_choices(a.precisions, R.PRECISIONS, "--precisions"),
@@ -85,10 +89,10 @@ def _config(a, argv):
             if not Path(val).is_file():
                 raise SmplerError(f"{flag} {val}: file not found")
             cfg.session_kw[key] = val
-    if a.official_repo:
-        from ..bench.official_repo import preflight
+    if a.checkpoint or a.smpl_model:  # built once now: a bad file fails here, not in each cell after the baselines
+        from ..model.checkpoint import build_model
 
-        cfg.official_repo = preflight(a.official_repo, a.smpl_model)  # layout and dependencies: one line, now
+        build_model(a.variant, a.checkpoint, a.smpl_model)
     if a.images and not a.dataset:
         raise SmplerError("--images: given without --dataset")
     if a.dataset:
@@ -114,8 +118,8 @@ def main(argv=None) -> int:
 
     cfg, out = _config(a, argv)
     # The report files are claimed for the whole run (a second smpler-bench into the same --out fails at once);
-    # reports of record are regenerated in place, so they are replaced.
-    with outputs(out / "report.json", out / "report.md", force=True, flag="--out", dirs=[(out, "--out")]):
+    # an existing report is replaced only with --force (reports of record are regenerated that way).
+    with outputs(*(out / n for n in REPORT_FILES), force=a.force, flag="--out", dirs=[(out, "--out")]):
         rep = run_benchmark(cfg)
         paths = write_report(rep, out, plots=not a.no_plots)
     n_ok = sum(c.status == "ok" for c in rep.cells)

@@ -2,7 +2,7 @@
 
   smpler-demo IMAGE [--bbox x,y,w,h] [--backend torch|onnxruntime|tensorrt] [--onnx PATH | --engine PATH] \
       [--device cpu|cuda --precision fp32|fp16|bf16] [--provider cpu|cuda|tensorrt] \
-      --out overlay.png        # also writes overlay.obj and overlay.ply
+      --out overlay.png [--force]   # also writes overlay.obj and overlay.ply
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from ..errors import SmplerError
 from ..fileio import check_output_path, outputs
 from .. import __version__
 from ..plugins.kernel_store import add_kernel_dir_argument, use_kernel_dir
-from .common import ArgumentParser, cli_main
+from .common import ArgumentParser, check_positive, cli_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-joints", action="store_true", help="do not draw the 24 SMPL joints")
     add_kernel_dir_argument(ap)  # tensorrt backend, --plugins engines
     ap.add_argument("--out", required=True, help="overlay PNG path; .obj/.ply are written beside it")
+    ap.add_argument("--force", action="store_true", help="overwrite existing --out PNG/OBJ/PLY")
     return ap
 
 
@@ -132,17 +133,17 @@ def main(argv=None) -> int:
     out = Path(a.out)
     if out.suffix.lower() != ".png":
         raise SmplerError(f"--out {out}: expected a .png path")
-    if a.threads is not None and a.threads < 1:
-        raise SmplerError(f"--threads {a.threads}: expected a positive integer")
+    check_positive("--threads", a.threads)
     kw = session_options(a)  # flag combinations checked before any work
     bbox = parse_bbox(a.bbox)
     meshes = (out.with_suffix(".obj"), out.with_suffix(".ply"))
-    check_output_path(out, force=True, flag="--out")  # before any work: a directory or missing parent fails here
+    for p in (out, *meshes):  # before any work: a directory, missing parent or existing file fails here
+        check_output_path(p, force=a.force, flag="--out")
     for flag, val in (("--onnx", a.onnx), ("--engine", a.engine), ("--checkpoint", a.checkpoint),
                       ("--smpl-model", a.smpl_model)):
         if val and not Path(val).is_file():
             raise SmplerError(f"{flag} {val}: file not found")
-    with outputs(out, *meshes, force=True, flag="--out"):  # PNG, OBJ and PLY together or not at all
+    with outputs(out, *meshes, force=a.force, flag="--out"):  # PNG, OBJ and PLY together or not at all
         return _run(a, out, meshes, bbox, kw)
 
 

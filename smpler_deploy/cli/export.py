@@ -147,3 +147,7 @@ def _build(spec) -> None:
     warning = precision_warning(man["layers"], man.get("precision"))
     if warning:
         print(warning)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

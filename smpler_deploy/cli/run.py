@@ -11,12 +11,15 @@ cameras, overlays/NAME.png for images. A per-stage throughput summary is printed
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__
 from ..errors import SmplerError
-from .common import ArgumentParser, cli_main
+from .common import ArgumentParser, check_positive, cli_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,8 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--realtime", action="store_true",
                     help="treat a video file or stream as live: deliver it at its frame rate and drop frames the "
                          "model cannot keep up with (cameras always are)")
-    ap.add_argument("-o", "--out", required=True, help="output folder (created if missing)")
-    ap.add_argument("--force", action="store_true", help="overwrite existing outputs in OUT_DIR")
+    ap.add_argument("-o", "--out", required=True, help="output folder (created if missing; its parent must exist); "
+                                                       "written as a whole when the run ends")
+    ap.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR (and --save-crops DIR)")
     g = ap.add_argument_group("people")
     g.add_argument("--detector", default="opencv",
                    help="'opencv' (built-in HOG + face cascade; weaker), or a YOLO person detector in ultralytics' "
@@ -64,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--no-joints", action="store_true", help="do not draw the 24 SMPL joints")
     o.add_argument("--save-vertices", action="store_true", help="also store vertices [N,6890,3] in params.npz")
     o.add_argument("--save-crops", default=None, metavar="DIR",
-                   help="write each person's 224x224 crop as PNG (int8 calibration input: smpler-export --calib DIR)")
+                   help="write each person's 224x224 crop as PNG (int8 calibration input: smpler-export --calib DIR); "
+                        "a new or empty folder, or --force to replace it")
     o.add_argument("--queue", type=int, default=8, help="prepared frames waiting for inference (default 8)")
     return ap
 
@@ -104,11 +109,9 @@ def _check_args(a) -> None:
 
     if a.backend not in BACKENDS:
         raise SmplerError(f"--backend {a.backend}: expected one of {', '.join(BACKENDS)}")
-    for flag, val in (("--batch", a.batch), ("--queue", a.queue)):
-        if val < 1:
-            raise SmplerError(f"{flag} {val}: expected a positive integer")
-    if a.max_frames is not None and a.max_frames < 1:
-        raise SmplerError(f"--max-frames {a.max_frames}: expected a positive integer")
+    for flag, val in (("--batch", a.batch), ("--queue", a.queue), ("--threads", a.threads),
+                      ("--max-frames", a.max_frames)):
+        check_positive(flag, val)
     if a.detect_every < 1:
         raise SmplerError(f"--detect-every {a.detect_every}: expected a positive integer")
     if a.detect_every > 1 and a.boxes:
@@ -123,42 +126,48 @@ def _check_args(a) -> None:
             raise SmplerError(f"{flag} {val}: file not found")
 
 
+def _check_images(source) -> None:
+    """Every input image's header (a decompression bomb is refused now, not after the model loads), and no two
+    images whose overlays and crops would take the same name."""
+    from ..preprocess import check_image_file
+
+    seen: dict[str, Path] = {}
+    for p in source.paths:
+        check_image_file(p)
+        if (other := seen.setdefault(p.stem, p)) != p:
+            raise SmplerError(f"{source.where}: {other.name} and {p.name} would write the same overlay/crop name "
+                              f"{p.stem}.png; rename one")
+
+
 @cli_main
 def main(argv=None) -> int:
     a = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     _check_args(a)
-    from ..fileio import check_output_path
+    from ..fileio import check_output_tree, outputs, staged_dir
     from ..pipeline.crops import session_max_batch
     from ..pipeline.detect import open_detector
-    from ..pipeline.params import write_params
-    from ..pipeline.runner import Body, RunConfig, run
-    from ..pipeline.video import VideoWriter, open_source
-    from ..preprocess import CropTransform, crop
-    from ..render import model_label, save_png
+    from ..pipeline.runner import RunConfig
+    from ..pipeline.video import open_source
+    from ..render import model_label
     from ..runtime import open_session
 
-    out = Path(a.out)
-    if out.exists() and not out.is_dir():
-        raise SmplerError(f"-o {out}: exists and is not a folder")
-    source = open_source(a.source, a.max_frames, realtime=a.realtime)  # bad input fails before any model work
+    # Every check before any output: -o and --save-crops, the source (each image's header), the detector or
+    # boxes, the session, the body model. Then the whole of -o (and --save-crops) is one transaction.
+    out = check_output_tree(a.out, a.force, "-o")
+    crops_dir = check_output_tree(a.save_crops, a.force, "--save-crops") if a.save_crops else None
+    if crops_dir is not None and _same_dir(crops_dir, out):
+        raise SmplerError(f"--save-crops {crops_dir}: is -o itself; choose another folder")
+    source = open_source(a.source, a.max_frames, realtime=a.realtime)
+    sess = None
     try:
-        video = source.kind in ("video", "camera", "stream")
-        out.mkdir(parents=True, exist_ok=True)
-        targets = [out / "params.npz", out / "params.jsonl"] + ([out / "overlay.mp4"] if video and not a.no_overlay
-                                                                else [])
-        for t in targets:
-            check_output_path(t, a.force, flag="-o")
+        if source.kind == "images":
+            _check_images(source)
         detector = open_detector(a.detector, boxes=a.boxes, conf=a.conf, iou=a.iou, threads=a.threads,
                                  provider=a.provider)
         path = {"onnxruntime": a.onnx, "tensorrt": a.engine}.get(a.backend)
         kw = ({"checkpoint": a.checkpoint, "smpl_model": a.smpl_model} if a.backend == "torch"
               else {"provider": a.provider} if a.backend == "onnxruntime" else {})
         sess = open_session(a.backend, path=path, variant=a.variant, threads=a.threads, **kw)
-    except BaseException:
-        source.close()
-        raise
-    writer = None
-    try:
         need_body = not a.no_overlay or a.smooth != "none"
         faces, handler, standin_default = _body(sess, a, need_handler=a.smooth != "none") if need_body else \
             (None, None, True)
@@ -174,60 +183,93 @@ def main(argv=None) -> int:
         print(f"detector: {detector.label}")
         print(f"model: {a.backend} {getattr(sess, 'precision', 'fp32')}, up to {cfg.max_batch} crops per call"
               + (f"; {label}" if label else ""))
-        png_dir = out / "overlays"
-        written_png = []
-        if video and cfg.overlay:
-            writer = VideoWriter(out / "overlay.mp4", source.fps)
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(outputs(force=a.force))  # -o and --save-crops committed together or not at all
+            crops_stage = stack.enter_context(staged_dir(crops_dir, force=a.force, flag="--save-crops")) \
+                if crops_dir is not None else None
+            stage = stack.enter_context(staged_dir(out, force=a.force, flag="-o"))
+            result = _run(a, source, detector, sess, faces, handler, label, cfg, stage, crops_stage)
+            meta = {"source": str(a.source), "source_kind": source.kind, "fps": source.fps,
+                    "detector": detector.label, "backend": a.backend, "precision": getattr(sess, "precision", "fp32"),
+                    "untrained": untrained, "standin_body": standin, "smoothing": a.smooth,
+                    "crop": "preprocess.box_transform (margin 1.2, 224x224)",
+                    "camera": "transl: Tz = 2 f / (s b), Tx = tx + 2 (cx - px) / (s b), Ty = ty + 2 (cy - py) / "
+                              "(s b); pixel centres, x right, y down, z forward",
+                    "summary": result.times.summary()}
+            from ..pipeline.params import write_params
 
-        crops_dir = Path(a.save_crops) if a.save_crops else None
-        if crops_dir is not None:
-            crops_dir.mkdir(parents=True, exist_ok=True)
-
-        def on_frame(frame, overlay, people):
-            if crops_dir is not None:
-                for p in people:  # the crop the model saw, through the same transform
-                    c = crop(frame.image, CropTransform(*(float(v) for v in p.crop)))
-                    q = crops_dir / f"{Path(frame.name).stem}_p{p.person}.png"
-                    check_output_path(q, a.force, flag="--save-crops")
-                    save_png(c, q)
-            if overlay is None:
-                return
-            if writer is not None:
-                writer.write(overlay)
-            else:
-                png_dir.mkdir(exist_ok=True)
-                p = png_dir / (Path(frame.name).stem + ".png")
-                check_output_path(p, a.force, flag="-o")
-                written_png.append(save_png(overlay, p))
-
-        people, times = run(source, detector, sess, faces=faces, body=Body(handler) if handler else None,
-                            config=cfg, label=label, on_frame=on_frame)
-    except BaseException:
-        if writer is not None:
-            writer.close(ok=False)
-        raise
+            write_params(result.people, stage / "params.npz", stage / "params.jsonl", meta)
     finally:
-        sess.close()
-    video_path = writer.close() if writer is not None else None
-    meta = {"source": str(a.source), "source_kind": source.kind, "fps": source.fps, "detector": detector.label,
-            "backend": a.backend, "precision": getattr(sess, "precision", "fp32"), "untrained": untrained,
-            "standin_body": standin, "smoothing": a.smooth, "crop": "preprocess.box_transform (margin 1.2, 224x224)",
-            "camera": "transl: Tz = 2 f / (s b), Tx = tx + 2 (cx - px) / (s b), Ty = ty + 2 (cy - py) / (s b); "
-                      "pixel centres, x right, y down, z forward",
-            "summary": times.summary()}
-    write_params(people, out / "params.npz", out / "params.jsonl", meta)
-    for p in [video_path, *written_png[:3], out / "params.npz", out / "params.jsonl"]:
-        if p is not None:
-            print(f"wrote {p}")
-    if len(written_png) > 3:
-        print(f"wrote {len(written_png) - 3} more overlay(s) in {png_dir}")
-    print(times.table())
+        source.close()
+        if sess is not None:
+            sess.close()
+    names = [out / "overlay.mp4"] if result.video else [out / "overlays" / n for n in result.pngs[:3]]
+    for p in [*names, out / "params.npz", out / "params.jsonl"]:
+        print(f"wrote {p}")
+    if len(result.pngs) > 3:
+        print(f"wrote {len(result.pngs) - 3} more overlay(s) in {out / 'overlays'}")
+    if result.crops:
+        print(f"wrote {result.crops} crop(s) in {crops_dir}")
+    print(result.times.table())
     if label:
         print(f"note: {label}")
     if "OpenCV" in detector.label:
         print("note: the built-in OpenCV detector is weaker than a learned one; pass --detector yolo.onnx "
               "(ultralytics export) for real footage")
     return 0
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+@dataclass
+class _Result:
+    people: list
+    times: object
+    video: bool  # overlay.mp4 written
+    pngs: list  # overlay file names written in overlays/
+    crops: int  # crops written
+
+
+def _run(a, source, detector, sess, faces, handler, label, cfg, stage: Path, crops_stage: Path | None) -> _Result:
+    """The pipeline, writing overlays into `stage` (the -o being built) and crops into `crops_stage`."""
+    from ..pipeline.runner import Body, run
+    from ..pipeline.video import VideoWriter
+    from ..preprocess import CropTransform, crop
+    from ..render import save_png
+
+    video = source.kind in ("video", "camera", "stream")
+    writer = VideoWriter(stage / "overlay.mp4", source.fps) if video and cfg.overlay else None
+    pngs: list[str] = []
+    n_crops = 0
+
+    def on_frame(frame, overlay, people):
+        nonlocal n_crops
+        if crops_stage is not None:
+            for p in people:  # the crop the model saw, through the same transform
+                c = crop(frame.image, CropTransform(*(float(v) for v in p.crop)))
+                save_png(c, crops_stage / f"{Path(frame.name).stem}_p{p.person}.png")
+                n_crops += 1
+        if overlay is None:
+            return
+        if writer is not None:
+            writer.write(overlay)
+        else:
+            (stage / "overlays").mkdir(exist_ok=True)
+            name = Path(frame.name).stem + ".png"
+            save_png(overlay, stage / "overlays" / name)
+            pngs.append(name)
+
+    try:
+        people, times = run(source, detector, sess, faces=faces, body=Body(handler) if handler else None,
+                            config=cfg, label=label, on_frame=on_frame)
+    except BaseException:
+        if writer is not None:
+            writer.close(ok=False)
+        raise
+    wrote_video = writer is not None and writer.close() is not None
+    return _Result(people, times, wrote_video, pngs, n_crops)
 
 
 if __name__ == "__main__":

@@ -335,12 +335,13 @@ def run(source, detector, session, *, faces=None, body: Body | None = None, conf
                     break
                 group.append(nxt)
                 n += len(nxt.crops)
+            for g in group:  # before _infer_group, which empties frames whose outputs are not finite
+                _warn_dropped_boxes(g, log, warned)
             t0 = time.perf_counter()
             outs = _infer_group(session, group, cfg.max_batch, log)
             times.add("infer", time.perf_counter() - t0)
             times.calls += -(-n // cfg.max_batch) if n else 0
             for g, out in zip(group, outs):
-                _warn_dropped_boxes(g, log, warned)
                 people, meshes = _finish(g, out, cfg, smoother, body, times)
                 all_people.extend(people)
                 _put(out_q, (g.frame, meshes, people, cfg.overlay), out_stop)

@@ -190,15 +190,24 @@ class VideoWriter:
         self.frames += 1
 
     def close(self, ok: bool = True) -> Path | None:
+        """Finish the file and rename it into place (`ok`), or drop it. A failure to flush or close the container
+        (a full disk) drops it too: a video is kept only when FFmpeg wrote all of it."""
+        done = False
         try:
             if ok and self.stream is not None:
                 for packet in self.stream.encode(None):
                     self.container.mux(packet)
             self.container.close()
+            done = ok and self.frames > 0
         finally:
-            exc = (None, None, None) if ok and self.frames else (RuntimeError, RuntimeError("aborted"), None)
+            if not done:
+                try:
+                    self.container.close()  # a flush that failed leaves the container open
+                except Exception:  # noqa: BLE001 - the first error is the one reported
+                    pass
+            exc = (None, None, None) if done else (RuntimeError, RuntimeError("aborted"), None)
             try:
                 self._atomic.__exit__(*exc)
             except RuntimeError:
                 pass
-        return self.path if ok and self.frames else None
+        return self.path if done else None

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..errors import SmplerError
-from ..fileio import write_bytes_atomic, write_text_atomic
+from ..fileio import check_output_dir, outputs, write_bytes_atomic, write_text_atomic
 from .abi import (  # noqa: F401  (CHANNELS/HEADS/RADIUS: the specialization, read by tests and builders)
     CHANNELS, DTYPES, FP_FUSION, HEADS, HIDDEN_ARGS, KERNEL_ABI, KERNEL_NAMES, NUM_STAGES, NUM_WARPS, RADIUS,
     TRITON_VERSION_PIN, variant_spec,
@@ -181,27 +181,23 @@ def build(
         return _build_in_child(outdir, sms, kernels, dtypes, progress)
     if triton_version() != TRITON_VERSION_PIN:  # before any work or file
         raise SmplerError(f"triton {triton_version()}: kernels are pinned to triton=={TRITON_VERSION_PIN}")
-    out = Path(outdir)
-    if out.exists() and not out.is_dir():
-        raise SmplerError(f"-o {out}: exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(outdir, "-o")  # before compiling: a file, missing parent or read-only dir fails here
     sms = list(sms) if sms is not None else list(SUPPORTED_SMS)
     for sm in sms:
         if sm not in SUPPORTED_SMS:
             raise SmplerError(f"--sm {sm}: expected one of {', '.join(map(str, SUPPORTED_SMS))}")
-    entries = []
+    compiled = []  # every variant compiled before any file is written (a failure or Ctrl-C leaves no file)
     for kernel in kernels:
         for dtype in dtypes:
             if dtype not in DTYPES:
                 raise SmplerError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
             for sm in sms:
                 v = compile_variant(kernel, dtype, sm)
-                write_bytes_atomic(out / v.entry["cubin"], v.cubin)
-                write_text_atomic(out / v.entry["ptx"], v.ptx)
-                entries.append(v.entry)
+                compiled.append(v)
                 if progress:
                     progress(f"{v.entry['cubin']}: {len(v.cubin)} bytes, {v.entry['num_warps']} warps, "
                              f"{v.entry['shared']} B shared, PTX {v.entry['ptx_version']} {v.entry['ptx_target']}")
+    entries = [v.entry for v in compiled]
     index = {
         "format": INDEX_FORMAT,
         "triton_version": TRITON_VERSION_PIN,
@@ -222,7 +218,14 @@ def build(
             keep = [e for e in keep if (out / e["cubin"]).exists()]
             index["kernels"] = keep + entries
     index["kernels"].sort(key=lambda e: (e["kernel"], e["dtype"], e["sm"]))
-    write_text_atomic(old, json.dumps(index, indent=1) + "\n")
+    # One transaction: the binaries and the merged index together, or (full disk, Ctrl-C) none of them and the
+    # previous files put back.
+    files = [out / n for v in compiled for n in (v.entry["cubin"], v.entry["ptx"])]
+    with outputs(*files, old, force=True, dirs=[(out, "-o")]):
+        for v in compiled:
+            write_bytes_atomic(out / v.entry["cubin"], v.cubin)
+            write_text_atomic(out / v.entry["ptx"], v.ptx)
+        write_text_atomic(old, json.dumps(index, indent=1) + "\n")
     return index
 
 

@@ -33,6 +33,11 @@ def check_images(images, where: str = "images") -> np.ndarray:
             f"{where}: expected a float32 batch [B,3,{CROP_SIZE},{CROP_SIZE}] (RGB, ImageNet-normalized), "
             f"got shape {list(arr.shape)}"
         )
+    if len(arr) == 0:
+        raise SmplerError(f"{where}: empty batch [0,3,{CROP_SIZE},{CROP_SIZE}]; expected at least one image")
+    if not np.issubdtype(arr.dtype, np.floating):  # raw pixels (uint8) would run as garbage; normalize first
+        raise SmplerError(f"{where}: expected float32 values (ImageNet-normalized RGB: preprocess.normalize), got "
+                          f"{arr.dtype}")
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     bad = nonfinite_items(arr)
     if bad:  # refused before any backend runs: a NaN pixel would otherwise spoil (or crash) the whole batch

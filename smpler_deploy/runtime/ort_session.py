@@ -161,6 +161,8 @@ class OnnxRuntimeSession:
         return binding.copy_outputs_to_cpu()
 
     def infer(self, images) -> SMPLOutput:
+        if self.sess is None:
+            raise SmplerError(f"{self.path}: session is closed")
         x = check_images(images)
         if self.io_binding:
             outs = self._bound_run(x)

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import SmplerError
+from ..fileio import check_output_tree
 from .repository import INFER_MODELS, RepoOptions, write_repository
 
 TRITON_ONLY = {"engine": "--engine", "instances": "--instances", "ensemble": "--ensemble",
@@ -62,8 +63,8 @@ def export_triton(a, say, load_model) -> int:
     out = Path(a.output)
     if out.suffix.lower() in (".onnx", ".engine", ".plan"):
         raise SmplerError(f"-o {out}: --format triton writes a model repository directory, not a {out.suffix} file")
-    if out.exists() and not a.force:
-        raise SmplerError(f"-o {out}: exists (pass --force to replace the repository)")
+    check_output_tree(out, a.force, "-o")  # a file, missing parent, read-only or (without --force) non-empty
+    # directory fails now, before the export
     precision = None if (a.onnx or a.engine) else Precision.from_flags(a.precision, a.target)
     if a.calib and (precision is None or precision.kind != "int8"):
         raise SmplerError("--calib applies to --precision int8 only")
@@ -71,7 +72,7 @@ def export_triton(a, say, load_model) -> int:
                        onnx_device=a.triton_device or "gpu", ensemble=a.ensemble)
     # the graph is exported beside -o (named like fileio's scratch files, so a killed run's is reclaimed)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.{os.getpid()}.", suffix=".stage",
-                                     dir=out.parent if out.parent.is_dir() else None) as tmp:
+                                     dir=out.parent) as tmp:
         onnx = Path(a.onnx) if a.onnx else None
         if precision is not None:
             from ..export.onnx_export import export_onnx

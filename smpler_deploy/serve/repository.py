@@ -14,13 +14,12 @@ does not (images differ in size), so each request reaches the model's batcher on
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SmplerError
-from ..fileio import _reclaim_stale, _umask, check_output_dir, stage_dir
+from ..fileio import check_output_tree, staged_dir
 from ..outputs import CROP_SIZE, INPUT_NAME, OUTPUT_NAMES
 from .model_config import config_text, parse_config, tensor
 
@@ -197,9 +196,7 @@ def write_repository(out, *, onnx=None, engine=None, opts: RepoOptions | None = 
     """Write the repository to `out` (a directory); returns the configs written. Checked before any copying."""
     opts = opts or RepoOptions()
     out = Path(out)
-    check_output_dir(out, "-o")
-    if out.exists() and not force:
-        raise SmplerError(f"-o {out}: exists (pass --force to replace the repository)")
+    check_output_tree(out, force, "-o")  # a non-empty directory is replaced only with --force
     if onnx is None and engine is None:
         raise SmplerError("--format triton: needs a graph (--onnx, or let smpler-export export one) or --engine")
     graph = external = engine_batch = None
@@ -217,10 +214,7 @@ def write_repository(out, *, onnx=None, engine=None, opts: RepoOptions | None = 
         graph = graph or egraph
     cfgs = model_configs(graph, opts, engine_batch, onnx_present=onnx is not None)
 
-    _reclaim_stale(out)  # stage directories of killed runs (their pid is gone), as fileio does for files
-    stage = stage_dir(out)
-    try:
-        os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700; a repository is an ordinary shared directory
+    with staged_dir(out, force=force, flag="-o") as stage:  # renamed into place once every model is in
         for name, cfg in cfgs.items():
             vdir = stage / name / "1"
             vdir.mkdir(parents=True)
@@ -235,25 +229,4 @@ def write_repository(out, *, onnx=None, engine=None, opts: RepoOptions | None = 
                 _copy_onnx(Path(onnx), external, vdir)
             if cfg.get("backend") == "python":
                 (vdir / "model.py").write_text(MODEL_PY)
-        _replace(stage, out, force)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
     return cfgs
-
-
-def _replace(stage: Path, out: Path, force: bool) -> None:
-    """Rename the finished stage onto `out`; under --force the old repository goes only once the new one is in."""
-    old = None
-    if out.exists() and force:
-        old = out.with_name(f".{out.name}.{os.getpid()}.old.bak")
-        os.rename(out, old)
-    try:
-        os.rename(stage, out)  # fails if another writer's repository appeared meanwhile
-    except OSError:
-        if old is not None:
-            os.rename(old, out)
-        raise SmplerError(f"-o {out}: a repository of that name appeared while this one was written; "
-                          "pass --force to replace it") from None
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
