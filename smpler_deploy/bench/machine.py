@@ -1,4 +1,4 @@
-"""What the benchmark ran on: CPU, threads, library versions, GPU/driver, and a measured fp32 GEMM peak.
+"""What the benchmark ran on: CPU, threads, library versions, GPU/driver, and measured fp32 and int8 GEMM peaks.
 
 Versions come from package metadata (no import), so probing tensorrt/triton costs nothing and cannot fail on a
 machine without a GPU.
@@ -94,19 +94,42 @@ def _torch_gemm(threads, n, seconds):
         torch.set_num_threads(prev)
 
 
-def _ort_gemm(threads, n, seconds):
-    import numpy as np
+def _ort_session(node, inputs: dict, out_type, threads):
+    """A one-node ONNX Runtime CPU session; inputs: name -> numpy array (n x n)."""
     import onnxruntime as ort
-    from onnx import TensorProto, helper
+    from onnx import helper
+    from onnx.helper import np_dtype_to_tensor_dtype
 
-    vi = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [n, n])  # noqa: E731
-    g = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm", [vi("a"), vi("b")], [vi("c")])
+    vi = lambda name, t, shape: helper.make_tensor_value_info(name, t, shape)  # noqa: E731
+    ins = [vi(k, np_dtype_to_tensor_dtype(v.dtype), list(v.shape)) for k, v in inputs.items()]
+    n = next(iter(inputs.values())).shape[0]
+    g = helper.make_graph([node], "gemm", ins, [vi("c", out_type, [n, n])])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     so = ort.SessionOptions()
     if threads:
         so.intra_op_num_threads = threads
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def _ort_gemm(threads, n, seconds):
+    import numpy as np
+    from onnx import TensorProto, helper
+
     feeds = {"a": np.random.rand(n, n).astype("f4"), "b": np.random.rand(n, n).astype("f4")}
+    sess = _ort_session(helper.make_node("MatMul", ["a", "b"], ["c"]), feeds, TensorProto.FLOAT, threads)
+    return _best_rate(lambda: sess.run(None, feeds), n, seconds)
+
+
+def _ort_gemm_int8(threads, n, seconds):
+    """MLAS's integer GEMM through MatMulInteger, uint8 activations x int8 weights (u8s8) -> int32: the kernel
+    family the int8-cpu graphs' fused QLinearConv / QLinearMatMul nodes run (ORT's quantizer: QUInt8 activations,
+    QInt8 weights)."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    feeds = {"a": rng.integers(0, 256, (n, n), dtype=np.uint8), "b": rng.integers(-128, 128, (n, n), dtype=np.int8)}
+    sess = _ort_session(helper.make_node("MatMulInteger", ["a", "b"], ["c"]), feeds, TensorProto.INT32, threads)
     return _best_rate(lambda: sess.run(None, feeds), n, seconds)
 
 
@@ -120,6 +143,15 @@ def gemm_rates(threads: int | None = None, n: int = 2048, seconds: float = 0.6) 
         except Exception:  # noqa: BLE001 - a missing library just has no rate
             continue
     return rates
+
+
+def gemm_int8_rates(threads: int | None = None, n: int = 2048, seconds: float = 0.6) -> dict[str, float]:
+    """Best int8 GEMM rate (GOP/s, 2n^3 integer multiply-adds per matmul), measured as the fp32 one: the ceiling
+    the int8-cpu cells (ONNX Runtime only) are held against."""
+    try:
+        return {"onnxruntime": round(_ort_gemm_int8(threads, n, seconds), 1)}
+    except Exception:  # noqa: BLE001 - no ONNX Runtime: no rate
+        return {}
 
 
 def machine_info(threads: int | None = None, measure_gemm: bool = True) -> dict:
@@ -141,6 +173,8 @@ def machine_info(threads: int | None = None, measure_gemm: bool = True) -> dict:
 
 def _gemm_fields(threads, measure: bool) -> dict:
     if not measure:
-        return {"gemm_fp32_peak_gflops": None, "gemm_fp32_gflops_by_library": {}}
-    rates = gemm_rates(threads)
-    return {"gemm_fp32_peak_gflops": max(rates.values()) if rates else None, "gemm_fp32_gflops_by_library": rates}
+        return {"gemm_fp32_peak_gflops": None, "gemm_fp32_gflops_by_library": {},
+                "gemm_int8_peak_gops": None, "gemm_int8_gops_by_library": {}}
+    rates, rates8 = gemm_rates(threads), gemm_int8_rates(threads)
+    return {"gemm_fp32_peak_gflops": max(rates.values()) if rates else None, "gemm_fp32_gflops_by_library": rates,
+            "gemm_int8_peak_gops": max(rates8.values()) if rates8 else None, "gemm_int8_gops_by_library": rates8}

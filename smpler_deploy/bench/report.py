@@ -16,7 +16,15 @@ SCHEMA_VERSION = 1
 # Nominal model cost per 224×224 image: 2×MAC of conv/linear/matmul/bmm/einsum, as torch.utils.flop_counter counts
 # them on the model (grid_sample, softmax, normalization and elementwise ops not counted).
 MODEL_GFLOPS = {"smpler": 18.785, "smpler-l": 35.508}
-KINDS = ("official", "reference", "deployed")  # official-style eager baseline, our torch fp32 reference, the rest
+# the official repository's own forward (--official-repo), our official-style transcription of it, our torch fp32
+# reference, the rest. Speed-ups divide by the first of the two official kinds that ran at the cell's batch.
+KINDS = ("official-repo", "official", "reference", "deployed")
+BASELINE_KINDS = ("official-repo", "official")
+# The GEMM ceiling each precision's arithmetic is held against (machine.py): ONNX Runtime's int8-cpu layout runs
+# its u8s8 integer kernels; everything else (the TensorRT-layout int8 graph included, fake-quantized on ONNX
+# Runtime CPU) runs float arithmetic.
+PEAK_KEY = {"int8-cpu": "gemm_int8_peak_gops"}
+DEFAULT_PEAK_KEY = "gemm_fp32_peak_gflops"
 STATUSES = ("ok", "skipped", "failed")
 
 
@@ -38,13 +46,16 @@ class Cell:
     device_memory_mb: float | None = None  # GPU backends: device memory in use after the cell
     fidelity: dict | None = None  # fidelity.fidelity() vs the torch fp32 reference, same inputs
     fidelity_gate: str | None = None  # over smpler-export's default --max-error-mm (int8): what was exceeded
-    speedup_vs_official: float | None = None  # throughput ratio vs the official eager fp32 cell, same batch
+    speedup_vs_official: float | None = None  # throughput ratio vs the baseline cell (speedup_baseline), same batch
+    speedup_baseline: str | None = None  # id of the cell speedup_vs_official divides by
+    speedup_vs_reference: float | None = None  # throughput ratio vs our torch fp32 reference, same batch
     achieved_gflops: float | None = None  # nominal model GFLOPs × images/s
     dataset_metrics: dict | None = None
 
     @property
     def id(self) -> str:
-        name = {"official": "torch-official", "reference": "torch-reference"}.get(self.kind, self.backend)
+        name = {"official-repo": "official-repo", "official": "torch-official",
+                "reference": "torch-reference"}.get(self.kind, self.backend)
         return f"{name}/{self.precision}/b{self.batch}"
 
     def to_dict(self) -> dict:
@@ -62,15 +73,21 @@ class Report:
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 
     def finalize(self) -> "Report":
-        """Fill derived columns: speed-up vs the official baseline (same batch) and achieved GFLOP/s."""
+        """Fill derived columns: speed-up vs the baseline (the official repository's forward when it ran at that
+        batch, else our official-style transcription) and vs our reference, and achieved GFLOP/s."""
         gf = self.model.get("gflops_per_image")
-        base = {c.batch: c.latency["throughput_ips"] for c in self.cells
-                if c.kind == "official" and c.status == "ok" and c.latency}
-        for c in self.cells:
-            if c.status != "ok" or not c.latency:
-                continue
+        ok = [c for c in self.cells if c.status == "ok" and c.latency]
+        base: dict[int, Cell] = {}
+        for kind in reversed(BASELINE_KINDS):  # the official repository's cell wins where both ran
+            base |= {c.batch: c for c in ok if c.kind == kind}
+        ref = {c.batch: c for c in ok if c.kind == "reference"}
+        for c in ok:
             thr = c.latency["throughput_ips"]
-            c.speedup_vs_official = thr / base[c.batch] if c.batch in base else None
+            if c.batch in base:
+                b = base[c.batch]
+                c.speedup_vs_official, c.speedup_baseline = thr / b.latency["throughput_ips"], b.id
+            if c.batch in ref:
+                c.speedup_vs_reference = thr / ref[c.batch].latency["throughput_ips"]
             c.achieved_gflops = gf * thr if gf else None
         return self
 
@@ -138,6 +155,34 @@ def banner(model: dict) -> str:
     return "> **Note:** " + "; ".join(parts) + ".\n" if parts else ""
 
 
+def baseline_lines(cells: list[dict]) -> list[str]:
+    """The Baselines section: which cell every speed-up divides by, and what our transcription costs against the
+    official repository's own forward where both ran."""
+    ok = {c["id"]: c for c in cells if c["status"] == "ok"}
+    used = sorted({c["speedup_baseline"] for c in ok.values() if c.get("speedup_baseline")})
+    L = ["## Baselines", ""]
+    if not used:
+        return L + ["No baseline cell ran: no speed-ups.", ""]
+    L += [f"Speed-ups divide by {', '.join(f'`{u}`' for u in used)} at the same batch "
+          + ("(the official repository's own forward, --official-repo)." if any(u.startswith("official-repo/")
+                                                                            for u in used)
+             else "(our official-style transcription of the official forward; pass --official-repo to time the "
+                  "official code itself).")]
+    for c in ok.values():
+        if c["kind"] != "official-repo":
+            continue
+        ours = ok.get(f"torch-official/fp32/b{c['batch']}")
+        if ours:
+            ratio = ours["latency"]["mean_ms"] / c["latency"]["mean_ms"]
+            L.append(f"- batch {c['batch']}: our transcription `{ours['id']}` costs {ratio:.2f}× the official code "
+                     f"(mean {ours['latency']['mean_ms']:.1f} vs {c['latency']['mean_ms']:.1f} ms)")
+        f = (c.get("fidelity") or {}).get("vertices") or {}
+        if f:
+            L.append(f"- batch {c['batch']}: the official code's vertices vs our reference: mean "
+                     f"{_n(f.get('mean_mm'), '{:.3g}')} / max {_n(f.get('max_mm'), '{:.3g}')} mm")
+    return L + [""]
+
+
 def render_markdown(rep: dict, plots: list[str] | None = None) -> str:
     m, s, mach = rep["model"], rep["settings"], rep["machine"]
     L = [f"# smpler-bench: {m.get('variant')}", ""]
@@ -147,12 +192,15 @@ def render_markdown(rep: dict, plots: list[str] | None = None) -> str:
     libs = ", ".join(f"{k} {v}" for k, v in (mach.get("libraries") or {}).items() if v)
     gpus = "; ".join(f"{g['name']} (driver {g['driver']})" for g in mach.get("gpus") or []) or "none"
     peak = mach.get("gemm_fp32_peak_gflops")
+    peak8 = mach.get("gemm_int8_peak_gops")
     L += ["## Setup", "",
           f"- created {rep['created']} with smpler-deploy {rep['tool']['version']}; command: `{rep.get('command') or '-'}`",
           f"- CPU: {mach.get('cpu')} ({mach.get('usable_cores')} usable cores, threads {s.get('threads') or 'default'}); GPU: {gpus}",
           f"- libraries: {libs}",
           f"- measured fp32 GEMM peak: {_n(peak, '{:.1f}')} GFLOP/s (best of "
           f"{', '.join(f'{k} {v:.0f}' for k, v in (mach.get('gemm_fp32_gflops_by_library') or {}).items()) or '-'}); "
+          f"measured int8 GEMM peak (u8s8, what int8-cpu cells run): {_n(peak8, '{:.1f}')} GOP/s (best of "
+          f"{', '.join(f'{k} {v:.0f}' for k, v in (mach.get('gemm_int8_gops_by_library') or {}).items()) or '-'}); "
           f"model cost {m.get('gflops_per_image')} GFLOPs/image (nominal: the official computation, which our "
           "folded attention and joints-only refinement undercut)",
           f"- {s.get('warmup')} warm-up + {s.get('iters')} timed iterations per cell; inputs: {s.get('inputs', {}).get('description', '-')}",
@@ -160,21 +208,27 @@ def render_markdown(rep: dict, plots: list[str] | None = None) -> str:
           + (f"; ONNX Runtime providers: {', '.join(s['providers'])}" if s.get("providers") else ""),
           ""]
     ok = [c for c in rep["cells"] if c["status"] == "ok"]
+    L += baseline_lines(rep["cells"])
     L += ["## Latency and fidelity", "",
-          "Latency per call (one batch) in ms; throughput in images/s; speed-up = throughput ÷ official eager fp32 "
-          "throughput at the same batch; deviation vs our PyTorch fp32 reference on the same inputs.", "",
-          "| cell | backend | precision | batch | p50 | p90 | p99 | mean | img/s | speed-up | GFLOP/s (% of GEMM peak) "
-          "| vertex mean / max (mm) | joints PA (mm) | peak RSS (MB) |",
-          "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+          "Latency per call (one batch) in ms; throughput in images/s; speed-up = throughput ÷ the baseline's "
+          "throughput at the same batch (see Baselines), and ÷ our PyTorch fp32 reference's; GFLOP/s is the nominal "
+          "model cost × images/s, as a share of the measured GEMM peak of the cell's arithmetic (int8-cpu: the int8 "
+          "peak; others: fp32); deviation vs our PyTorch fp32 reference on the same inputs.", "",
+          "| cell | backend | precision | batch | p50 | p90 | p99 | mean | img/s | speed-up | vs reference "
+          "| GFLOP/s (% of GEMM peak) | vertex mean / max (mm) | joints PA (mm) | peak RSS (MB) |",
+          "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for c in ok:
         lat, f = c["latency"], c.get("fidelity") or {}
         v, j = f.get("vertices") or {}, f.get("joints") or {}
         gfs = c.get("achieved_gflops")
-        pct = f" ({100 * gfs / peak:.0f}%)" if gfs and peak else ""
+        cell_peak = mach.get(PEAK_KEY.get(c["precision"], DEFAULT_PEAK_KEY))
+        pct = f" ({100 * gfs / cell_peak:.0f}%{' of int8' if c['precision'] in PEAK_KEY else ''})" \
+            if gfs and cell_peak else ""
         gate = " **over gate**" if c.get("fidelity_gate") else ""
         L.append(f"| {c['id']} | {c['backend']} | {c['precision']} | {c['batch']} | {_n(lat['p50_ms'])} | "
                  f"{_n(lat['p90_ms'])} | {_n(lat['p99_ms'])} | {_n(lat['mean_ms'])} | {_n(lat['throughput_ips'], '{:.1f}')} | "
-                 f"{_n(c.get('speedup_vs_official'), '{:.2f}×')} | {_n(gfs, '{:.1f}')}{pct} | "
+                 f"{_n(c.get('speedup_vs_official'), '{:.2f}×')} | {_n(c.get('speedup_vs_reference'), '{:.2f}×')} | "
+                 f"{_n(gfs, '{:.1f}')}{pct} | "
                  f"{_n(v.get('mean_mm'), '{:.3g}')} / {_n(v.get('max_mm'), '{:.3g}')}{gate} | "
                  f"{_n(j.get('pa_mean_mm'), '{:.3g}')} | "
                  f"{_n(c.get('peak_rss_mb'), '{:.0f}')} |")

@@ -1,7 +1,9 @@
 """The benchmark matrix: backends × precisions × batches on one fixed input set, plus two baselines.
 
-Baselines always run: the official-style eager forward (torch, fp32, full SMPL mesh four times) and our torch fp32
-reference, on the report's one device (`--device cpu|cuda`): with --device cuda every cell (baselines, torch
+Baselines always run: our official-style transcription of the official forward (torch, fp32, its layout: full SMPL
+mesh four times, projected keys; `model/official_style.py`) and our torch fp32 reference; with `official_repo` set,
+the official repository's own forward too (`official_repo.py`: speed-ups then divide by it), all on the report's one
+device (`--device cpu|cuda`): with --device cuda every cell (baselines, torch
 fp16/bf16, torch CUDA graphs, ONNX Runtime CUDA/TensorRT EPs, engines) runs on the same GPU, so speed-ups are
 GPU against GPU; with --device cpu the GPU-only cells are skipped. Each runnable cell: open a session, warm up, time N calls, record peak host RSS, and compare its
 outputs on the same inputs with the reference (`smpler_deploy.fidelity`). Cells that cannot run here are kept in
@@ -21,7 +23,7 @@ import numpy as np
 
 from ..errors import SmplerError, one_line
 from ..fidelity import check_gate, fidelity, gate_limits
-from .report import MODEL_GFLOPS, Cell, Report
+from .report import BASELINE_KINDS, KINDS, MODEL_GFLOPS, Cell, Report
 from .stats import latency_stats
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
@@ -177,6 +179,7 @@ class BenchConfig:
     cuda_graphs: bool = True  # --device cuda: add torch CUDA-graph cells
     trt_cache: Path | None = None  # TensorRT EP engine/timing cache (default cache_dir/ort-trt)
     trt_fp16: bool = False
+    official_repo: Path | None = None  # a checkout of the official repository: its own forward, one more baseline
 
 
 @dataclass
@@ -244,6 +247,8 @@ def plan(cfg: BenchConfig, env: BenchEnv | None = None) -> list[_Group]:
     tkw = {"device": cfg.device, "cuda_graphs": False} if on_gpu else {}
     mk = lambda be, pr, kind, **g: _Group(be, pr, kind, [Cell(be, pr, b, kind) for b in cfg.batches], **g)  # noqa: E731
     groups = [mk("torch", "fp32", "reference", kw=dict(tkw)), mk("torch", "fp32", "official", kw=dict(tkw))]
+    if cfg.official_repo is not None:  # after the reference: its outputs are compared with the reference's
+        groups.append(mk("torch", "fp32", "official-repo", runtime="official-repo", kw={"device": cfg.device}))
     for be in cfg.backends:
         for pr in cfg.precisions:
             if be == "torch":
@@ -324,9 +329,13 @@ def _ensure_onnx(cfg: BenchConfig, precision: str) -> Path:
 def _open(cfg: BenchConfig, g: _Group):
     from ..runtime import open_session
 
-    kw = dict(cfg.session_kw) if g.runtime == "torch" else {}  # checkpoint/body model are baked into artifacts
+    kw = dict(cfg.session_kw) if g.runtime in ("torch", "official-repo") else {}  # artifacts carry their weights
     kw |= g.kw
     kw.pop("precision", None)
+    if g.runtime == "official-repo":
+        from .official_repo import OfficialRepoSession
+
+        return OfficialRepoSession(cfg.official_repo, variant=cfg.variant, threads=cfg.threads, **kw)
     if g.kind == "official":
         kw["official"] = True
     if g.runtime == "onnxruntime" and g.artifact is None:
@@ -381,7 +390,7 @@ def run_benchmark(cfg: BenchConfig) -> Report:
             _run_group(cfg, g, inputs, ref_out, bar, rep.model)
     finally:
         bar.close()
-    rank = {k: i for i, k in enumerate(("official", "reference", "deployed"))}
+    rank = {k: i for i, k in enumerate(KINDS)}
     rep.cells.sort(key=lambda c: rank[c.kind])  # stable: baselines first, then the matrix in request order
     return rep
 
@@ -396,6 +405,8 @@ def _run_group(cfg, g: _Group, inputs, ref_out, bar, model: dict | None = None) 
         t0 = time.perf_counter()
         sess = _open(cfg, g)
         setup = time.perf_counter() - t0
+        if g.kind == "official-repo" and model is not None:
+            model["official_repo"] = sess.info
         got = getattr(sess, "precision", g.precision)
         if got != g.precision:
             raise SmplerError(f"{g.artifact} carries precision {got}, but the cell is {g.precision}; "
@@ -452,7 +463,7 @@ def _run_group(cfg, g: _Group, inputs, ref_out, bar, model: dict | None = None) 
                 if c.batch in ref_out:
                     c.fidelity = fidelity(ref_out[c.batch], out)
                     c.fidelity_gate = check_gate(c.fidelity, gate_limits(None, c.precision))  # int8 default
-                if cfg.dataset is not None and g.kind != "official" and c.batch == max(cfg.batches):
+                if cfg.dataset is not None and g.kind not in BASELINE_KINDS and c.batch == max(cfg.batches):
                     from .dataset import evaluate
 
                     c.dataset_metrics = evaluate(sess, cfg.dataset, cfg.images_root, batch=c.batch,

@@ -3,7 +3,7 @@
   smpler-bench --backends torch,onnxruntime,tensorrt --precisions fp32,fp16,int8 --batch 1,8 \
       --iters 50 --warmup 5 [--threads N] [--onnx PREC=PATH,...] [--engine PREC=PATH,...] \
       [--device cpu|cuda [--provider cuda,tensorrt] [--no-cuda-graphs] [--trt-cache DIR] [--trt-fp16]] \
-      [--dataset FILE.npz --images ROOT [--smpl-model PATH]] --out benchmarks/reports/NAME
+      [--dataset FILE.npz --images ROOT [--smpl-model PATH]] [--official-repo PATH] --out benchmarks/reports/NAME
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--cache-dir", default=None, help="where missing ONNX files are exported (default OUT/cache)")
     ap.add_argument("--dataset", default=None, help="evaluation set FILE.npz (docs/datasets.md)")
     ap.add_argument("--images", default=None, help="image root for --dataset")
+    ap.add_argument("--official-repo", default=None, help="a checkout of github.com/xuxy09/SMPLer: its own forward "
+                    "(same weights, inputs, threads, device) is timed as the baseline speed-ups divide by")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--no-plots", action="store_true")
@@ -93,6 +95,10 @@ def _config(a, argv):
         from ..model.checkpoint import build_model
 
         build_model(a.variant, a.checkpoint, a.smpl_model)
+    if a.official_repo:
+        from ..bench.official_repo import preflight
+
+        cfg.official_repo = preflight(a.official_repo, a.smpl_model)  # layout and dependencies: one line, now
     if a.images and not a.dataset:
         raise SmplerError("--images: given without --dataset")
     if a.dataset:

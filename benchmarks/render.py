@@ -1,0 +1,64 @@
+"""Overlay and crop cost per person on a 960x540 frame: the z-buffer rasteriser (`render.draw_meshes`: projection,
+shading, rasterisation, blending), the whole overlay (`render.render_people`: joints and a captioned box too), and
+the crop (`pipeline.crops.person_crops`: one affine warp per person, normalization). Goals on the 2-vCPU machine:
+overlay <= 10 ms per person, crop <= 2 ms per person.
+
+People: the stand-in body (SMPL's 6890 vertices, 13776 faces) standing 4.5-6.5 m from a camera whose focal length
+is the image diagonal (smpler-run's default), 1 or 3 of them side by side and overlapping.
+
+Usage: python benchmarks/render.py [--iters 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+H, W = 540, 960
+
+
+def _median_ms(fn, iters: int) -> float:
+    fn()
+    ts = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return 1000 * float(np.median(ts))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--iters", type=int, default=20)
+    a = ap.parse_args()
+    from smpler_deploy import render
+    from smpler_deploy.body.standin import make_standin_body_model
+    from smpler_deploy.pipeline.crops import person_crops
+    from smpler_deploy.pipeline.params import default_focal, default_principal_point
+
+    body = make_standin_body_model(0)
+    verts = np.asarray(body.v_template, np.float64) * [1, -1, -1]  # the model's camera frame: y down, z away
+    faces = np.asarray(body.faces)
+    cam = render.Camera(default_focal((H, W)), tuple(default_principal_point((H, W))))
+    people = [{"vertices": verts, "transl": t, "joints": np.zeros((24, 2)) + [480, 270], "box": [380, 40, 200, 480],
+               "text": f"#{i + 1}"} for i, t in enumerate(([0.0, 0.0, 4.5], [-1.0, 0.0, 5.5], [1.0, 0.1, 6.5]))]
+    img = np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8)
+    boxes = [[380, 40, 200, 480], [150, 60, 180, 420], [640, 70, 170, 400]]
+    t = time.perf_counter()
+    render.warm_up()
+    print(f"renderer: {render.backend()} (compile or cache load {time.perf_counter() - t:.2f} s); load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (shared machine)")
+    for k in (1, 3):
+        meshes = [p["vertices"] + p["transl"] for p in people[:k]]
+        z = _median_ms(lambda: render.draw_meshes(img, meshes, faces, cam), a.iters)
+        o = _median_ms(lambda: render.render_people(img, people[:k], faces, cam, label="label"), a.iters)
+        c = _median_ms(lambda: person_crops(img, boxes[:k]), a.iters)
+        print(f"{k} person(s), {W}x{H}: meshes {z:.2f} ms ({z / k:.2f} per person), whole overlay {o:.2f} ms "
+              f"({o / k:.2f} per person), crops {c:.2f} ms ({c / k:.2f} per person)  [median of {a.iters}]")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Which baseline every speed-up divides by (the official repository's forward when it ran, else our
+transcription), speed-ups vs our reference, and int8 cells held against a measured int8 GEMM peak."""
+
+import pytest
+
+from smpler_deploy.bench.machine import gemm_int8_rates
+from smpler_deploy.bench.report import Cell, Report, render_markdown
+
+MODEL = {"variant": "smpler", "untrained": True, "standin_body": True, "gflops_per_image": 18.785}
+
+
+def _cell(kind, batch, ms, backend="torch", precision="fp32"):
+    lat = {k: ms for k in ("min_ms", "mean_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms")}
+    lat |= {"iters": 1, "batch": batch, "std_ms": 0.0, "throughput_ips": batch * 1000.0 / ms}
+    return Cell(backend, precision, batch, kind, latency=lat)
+
+
+def _report(cells, machine=None):
+    rep = Report(model=dict(MODEL), settings={}, machine=machine or {}, cells=cells).finalize()
+    return rep, render_markdown(rep.to_dict())
+
+
+def test_speedups_divide_by_the_official_repository_where_it_ran():
+    repo1, ours1, ref1 = _cell("official-repo", 1, 400.0), _cell("official", 1, 440.0), _cell("reference", 1, 400.0)
+    ort1 = _cell("deployed", 1, 200.0, backend="onnxruntime")
+    ours8, ref8 = _cell("official", 8, 3000.0), _cell("reference", 8, 2500.0)
+    ort8 = _cell("deployed", 8, 1000.0, backend="onnxruntime")
+    _, md = _report([repo1, ours1, ref1, ort1, ours8, ref8, ort8])
+    assert ort1.speedup_baseline == "official-repo/fp32/b1" and ort1.speedup_vs_official == pytest.approx(2.0)
+    assert ort1.speedup_vs_reference == pytest.approx(2.0)
+    assert ours1.speedup_vs_official == pytest.approx(400 / 440)  # the transcription against the official code
+    assert ort8.speedup_baseline == "torch-official/fp32/b8" and ort8.speedup_vs_official == pytest.approx(3.0)
+    assert ort8.speedup_vs_reference == pytest.approx(2.5)
+    assert "Speed-ups divide by `official-repo/fp32/b1`, `torch-official/fp32/b8`" in md
+    assert "batch 1: our transcription `torch-official/fp32/b1` costs 1.10× the official code" in md
+
+
+def test_without_the_official_repository_the_transcription_is_named():
+    ort = _cell("deployed", 1, 200.0, backend="onnxruntime")
+    _, md = _report([_cell("official", 1, 400.0), _cell("reference", 1, 400.0), ort])
+    assert ort.speedup_baseline == "torch-official/fp32/b1"
+    assert "our official-style transcription of the official forward; pass --official-repo" in md
+
+
+def test_int8_cpu_cells_share_of_the_int8_peak():
+    machine = {"gemm_fp32_peak_gflops": 100.0, "gemm_int8_peak_gops": 400.0}
+    int8 = _cell("deployed", 1, 200.0, backend="onnxruntime", precision="int8-cpu")  # 93.9 GFLOP/s nominal
+    fp32 = _cell("deployed", 1, 200.0, backend="onnxruntime")
+    _, md = _report([_cell("official", 1, 400.0), _cell("reference", 1, 400.0), int8, fp32], machine)
+    row = {line.split(" | ")[0]: line for line in md.splitlines() if line.startswith("| onnxruntime/")}
+    assert "93.9 (23% of int8)" in row["| onnxruntime/int8-cpu/b1"]
+    assert "93.9 (94%)" in row["| onnxruntime/fp32/b1"]
+    assert "measured int8 GEMM peak (u8s8, what int8-cpu cells run): 400.0 GOP/s" in md
+
+
+def test_int8_gemm_peak_is_measured():
+    rates = gemm_int8_rates(threads=1, n=256, seconds=0.05)
+    assert rates["onnxruntime"] > 0
