@@ -44,8 +44,11 @@ def _top_left(dx, dy):
 
 @njit(cache=True, nogil=True)
 def draw(v, f, nv, focal, px, py, light, ambient, z_near, inv_z, shade, mesh):
-    """Rasterise faces `f` (indices into all meshes' stacked vertices `v`, mesh k = rows k*nv..) into the buffers."""
+    """Rasterise faces `f` (indices into all meshes' stacked vertices `v`, mesh k = rows k*nv..) into the buffers
+    (`shade` is only written, and only meaningful, where `mesh` >= 0). Returns the drawn pixels' bounding box
+    (x0, x1, y0, y1), inclusive; x0 > x1 when nothing was drawn."""
     h, w = inv_z.shape
+    bx0, bx1, by0, by1 = w, -1, h, -1
     nvert = v.shape[0]
     uv = np.empty((nvert, 2), np.float64)
     iz = np.empty(nvert, np.float64)
@@ -75,6 +78,7 @@ def draw(v, f, nv, focal, px, py, light, ambient, z_near, inv_z, shade, mesh):
         ya, yb = max(int(math.ceil(lo_y)), 0), min(int(math.floor(hi_y)), h - 1)
         if xa > xb or ya > yb:
             continue
+        bx0, bx1, by0, by1 = min(bx0, xa), max(bx1, xb), min(by0, ya), max(by1, yb)
         # edge value e_k (opposite corner k) at pixel centre (x, y), evaluated exactly per pixel: the top-left
         # rule compares it with 0, which an incremental update would blur
         dx0, dy0 = x2 - x1, y2 - y1
@@ -98,14 +102,16 @@ def draw(v, f, nv, focal, px, py, light, ambient, z_near, inv_z, shade, mesh):
                         inv_z[y, x] = z
                         shade[y, x] = (e0 * sa + e1 * sb + e2 * sc) * inv_area / z
                         mesh[y, x] = pid
+    return bx0, bx1, by0, by1
 
 
 @njit(cache=True, nogil=True)
-def blend(out, shade, mesh, rgb, alpha):
-    """out (uint8 [H,W,3], in place) = (1 - alpha) out + alpha shade rgb where a mesh covers the pixel."""
-    h, w = mesh.shape
-    for y in range(h):
-        for x in range(w):
+def blend(out, shade, mesh, rgb, alpha, box):
+    """out (uint8 [H,W,3], in place) = (1 - alpha) out + alpha shade rgb where a mesh covers the pixel, within the
+    bounding box `draw` returned."""
+    x0, x1, y0, y1 = box
+    for y in range(y0, y1 + 1):
+        for x in range(x0, x1 + 1):
             if mesh[y, x] >= 0:
                 s = shade[y, x] * alpha
                 for c in range(3):

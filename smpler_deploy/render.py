@@ -12,23 +12,29 @@ Rasteriser: a numba-compiled (LLVM) scan over each triangle's bounding box with 
 for shared edges (a pixel centre on an edge belongs to exactly one of the two triangles), 1/z interpolated in screen
 space and the shade interpolated perspective-correctly. It runs with the GIL released, so drawing on the output
 thread overlaps inference. Chosen after measuring the candidates on the project's 2-vCPU machine (stand-in body,
-13776 faces, 960x540 frame, one person at 4.5 m, drawing + blending, median of 10):
+13776 faces, 960x540 frame, people 4.5-6.5 m away, drawing + blending, median of 10-30; the machine was shared):
 
-  numba JIT rasteriser (this module)      ~6 ms for 1 person, ~13 ms for 3
-  moderngl 5.13 + EGL (Mesa llvmpipe)     ~15 ms for 1 person, ~26 ms for 3 (incl. read-back), and it needs the
-                                          system's libEGL/Mesa: pip alone does not give a headless context
+  numba JIT rasteriser, first version     ~6 ms for 1 person, ~13 ms for 3 (load average 0.5)
+  numba, this module (frame buffers kept  ~2 ms for 1 person, ~3-9 ms for 3 (load average 6-8);
+    per thread, blend within the drawn box)   `benchmarks/render.py` times it, with the 2D marks and the crops
+  moderngl 5.13 + EGL (Mesa llvmpipe)     ~15 ms for 1 person, ~26 ms for 3 incl. read-back (load average 0.5),
+                                          and it needs the system's libEGL/Mesa: pip alone gives no context
   PIL polygons, painter's order (before)  ~100 ms per person, wrong where surfaces interleave in depth
   pyrender / open3d OffscreenRenderer     the same llvmpipe OpenGL underneath on a CPU host (pyrender via PyOpenGL
-                                          + OSMesa/EGL; open3d a ~400 MB wheel); not faster than moderngl, not tried
+                                          + OSMesa/EGL; open3d a ~400 MB wheel): not tried
   nvdiffrast                              needs CUDA and a compiler at install time; no use on a CPU host
 
-numba installs from a wheel on any Linux x86-64/aarch64 host with no system libraries. Without numba (an install
-without the [run] extra) overlays fall back to PIL polygons in painter's order (far to near over all people's
-faces): slower, and only approximately right where surfaces interleave.
+numba installs from a wheel on any Linux x86-64/aarch64 host with no system libraries, and its CUDA target
+(numba-cuda) compiles kernels of the same language for a GPU; a CUDA twin of this rasteriser (one thread per face,
+an atomic max on packed depth|face per pixel, then a per-pixel resolve) is not written yet: overlays run on the CPU,
+on the output thread, even where the model runs on a GPU. Without numba (an install without the [run] extra)
+overlays fall back to PIL polygons in painter's order (far to near over all people's faces): slower, and only
+approximately right where surfaces interleave.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,8 +88,9 @@ class Raster:
     """Per pixel: 1/Z of the nearest surface (0 where none), its shade in [AMBIENT, 1], and which mesh (-1 none)."""
 
     inv_depth: np.ndarray  # float32 [H,W]
-    shade: np.ndarray  # float32 [H,W]
+    shade: np.ndarray  # float32 [H,W] (undefined where mesh < 0)
     mesh: np.ndarray  # int16 [H,W]
+    box: tuple = (0, -1, 0, -1)  # x0, x1, y0, y1 (inclusive) around every drawn pixel
 
     @property
     def depth(self) -> np.ndarray:
@@ -125,7 +132,29 @@ def _check_meshes(meshes, faces) -> tuple[np.ndarray, np.ndarray]:
     return (np.concatenate(vs) if vs else np.zeros((0, 3))), f.astype(np.int64)
 
 
-def rasterize(meshes, faces, camera: Camera, hw: tuple[int, int]) -> Raster:
+def _new_raster(h: int, w: int) -> Raster:
+    # shade is written wherever a mesh is and read nowhere else: it needs no clearing
+    return Raster(np.zeros((h, w), np.float32), np.empty((h, w), np.float32), np.full((h, w), -1, np.int16))
+
+
+_THREAD_BUFFERS = threading.local()
+
+
+def _reused_raster(h: int, w: int) -> Raster:
+    """The calling thread's buffers for an h x w frame, cleared where the last frame drew: fresh ones would be
+    faulted in page by page on every frame, which costs more than drawing a person."""
+    r = getattr(_THREAD_BUFFERS, "raster", None)
+    if r is None or r.mesh.shape != (h, w):
+        r = _THREAD_BUFFERS.raster = _new_raster(h, w)
+    else:
+        x0, x1, y0, y1 = r.box
+        r.inv_depth[y0:y1 + 1, x0:x1 + 1] = 0
+        r.mesh[y0:y1 + 1, x0:x1 + 1] = -1
+        r.box = (0, -1, 0, -1)
+    return r
+
+
+def rasterize(meshes, faces, camera: Camera, hw: tuple[int, int], _into: Raster | None = None) -> Raster:
     """Camera-space meshes (a list of [N,3] arrays sharing `faces`) -> a `Raster` of an H x W image, all meshes in
     one z-buffer (nearest surface wins per pixel)."""
     mod = _numba()
@@ -136,10 +165,10 @@ def rasterize(meshes, faces, camera: Camera, hw: tuple[int, int]) -> Raster:
     nv = v.shape[0] // max(n, 1)
     all_f = np.concatenate([f + k * nv for k in range(n)]) if n else f[:0]
     h, w = (int(x) for x in hw)
-    r = Raster(np.zeros((h, w), np.float32), np.zeros((h, w), np.float32), np.full((h, w), -1, np.int16))
+    r = _into if _into is not None else _new_raster(h, w)
     px, py = (float(c) for c in camera.principal_point)
-    mod.draw(np.ascontiguousarray(v), all_f, nv, float(camera.focal), px, py, LIGHT, AMBIENT, Z_NEAR,
-             r.inv_depth, r.shade, r.mesh)
+    r.box = mod.draw(np.ascontiguousarray(v), all_f, nv, float(camera.focal), px, py, LIGHT, AMBIENT, Z_NEAR,
+                     r.inv_depth, r.shade, r.mesh)
     return r
 
 
@@ -174,9 +203,9 @@ def draw_meshes(image, meshes, faces, camera: Camera, alpha: float = 0.75) -> np
         return np.array(img[..., :3], np.uint8, copy=True)
     if _numba() is None:
         return _painter(img, meshes, faces, camera, alpha)
-    r = rasterize(meshes, faces, camera, img.shape[:2])
+    r = rasterize(meshes, faces, camera, img.shape[:2], _into=_reused_raster(*img.shape[:2]))
     out = np.array(img[..., :3], np.uint8, copy=True)
-    _numba().blend(out, r.shade, r.mesh, MESH_RGB, float(alpha))
+    _numba().blend(out, r.shade, r.mesh, MESH_RGB, float(alpha), r.box)
     return out
 
 

@@ -163,3 +163,15 @@ def test_obj_ply(tmp_path):
     body = raw[raw.index(b"end_header\n") + len(b"end_header\n"):]
     assert len(body) == 8 * (12 + 3) + 4 * (1 + 12)
     assert not list(tmp_path.glob(".*tmp"))  # atomic writers leave no temp files
+
+
+def test_reused_frame_buffers_keep_nothing_of_the_previous_frame(body):
+    """draw_meshes reuses its thread's buffers from frame to frame: the next frame shows only its own people."""
+    verts, faces = body
+    cam = Camera(1101.4, (479.5, 269.5))
+    img = np.full((540, 960, 3), 40, np.uint8)
+    render.draw_meshes(img, [verts + [0.0, 0.0, 3.0]], faces, cam, alpha=1.0)  # a near, large person
+    moved = verts + [1.5, 0.0, 7.0]
+    out = render.draw_meshes(img, [moved], faces, cam, alpha=1.0)
+    assert np.array_equal((out != 40).any(axis=2), rasterize([moved], faces, cam, (540, 960)).mesh >= 0)
+    assert np.array_equal(render.draw_meshes(img, [], faces, cam), img)
