@@ -117,12 +117,18 @@ def _trans_block(tb, q, proj, windows, grid, joints2d):
         pos = pos if s == 0 else F.avg_pool2d(pos, 2, 2)
         keys.append((p + pos).flatten(2).transpose(1, 2))  # [B,HW,C] (a strided view, as the official reads it)
     for unit in tb.trans_units:
-        layers = [w.transformer_layer for w in unit.global_unit.trans_layer_list]
-        xg = torch.stack([layer.standard(x, k) for layer, k in zip(layers, keys)], dim=-1).mean(-1)
-        xl = _local(unit.local_unit, x[:, :NUM_JOINTS], windows, grid, joints2d, proj[0].shape[-1])
-        xg[:, :NUM_JOINTS] = 0.5 * (xg[:, :NUM_JOINTS] + xl)  # the official in-place row write
-        x = unit.self_trans_layer.self_trans_layer.standard(xg)
+        x = unit_forward(unit, x, keys, windows, grid, joints2d, proj[0].shape[-1])
     return tb.head(x) + tb.residual(q)
+
+
+def unit_forward(unit, x, keys, windows, grid, joints2d, size: int):
+    """One TransformerUnit: global (4 scales, mean), local (joint rows), then self-attention over all 26 tokens.
+    size: the scale-0 map's width (the window offsets are in its pixels)."""
+    layers = [w.transformer_layer for w in unit.global_unit.trans_layer_list]
+    xg = torch.stack([layer.standard(x, k) for layer, k in zip(layers, keys)], dim=-1).mean(-1)
+    xl = _local(unit.local_unit, x[:, :NUM_JOINTS], windows, grid, joints2d, size)
+    xg[:, :NUM_JOINTS] = 0.5 * (xg[:, :NUM_JOINTS] + xl)  # the official in-place row write
+    return unit.self_trans_layer.self_trans_layer.standard(xg)
 
 
 def block_forward(blk, q: torch.Tensor, feats: list[torch.Tensor], joints2d: torch.Tensor):
