@@ -23,6 +23,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -131,10 +132,23 @@ def _busy(p: Path, label: str, pid=None) -> SmplerError:
 def _lock(p: Path, label: str) -> int:
     lp = lock_path(p)
     while True:
+        # Never through a link: a planted `.NAME.lock` symlink (or hard link, FIFO, device) must not make us
+        # truncate and write someone else's file. O_NONBLOCK: opening a planted FIFO does not wait.
         try:
-            fd = os.open(lp, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(lp, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
         except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise SmplerError(f"{label}: {lp} is a symbolic link, not a lock file; refused (remove it "
+                                  "if it is not yours)") from None
             raise SmplerError(f"{label}: cannot create {lp.name} ({e.strerror})") from None
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 0:  # its holder just released (unlinked) it: open anew
+            os.close(fd)
+            continue
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            os.close(fd)
+            kind = "a hard link to another file" if stat.S_ISREG(st.st_mode) else "not a regular file"
+            raise SmplerError(f"{label}: {lp} is {kind}, not a lock file; refused (remove it if it is not yours)")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -144,7 +158,7 @@ def _lock(p: Path, label: str) -> int:
         # The previous holder unlinks the lock file on release: if it did so between our open and our flock,
         # we hold a lock on a dead inode; start over on the current file.
         try:
-            st, cur = os.fstat(fd), os.stat(lp)
+            cur = os.lstat(lp)
             if (st.st_ino, st.st_dev) == (cur.st_ino, cur.st_dev):
                 break
         except FileNotFoundError:
