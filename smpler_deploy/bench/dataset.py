@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..containment import contained
 from ..errors import SmplerError
 from ..fileio import atomic_path
 from .. import metrics as M
@@ -57,7 +58,9 @@ class EvalSet:
         return PROTOCOLS[self.name]
 
     def image_paths(self, root) -> list[Path]:
-        return [Path(root) / str(n) for n in self.imgname]
+        """Each image under `root`; an absolute name, a `..` or a link leading outside `root` is refused."""
+        return [contained(root, str(n), what=f"--dataset {self.path}: imgname[{i}]")
+                for i, n in enumerate(self.imgname)]
 
 
 def load_dataset(path, images_root=None) -> EvalSet:
@@ -72,37 +75,75 @@ def load_dataset(path, images_root=None) -> EvalSet:
         raise SmplerError(f"--dataset {p}: not a readable .npz without pickled objects ({e.__class__.__name__})")
     if "dataset" not in d:
         raise SmplerError(f"--dataset {p}: missing key 'dataset' (one of {', '.join(PROTOCOLS)})")
-    name = str(d["dataset"]).lower()
+    if d["dataset"].shape != () or d["dataset"].dtype.kind not in "US":
+        raise SmplerError(f"--dataset {p}: dataset is {_described(d['dataset'])}, expected one of "
+                          f"{', '.join(PROTOCOLS)}")
+    name = d["dataset"].item()
+    name = (name.decode(errors="replace") if isinstance(name, bytes) else name).lower()
     if name not in PROTOCOLS:
         raise SmplerError(f"--dataset {p}: dataset '{name}' unknown, expected one of {', '.join(PROTOCOLS)}")
     missing = [k for k in REQUIRED[name] if k not in d]
     if missing:
         raise SmplerError(f"--dataset {p}: missing keys {', '.join(missing)} (required for {name})")
+    for k in ("imgname", "gender"):
+        if k in d:
+            try:
+                if d[k].ndim != 1 or d[k].dtype.kind not in "US":
+                    raise ValueError
+                d[k] = d[k].astype(str)  # bytes names decode as ASCII
+            except (ValueError, UnicodeDecodeError):
+                raise SmplerError(f"--dataset {p}: {k} is {_described(d[k])}, expected a [N] array of (ASCII or "
+                                  "unicode) strings") from None
     n = len(d["imgname"])
-    shapes = {"bbox": (n, 4), "joints3d": (n, 14, 3), "pose": (n, 72), "betas": (n, 10)}
-    for k, shp in shapes.items():
-        if k in d and tuple(d[k].shape) != shp:
-            raise SmplerError(f"--dataset {p}: {k} has shape {list(d[k].shape)}, expected {list(shp)}")
     if n == 0:
         raise SmplerError(f"--dataset {p}: no samples")
+    if "gender" in d and len(d["gender"]) != n:
+        raise SmplerError(f"--dataset {p}: gender has {len(d['gender'])} entries, imgname {n}")
+    shapes = {"bbox": (n, 4), "joints3d": (n, 14, 3), "pose": (n, 72), "betas": (n, 10)}
+    for k, shp in shapes.items():
+        if k not in d:
+            continue
+        if d[k].dtype.kind not in "iuf":
+            raise SmplerError(f"--dataset {p}: {k} is {_described(d[k])}, expected numbers")
+        if tuple(d[k].shape) != shp:
+            raise SmplerError(f"--dataset {p}: {k} has shape {list(d[k].shape)}, expected {list(shp)}")
+        bad = ~np.isfinite(d[k].reshape(n, -1)).all(1)
+        if bad.any():  # a NaN box or ground truth would crop garbage or turn every metric into NaN
+            first = ", ".join(map(str, np.flatnonzero(bad)[:3]))
+            raise SmplerError(f"--dataset {p}: {k} has NaN or Inf values in {int(bad.sum())} of {n} samples "
+                              f"(first: {first}); expected finite numbers")
     if np.any(d["bbox"][:, 2:] <= 0):
         raise SmplerError(f"--dataset {p}: {int(np.sum(np.any(d['bbox'][:, 2:] <= 0, 1)))} boxes with w or h <= 0")
-    ds = EvalSet(name=name, path=p, imgname=d["imgname"].astype(str), bbox=d["bbox"].astype(np.float64),
+    margin = d.get("box_margin", np.array(1.0))
+    if margin.shape != () or margin.dtype.kind not in "iuf" or not np.isfinite(margin) or margin <= 0:
+        raise SmplerError(f"--dataset {p}: box_margin is {_described(margin)}, expected one positive number")
+    ds = EvalSet(name=name, path=p, imgname=d["imgname"], bbox=d["bbox"].astype(np.float64),
                  joints3d=d.get("joints3d"), pose=d.get("pose"), betas=d.get("betas"), gender=d.get("gender"),
-                 box_margin=float(d["box_margin"]) if "box_margin" in d else 1.0)
+                 box_margin=float(margin))
     if images_root is not None:
         check_images(ds, images_root)
     return ds
+
+
+def _described(a: np.ndarray) -> str:
+    """An npz array as an error shows it: its shape and element type, or a scalar's value."""
+    return f"{a.item()!r}" if a.shape == () and a.dtype.kind in "iufUS" else f"{list(a.shape)} of {a.dtype}"
 
 
 def check_images(ds: EvalSet, root) -> None:
     r = Path(root)
     if not r.is_dir():
         raise SmplerError(f"--images {r}: directory not found")
-    absent = [str(n) for n, q in zip(ds.imgname, ds.image_paths(r)) if not q.is_file()]
+    paths = ds.image_paths(r)
+    absent = [str(n) for n, q in zip(ds.imgname, paths) if not q.is_file()]
     if absent:
         first = ", ".join(absent[:3])
         raise SmplerError(f"--images {r}: {len(absent)} of {len(ds)} images missing (first: {first})")
+    from ..preprocess import check_image_file
+
+    for i, q in enumerate(paths):  # headers only: a bad image or a box outside it fails now, not after the baselines
+        w, h = check_image_file(q)
+        _box(ds, i, (h, w))
 
 
 def evaluate(session, ds: EvalSet, images_root, batch: int = 8, body_fn=None, j_regressor_h36m=None,
@@ -110,8 +151,6 @@ def evaluate(session, ds: EvalSet, images_root, batch: int = 8, body_fn=None, j_
     """Run `session` over the set and return the protocol's metrics (mean mm) plus `samples`.
 
     `progress`: optional callable(n_done) for a progress bar."""
-    from ..preprocess import crop_person
-
     if ds.name == "3dpw" and body_fn is None:
         raise SmplerError("3dpw evaluation needs the neutral body model for the GT mesh (pass --smpl-model)")
     if ds.joints3d is None and j_regressor_h36m is None:
@@ -121,7 +160,7 @@ def evaluate(session, ds: EvalSet, images_root, batch: int = 8, body_fn=None, j_
     per = {k: [] for k in ds.protocol}
     for s in range(0, len(ds), batch):
         idx = range(s, min(s + batch, len(ds)))
-        x = np.stack([crop_person(paths[i], ds.bbox[i], margin=ds.box_margin)[0] for i in idx])
+        x = np.stack([_sample_crop(ds, i, paths[i]) for i in idx])
         out = session.infer(x)
         pj, pv = np.asarray(out.joints, np.float64), np.asarray(out.vertices, np.float64)
         sl = slice(s, s + len(idx))
@@ -144,6 +183,25 @@ def evaluate(session, ds: EvalSet, images_root, batch: int = 8, body_fn=None, j_
     res = M.summarize({k: np.concatenate(v) for k, v in per.items()})
     res["samples"] = len(ds)
     return res
+
+
+def _sample_crop(ds: EvalSet, i: int, path: Path) -> np.ndarray:
+    from ..preprocess import crop, load_image, normalize
+
+    img = load_image(path)
+    return normalize(crop(img, _box(ds, i, img.shape[:2])))
+
+
+def _box(ds: EvalSet, i: int, image_hw):
+    """Sample i's crop transform (preprocess.box_transform, the one rule); a box its image cannot take is the
+    dataset file's error, not the demo's --bbox flag's."""
+    from ..preprocess import box_transform
+
+    try:
+        return box_transform(image_hw, ds.bbox[i], ds.box_margin)
+    except SmplerError as e:
+        raise SmplerError(f"--dataset {ds.path}: bbox[{i}] ({ds.imgname[i]}) "
+                          f"{str(e).removeprefix('--bbox ')}") from None
 
 
 def make_synthetic_dataset(out_dir, n: int = 4, dataset: str = "h36m", seed: int = 0) -> Path:

@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     from ..fileio import check_output_dir, outputs
     from ..gpucheck.core import CheckContext, report_dict, run_check, write_report
     from ..gpucheck.steps import STEP_NAMES, STEPS
-    from ..plugins.kernel_store import use_kernel_dir
+    from ..plugins.kernel_store import use_kernel_dir, verify_kernel_dir
 
     steps = STEPS
     if a.steps:
@@ -103,6 +103,8 @@ def main(argv=None) -> int:
             raise SmplerError(f"--steps {a.steps}: expected some of {','.join(STEP_NAMES)}")
         steps = [s for s in STEPS if s[0] in want]
     kernel_dir = use_kernel_dir(a.kernel_dir)
+    if kernel_dir is not None:  # the directory this check vouches for: index, entries and checksums, before any work
+        verify_kernel_dir(kernel_dir)
     machine = machine_info(measure_gemm=False)
     out = Path(a.out) if a.out else REPORTS / (a.name or default_name(machine.get("gpus") or []))
     out = check_output_dir(out, "--out")

@@ -102,6 +102,8 @@ def onnx_facts(onnx_path: str | os.PathLike) -> dict:
     """What the build and the manifest need from the ONNX file, without loading external weights."""
     import onnx
 
+    from ..containment import onnx_external_files
+
     try:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as e:
@@ -113,10 +115,8 @@ def onnx_facts(onnx_path: str | os.PathLike) -> dict:
     if len(inputs) > 1:
         raise SmplerError(f"{onnx_path}: expected one input ({INPUT_NAME}), got {[i.name for i in inputs]}")
     dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in inputs[0].type.tensor_type.shape.dim]
-    ext = sorted(
-        {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
-    )
-    base = Path(onnx_path).parent
+    # TensorRT's parser opens every external-data file the graph names: each must lie inside the graph's folder
+    ext = onnx_external_files(model, onnx_path, str(onnx_path))
     meta = {p.key: p.value for p in model.metadata_props}
     return {
         "input": inputs[0].name,
@@ -124,7 +124,7 @@ def onnx_facts(onnx_path: str | os.PathLike) -> dict:
         "metadata": meta,
         "plugins": plugin_summary(model),
         "sha256": sha256_file(onnx_path),
-        "external_data": {loc: sha256_file(base / loc) for loc in ext if (base / loc).exists()},
+        "external_data": {loc: sha256_file(path) for loc, path in ext.items()},
     }
 
 

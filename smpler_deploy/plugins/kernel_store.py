@@ -7,13 +7,15 @@ an explicit `--kernel-dir` / `-o`, else $SMPLER_KERNEL_DIR, else the per-user ca
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 from pathlib import Path
 
+from ..containment import contained
 from ..errors import SmplerError
-from .abi import KERNEL_ABI, TRITON_VERSION_PIN
+from .abi import DTYPES, HIDDEN_ARGS, KERNEL_ABI, KERNEL_NAMES, TRITON_VERSION_PIN, variant_spec
 
 INDEX_FORMAT = 2  # 2: per-kernel ptxas toolkit, PTX minimum driver, num_ctas
 # 87 = Jetson Orin; 90/120 compile as the arch-specific sm_90a/sm_120a (Triton's choice): they run only there.
@@ -67,6 +69,96 @@ def load_index(kernel_dir: str | os.PathLike) -> dict:
     if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT or "kernels" not in index:
         raise SmplerError(f"{path}: kernel index format {index.get('format') if isinstance(index, dict) else '?'}, "
                           f"this smpler-deploy reads format {INDEX_FORMAT}; re{fix}")
+    if not isinstance(index["kernels"], list) or not all(isinstance(e, dict) for e in index["kernels"]):
+        raise SmplerError(f"{path}: field kernels is not a list of objects; re{fix}")
+    for i, e in enumerate(index["kernels"]):  # what every lookup reads (find_entry, check_kernels_for)
+        for key, kind in (("kernel", str), ("dtype", str), ("sm", int)):
+            if not isinstance(e.get(key), kind) or isinstance(e.get(key), bool):
+                raise SmplerError(f"{path}: kernels[{i}].{key} is {json.dumps(e.get(key))[:40]}, expected "
+                                  f"{'an integer' if kind is int else 'a string'}; re{fix}")
+    return index
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# Fields of an index entry the plugins read when they load and launch it, and what each must be.
+ENTRY_FIELDS = {
+    "entry_name": (lambda v: isinstance(v, str) and bool(v), "a kernel name"),
+    "cubin": (lambda v: isinstance(v, str), "a file name"),
+    "cubin_sha256": (lambda v: isinstance(v, str) and bool(_SHA256.fullmatch(v)), "a sha256 (64 hex digits)"),
+    "threads_per_block": (lambda v: _is_int(v) and 0 < v <= 1024, "an integer in 1..1024"),
+    "shared": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+    "num_ctas": (lambda v: v is None or _is_int(v), "an integer"),
+    "ptx_version": (lambda v: v is None or isinstance(v, str), "a string"),
+    "ptx_min_driver": (lambda v: v is None or _is_int(v), "an integer"),
+    "ptxas_cuda": (lambda v: v is None or isinstance(v, str) and bool(re.fullmatch(r"\d+\.\d+.*", v)), "MAJOR.MINOR"),
+}
+
+
+def check_entry(entry: dict, kernel_dir: str | os.PathLike) -> dict[str, Path]:
+    """Refuse an index entry the plugins could not load or would launch wrongly: a field of the wrong type, a
+    missing checksum, an argument list or constants other than this ABI's, a binary named outside the kernel
+    directory. Returns {"cubin": path, "ptx": path (when the entry has PTX)}; the files are not read here."""
+    kdir = Path(kernel_dir)
+    where = f"{kdir / 'index.json'}: {entry.get('kernel')} ({entry.get('dtype')}) sm_{entry.get('sm')}"
+    fix = f"rerun `{aot_command(entry.get('sm') if _is_int(entry.get('sm')) else None, kdir)}`"
+    if entry.get("kernel") not in KERNEL_NAMES or entry.get("dtype") not in DTYPES or entry.get("sm") not in SUPPORTED_SMS:
+        raise SmplerError(f"{where}: not a kernel variant smpler-aot builds; {fix}")
+    fields = dict(ENTRY_FIELDS)
+    if entry.get("ptx") is not None:
+        fields["ptx"] = (lambda v: isinstance(v, str), "a file name")
+        fields["ptx_sha256"] = ENTRY_FIELDS["cubin_sha256"]
+    for key, (ok, want) in fields.items():
+        if key not in entry and key in ("num_ctas", "ptx_version", "ptx_min_driver", "ptxas_cuda"):
+            continue  # optional: their absence has a defined meaning (load_order, one CTA)
+        if key not in entry:
+            raise SmplerError(f"{where}: no field {key}; {fix}")
+        if not ok(entry[key]):
+            raise SmplerError(f"{where}: field {key} is {json.dumps(entry[key])[:40]}, expected {want}; {fix}")
+    spec = variant_spec(entry["kernel"], entry["dtype"])
+    args = [{"name": n, "type": t} for n, t in spec["args"]] + [{"name": n, "type": "*i8"} for n in HIDDEN_ARGS]
+    if entry.get("args") != args or entry.get("constexprs") != spec["constexprs"]:
+        raise SmplerError(f"{where}: argument list or constants differ from this smpler-deploy's kernel ABI "
+                          f"{KERNEL_ABI}; {fix}")
+    return {kind: contained(kdir, entry[kind], what=f"{where}: {kind}")
+            for kind in ("cubin", "ptx") if entry.get(kind) is not None}
+
+
+def verify_kernel_dir(kernel_dir: str | os.PathLike) -> dict:
+    """The whole kernel directory checked as smpler-check-gpu vouches for it: the index (format, ABI, Triton pin),
+    every entry (`check_entry`), no variant listed twice, every binary present with the checksum the index gives.
+    Returns the index."""
+    import hashlib
+
+    kdir = Path(kernel_dir)
+    index = load_index(kdir)
+    path = kdir / "index.json"
+    if index.get("kernel_abi") != KERNEL_ABI or index.get("triton_version") != TRITON_VERSION_PIN:
+        raise SmplerError(f"{path}: kernels have ABI {index.get('kernel_abi')!r} (Triton "
+                          f"{index.get('triton_version')!r}), this smpler-deploy needs ABI {KERNEL_ABI} (Triton "
+                          f"{TRITON_VERSION_PIN}); rerun `{aot_command(outdir=kdir)}`")
+    if not index["kernels"]:
+        raise SmplerError(f"{path}: lists no kernels; run `{aot_command(outdir=kdir)}`")
+    seen = set()
+    for e in index["kernels"]:
+        files = check_entry(e, kdir)
+        variant = (e["kernel"], e["dtype"], e["sm"])
+        if variant in seen:
+            raise SmplerError(f"{path}: {e['kernel']} ({e['dtype']}) sm_{e['sm']} is listed twice; "
+                              f"rerun `{aot_command(e['sm'], kdir)}`")
+        seen.add(variant)
+        for kind, file in files.items():
+            try:
+                digest = hashlib.sha256(file.read_bytes()).hexdigest()
+            except OSError as err:
+                raise SmplerError(f"{kdir / e[kind]}: cannot read ({err.strerror}); "
+                                  f"rerun `{aot_command(e['sm'], kdir)}`") from None
+            if digest != e[f"{kind}_sha256"]:
+                raise SmplerError(f"{kdir / e[kind]}: checksum differs from index.json; "
+                                  f"rerun `{aot_command(e['sm'], kdir)}`")
     return index
 
 

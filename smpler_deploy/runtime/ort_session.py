@@ -88,9 +88,11 @@ class OnnxRuntimeSession:
             header = onnx.load(str(path), load_external_data=False)
         except Exception as e:
             raise SmplerError(f"--onnx {path}: not a readable ONNX model ({e.__class__.__name__})")
+        from ..containment import onnx_external_files
         from ..plugins.graph import assert_no_plugins
 
         assert_no_plugins(header, where=path)
+        onnx_external_files(header, path, f"--onnx {path}")  # ONNX Runtime refuses escaping ones too, less clearly
         traits = graph_traits(header)
         meta = traits["meta"]
         # report spelling: "int8-cpu" is ONNX Runtime's int8 layout, "int8" TensorRT's; a graph without smpler

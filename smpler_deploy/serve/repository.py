@@ -18,6 +18,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..containment import contained, onnx_external_files
 from ..errors import SmplerError
 from ..fileio import check_output_tree, staged_dir
 from ..outputs import CROP_SIZE, INPUT_NAME, OUTPUT_NAMES
@@ -50,8 +51,8 @@ class Graph:
     outputs: list[dict]
 
 
-def onnx_graph(path: Path, flag: str = "--onnx") -> tuple[Graph, list[str]]:
-    """SMPLer's I/O from an ONNX file (weights not loaded), and its external data files."""
+def onnx_graph(path: Path, flag: str = "--onnx") -> tuple[Graph, dict[str, Path]]:
+    """SMPLer's I/O from an ONNX file (weights not loaded), and its external data files ({location: path})."""
     import onnx
 
     try:
@@ -73,8 +74,10 @@ def onnx_graph(path: Path, flag: str = "--onnx") -> tuple[Graph, list[str]]:
             out.append({"name": v.name, "dtype": dtype, "shape": dims})
         return out
 
-    external = sorted({e.value for i in m.graph.initializer if i.data_location == onnx.TensorProto.EXTERNAL
-                       for e in i.external_data if e.key == "location"})
+    external = onnx_external_files(m, path, f"{flag} {path}")  # each inside the graph's folder, or refused
+    if clash := sorted(set(external) & {"model.onnx", "model.py"}):  # what the repository writes beside them
+        raise SmplerError(f"{flag} {path}: external data location {clash[0]!r} is a name the repository's model "
+                          "folder uses itself; save the graph's weights under another name")
     return _graph(io(m.graph.input), io(m.graph.output), f"{flag} {path}"), external
 
 
@@ -183,12 +186,14 @@ def model_configs(graph: Graph, opts: RepoOptions, engine_batch: tuple[int, int,
     return cfgs
 
 
-def _copy_onnx(src: Path, external: list[str], dst_dir: Path) -> None:
+def _copy_onnx(src: Path, external: dict[str, Path], dst_dir: Path) -> None:
+    """The graph and its external weights (same relative names, checked by `onnx_graph` to stay inside the graph's
+    folder, so inside `dst_dir` too)."""
     shutil.copyfile(src, dst_dir / "model.onnx")
-    for rel in external:  # external weights travel with the graph, same relative name
-        target = dst_dir / rel
+    for rel, source in external.items():
+        target = contained(dst_dir, rel, what=f"--onnx {src}: external data location")
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src.parent / rel, target)
+        shutil.copyfile(source, target)
 
 
 def write_repository(out, *, onnx=None, engine=None, opts: RepoOptions | None = None, force: bool = False,
@@ -203,12 +208,14 @@ def write_repository(out, *, onnx=None, engine=None, opts: RepoOptions | None = 
     if onnx is not None:
         graph, external = onnx_graph(Path(onnx))
     if engine is not None:
-        from ..trt.manifest import read_manifest
+        from ..trt.manifest import check_engine_file, read_manifest
 
         engine = Path(engine)
         if not engine.is_file():
             raise SmplerError(f"--engine {engine}: file not found")
-        egraph, engine_batch = engine_graph(engine, read_manifest(engine))
+        manifest = read_manifest(engine)
+        check_engine_file(manifest, engine, f"--engine {engine}")  # a truncated or replaced engine is not served
+        egraph, engine_batch = engine_graph(engine, manifest)
         if graph is not None and [t["dims"] for t in egraph.outputs] != [t["dims"] for t in graph.outputs]:
             raise SmplerError(f"--engine {engine}: its outputs' shapes differ from --onnx {onnx}'s")
         graph = graph or egraph

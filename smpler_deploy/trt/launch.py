@@ -18,8 +18,8 @@ from pathlib import Path
 
 from ..errors import SmplerError
 from ..plugins.abi import HIDDEN_ARGS, KERNEL_ABI, POINTER_ALIGN, LaunchPlan, plan_launch, pointer_count
-from ..plugins.kernel_store import (PTX_ISA_DRIVER, aot_command, cuda_version_text, find_entry, load_index,
-                                    load_order)
+from ..plugins.kernel_store import (PTX_ISA_DRIVER, aot_command, check_entry, cuda_version_text, find_entry,
+                                    load_index, load_order)
 
 
 def cuda_driver():
@@ -97,15 +97,15 @@ def driver_version(cu) -> int:
     return _driver_version[0]
 
 
-def _image(kdir: Path, entry: dict, kind: str, sm: int) -> bytes:
-    path = kdir / entry[kind]
+def _image(kdir: Path, entry: dict, kind: str, sm: int, path: Path) -> bytes:
+    """The binary at `path` (resolved inside `kdir` by check_entry), refused unless its sha256 is the index's."""
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise SmplerError(f"{path}: cannot read ({e.__class__.__name__}); rerun `{aot_command(sm, kdir)}`") from None
-    digest = entry.get(f"{kind}_sha256")
-    if digest and hashlib.sha256(data).hexdigest() != digest:
-        raise SmplerError(f"{path}: checksum differs from index.json; rerun `{aot_command(sm, kdir)}`")
+        raise SmplerError(f"{kdir / entry[kind]}: cannot read ({e.__class__.__name__}); "
+                          f"rerun `{aot_command(sm, kdir)}`") from None
+    if hashlib.sha256(data).hexdigest() != entry[f"{kind}_sha256"]:  # check_entry: the field is always there
+        raise SmplerError(f"{kdir / entry[kind]}: checksum differs from index.json; rerun `{aot_command(sm, kdir)}`")
     return data + b"\0" if kind == "ptx" else data  # the driver reads PTX as a NUL-terminated string
 
 
@@ -123,6 +123,7 @@ def resolve_function(cu, kernel: str, dtype: str, kernel_dir, abi: int = KERNEL_
             raise SmplerError(f"{kdir}: kernels have ABI {index.get('kernel_abi')}, the engine expects {abi}; "
                               f"rerun `{aot_command(sm, kdir)}` with this smpler-deploy version")
         entry = find_entry(index, kernel, dtype, sm, kdir)
+        files = check_entry(entry, kdir)  # fields, checksums present, binaries inside kdir
         if entry.get("num_ctas", 1) != 1:  # clusters would need cuLaunchKernelEx with a cluster attribute
             raise SmplerError(f"{kdir / entry['cubin']}: compiled with num_ctas={entry['num_ctas']}; the plugins "
                               f"launch one CTA per program; rerun `{aot_command(sm, kdir)}`")
@@ -132,7 +133,7 @@ def resolve_function(cu, kernel: str, dtype: str, kernel_dir, abi: int = KERNEL_
                               f"`{aot_command(sm, kdir)}`")
         failures = []
         for kind in load_order(entry, driver_version(cu)):
-            err, module = cu.cuModuleLoadData(_image(kdir, entry, kind, sm))
+            err, module = cu.cuModuleLoadData(_image(kdir, entry, kind, sm, files[kind]))
             if err == cu.CUresult.CUDA_SUCCESS:
                 break
             failures.append(f"{kind}: {getattr(err, 'name', err)}")

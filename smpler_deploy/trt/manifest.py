@@ -127,6 +127,23 @@ def _versions_compatible(built: str, running: str, version_compatible: bool) -> 
     return _version_tuple(built) == _version_tuple(running)
 
 
+def check_engine_file(manifest: dict, engine_path: str | os.PathLike, where: str | None = None,
+                      engine_sha256: str | None = None) -> None:
+    """Refuse an engine file that is not the one its manifest describes: a truncated, empty or replaced engine.
+    `where` names it in errors (default: the file name); `engine_sha256` skips re-hashing when already known."""
+    where = where or Path(engine_path).name
+    try:
+        size = os.stat(engine_path).st_size
+        digest = engine_sha256 or sha256_file(engine_path)
+    except OSError as e:
+        raise SmplerError(f"{where}: cannot read ({e.strerror})") from None
+    if digest != manifest["engine"]["sha256"]:
+        sizes = f": {size} bytes, the manifest says {manifest['engine']['size']}" \
+            if size != manifest["engine"]["size"] else ""
+        raise SmplerError(f"{where}: sha256 differs from its manifest {manifest_path(engine_path).name} "
+                          f"(corrupt, truncated or replaced engine{sizes}); rebuild it")
+
+
 def check_manifest(
     manifest: dict,
     engine_path: str | os.PathLike,
@@ -144,12 +161,7 @@ def check_manifest(
     title = FLAVOUR_TITLES.get(built["flavour"], built["flavour"])
     if flavour is not None and flavour != built["flavour"]:
         raise SmplerError(f"{name}: built with {title}, but loading with --trt {flavour}; use --trt {built['flavour']}")
-    digest = engine_sha256 or sha256_file(engine_path)
-    if digest != manifest["engine"]["sha256"]:
-        raise SmplerError(
-            f"{name}: sha256 differs from its manifest {manifest_path(engine_path).name} "
-            "(corrupt, truncated or replaced engine); rebuild it"
-        )
+    check_engine_file(manifest, engine_path, engine_sha256=engine_sha256)
     vc = bool(manifest["build"].get("options", {}).get("version_compatible"))
     if not _versions_compatible(built["version"], trt_version, vc):
         raise SmplerError(
