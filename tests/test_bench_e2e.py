@@ -91,6 +91,6 @@ def test_demo_writes_overlay_and_mesh(tmp_path, capsys):
     obj = out.with_suffix(".obj").read_text()
     assert obj.count("\nv ") == 6890 and obj.count("\nf ") == 13776
     assert "stand-in" in capsys.readouterr().out
-    assert main([str(img), "--bbox", "600,0,50,50", "--out", str(out)]) == 2  # box outside the image
+    assert main([str(img), "--bbox", "600,0,50,50", "--out", str(out), "--force"]) == 2  # box outside the image
     assert "outside" in capsys.readouterr().err
-    assert main([str(tmp_path / "none.png"), "--out", str(out)]) == 2
+    assert main([str(tmp_path / "none.png"), "--out", str(out), "--force"]) == 2

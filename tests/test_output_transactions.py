@@ -291,6 +291,21 @@ def test_demo_and_bench_refuse_existing_outputs_without_force(tmp_path, onnx_fp3
     assert _tree(rep) == ["report.json"]
 
 
+def test_demo_full_disk_keeps_none_of_png_obj_ply(tmp_path, small_disk, onnx_fp32, capsys):
+    from PIL import Image
+    from skimage import data
+
+    from smpler_deploy.cli.demo import main as demo
+
+    img = tmp_path / "photo.png"
+    Image.fromarray(data.astronaut()).save(img)
+    assert demo([str(img), "--backend", "onnxruntime", "--onnx", str(onnx_fp32), "--threads", "1", "--out",
+                 str(small_disk / "o.png")]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {small_disk}/o.") and line.endswith("No space left on device")
+    assert _tree(small_disk) == []  # no PNG, OBJ, PLY, lock or temp file
+
+
 def test_bench_refuses_a_bad_checkpoint_before_the_baselines(tmp_path, capsys):
     from smpler_deploy.cli.bench import main as bench
 
