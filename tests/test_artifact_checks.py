@@ -131,6 +131,15 @@ BREAKS = ["not json", "kernels not a list", "sm a string", "shared a string", "b
           "binary changed"]
 
 
+def test_kernel_dir_verification_accepts_what_smpler_aot_writes(tmp_path):
+    """The checks hold smpler-aot's real output (Triton compiled here, no GPU), not only the layout above."""
+    from smpler_deploy.plugins import aot
+    from smpler_deploy.plugins.kernel_store import verify_kernel_dir
+
+    index = aot.build(tmp_path / "k", [89])  # in a child process when this one runs the Triton interpreter
+    assert verify_kernel_dir(tmp_path / "k") == index and len(index["kernels"]) == 4
+
+
 @pytest.mark.parametrize("how", BREAKS)
 def test_kernel_dir_verification_refuses_a_broken_index(tmp_path, how):
     from smpler_deploy.plugins.kernel_store import verify_kernel_dir
