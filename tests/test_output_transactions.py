@@ -150,6 +150,7 @@ def test_bad_input_is_refused_before_any_output(tmp_path, run_args, capsys):
         ([bomb_dir, "--backend", "onnxruntime", "--onnx", tmp_path / "bad.onnx"], "bomb.png"),  # before the model
         ([photos, "--threads", "0", *run_args[:4]], "--threads 0: expected a positive integer"),
         ([photos, "--save-crops", tmp_path / "file", *run_args], "--save-crops"),
+        ([photos, "--save-crops", out, *run_args], "is inside -o"),  # -o is replaced as a whole
     ]
     for argv, named in cases:
         rc, _, err = _run([*argv, "-o", out, "--save-crops", crops] if "--save-crops" not in argv

@@ -155,8 +155,8 @@ def main(argv=None) -> int:
     # boxes, the session, the body model. Then the whole of -o (and --save-crops) is one transaction.
     out = check_output_tree(a.out, a.force, "-o")
     crops_dir = check_output_tree(a.save_crops, a.force, "--save-crops") if a.save_crops else None
-    if crops_dir is not None and _same_dir(crops_dir, out):
-        raise SmplerError(f"--save-crops {crops_dir}: is -o itself; choose another folder")
+    if crops_dir is not None and _inside(crops_dir, out):  # -o is replaced as a whole at the end
+        raise SmplerError(f"--save-crops {crops_dir}: is inside -o {out}; choose a folder outside it")
     source = open_source(a.source, a.max_frames, realtime=a.realtime)
     sess = None
     try:
@@ -219,8 +219,8 @@ def main(argv=None) -> int:
     return 0
 
 
-def _same_dir(a: Path, b: Path) -> bool:
-    return os.path.realpath(a) == os.path.realpath(b)
+def _inside(a: Path, b: Path) -> bool:
+    return Path(os.path.realpath(a)).is_relative_to(os.path.realpath(b))
 
 
 @dataclass
