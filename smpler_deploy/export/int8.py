@@ -27,6 +27,7 @@ import numpy as np
 from ..errors import SmplerError
 from ..fileio import atomic_path
 from ..outputs import INPUT_NAME
+from .metadata import set_metadata
 
 TARGETS = ("trt", "cpu")
 # vpmaddubsw: int16(sat)(a0*w0 + a1*w1), a in [0,255], w in int8. The bound the cpu layout's weights must keep.
@@ -159,8 +160,6 @@ def quantize(fp32_path, out_path, images: np.ndarray, *, target: str = "trt", me
             elif reduce_range:
                 check_no_int16_saturation(model)
             qnodes = quantized_nodes(model)
-            from .onnx_export import set_metadata
-
             info = dict(meta or {})
             info.update(precision="int8", int8_target=target, calibration_images=str(len(images)),
                         calibration_method="minmax", weight_bits="7" if reduce_range else "8",

@@ -8,7 +8,6 @@ TensorRT builds, so every precision is measured on exactly the graph that ships.
 from __future__ import annotations
 
 import copy
-import json
 import time
 import warnings
 from pathlib import Path
@@ -20,6 +19,7 @@ from .. import __version__
 from ..errors import SmplerError
 from ..fileio import atomic_path
 from ..outputs import CROP_SIZE, INPUT_NAME, OUTPUT_NAMES
+from .metadata import set_metadata
 
 OPSET = 19
 FORBIDDEN_OPS = ("ScatterND", "If", "Einsum", "Range", "Loop")
@@ -44,13 +44,6 @@ def graph_report(model) -> dict:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1
     return {"nodes": len(model.graph.node), "ops": dict(sorted(ops.items())),
             "forbidden": {op: ops[op] for op in FORBIDDEN_OPS if op in ops}}
-
-
-def set_metadata(model, meta: dict) -> None:
-    del model.metadata_props[:]
-    for k, v in meta.items():
-        p = model.metadata_props.add()
-        p.key, p.value = k, v if isinstance(v, str) else json.dumps(v)
 
 
 def base_metadata(smpler, precision: str, batch, plugins: bool) -> dict:
