@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # test oracles (official_ops)
+
+# One fresh model cache per test run (smpler_deploy.cache), inherited by the commands tests start as subprocesses:
+# the default model is built once per run and then read, and no test depends on what a user's cache holds.
+_CACHE = tempfile.mkdtemp(prefix="smpler-test-cache-")
+os.environ["SMPLER_DEPLOY_CACHE"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

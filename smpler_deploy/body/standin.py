@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import atomic_path
-from .data import NUM_FACES, NUM_JOINTS, NUM_VERTS, SMPL_PARENTS, BodyModelData
+from .data import NUM_FACES, NUM_JOINTS, NUM_VERTS, SHAPES, SMPL_PARENTS, BodyModelData
 from .loaders import posedirs_to_pkl, posedirs_to_smplx
 
 # Approximate mean rest joints of SMPL's neutral model (metres; y up, +x = subject's left, +z = forward).
@@ -388,8 +388,36 @@ def _pose_basis(V, F, W, seed):
     return out
 
 
+_ARRAYS = ("v_template", "shapedirs", "posedirs", "J_regressor", "lbs_weights", "faces", "parents",
+           "J_regressor_h36m")
+
+
 def make_standin_body_model(seed: int = 0) -> BodyModelData:
-    """Deterministic synthetic SMPL-shaped body model (labelled `standin=True`)."""
+    """Deterministic synthetic SMPL-shaped body model (labelled `standin=True`). Generating it takes seconds, so it
+    is kept in the on-disk cache (`smpler_deploy.cache`), keyed by the seed and the code and libraries it comes from."""
+    from .. import __version__, cache
+
+    here = Path(__file__).parent
+    key = {"what": "standin-body", "seed": int(seed), "version": __version__,
+           "source": cache.source_digest(*(here / n for n in ("standin.py", "data.py", "loaders.py"))),
+           **cache.build_environment("numpy", "scipy")}
+    expected = {n: (s, "int64" if n in ("faces", "parents") else "float32") for n, s in SHAPES.items()}
+    expected["J_regressor_h36m"] = ((17, NUM_VERTS), "float32")
+
+    def build():
+        d = _generate(seed)
+        return {n: getattr(d, n) for n in _ARRAYS}
+
+    arrays = cache.cached_arrays(cache.Entry(f"standin-body-seed{seed}", "stand-in body model", key), build,
+                                 lambda a: cache.spec_mismatch(expected, a))
+    return BodyModelData(**arrays, standin=True, source=_source(seed)).validate(where="stand-in body model")
+
+
+def _source(seed: int) -> str:
+    return f"stand-in (generated, seed {seed})"
+
+
+def _generate(seed: int) -> BodyModelData:
     prims = _primitives()
     V, F, axes = _build_mesh()
     V = _relax(V, F, axes, prims)
@@ -406,7 +434,7 @@ def make_standin_body_model(seed: int = 0) -> BodyModelData:
         parents=np.array(SMPL_PARENTS, np.int64),
         J_regressor_h36m=h36m.astype(np.float32),
         standin=True,
-        source=f"stand-in (generated, seed {seed})",
+        source=_source(seed),
     )
     return data.validate(where="stand-in body model")
 

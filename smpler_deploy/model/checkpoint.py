@@ -2,12 +2,13 @@
 
 The default model is what runs out of the box without licensed files: seeded weights, the generated stand-in
 body model, and BatchNorm statistics re-estimated on public-domain sample photos bundled with scikit-image so
-activations have realistic scale. Everything made with it says so (`model.info`).
+activations have realistic scale. Everything made with it says so (`model.info`). Building it takes tens of
+seconds on a small CPU (the re-estimation runs the backbone on 16 crops), so the built state is kept in the
+on-disk cache (`smpler_deploy.cache`) and a second process only reads it.
 """
 
 from __future__ import annotations
 
-import functools
 import pickle
 import re
 from pathlib import Path
@@ -168,8 +169,8 @@ def recalibrate_batchnorm(model: SMPLer, images: np.ndarray) -> None:
         m.eval()
 
 
-@functools.lru_cache(maxsize=2)
-def _default_state(variant: str, seed: int) -> dict:
+def build_default_state(variant: str, seed: int = DEFAULT_SEED) -> dict[str, torch.Tensor]:
+    """The default model's state dict, made from scratch: seeded weights, stand-in body, BatchNorm re-estimated."""
     from ..body.standin import make_standin_body_model
 
     torch.manual_seed(seed)
@@ -178,6 +179,47 @@ def _default_state(variant: str, seed: int) -> dict:
     model.smpl_handler.set_body_model(make_standin_body_model(seed))
     recalibrate_batchnorm(model, calibration_batch(seed=seed))
     return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def default_state_key(variant: str, seed: int = DEFAULT_SEED) -> dict:
+    """Everything `build_default_state` depends on (the on-disk cache entry is stale when any of it changes): the
+    code (architecture, initialisation, stand-in body, crops), torch's kernels and init routines, the libraries
+    that make the stand-in body and decode and warp the bundled sample photos (their files come with scikit-image)."""
+    from .. import __version__, cache
+
+    pkg = Path(__file__).resolve().parent.parent
+    sources = [*(pkg / "model").glob("*.py"), *(pkg / "body").glob("*.py"),
+               *(pkg / n for n in ("preprocess.py", "outputs.py", "plugins/abi.py"))]
+    return {"what": "default-model", "variant": variant, "seed": int(seed), "version": __version__,
+            "source": cache.source_digest(*sources), "residual_gain": RESIDUAL_GAIN,
+            **cache.build_environment("torch", "numpy", "scipy", "scikit-image", "pillow", "imageio")}
+
+
+def default_state_arrays(model: SMPLer, seed: int = DEFAULT_SEED) -> dict[str, np.ndarray]:
+    """The default state for `model`'s variant from the on-disk cache (checked against `model`'s own names,
+    shapes and dtypes), else made by `build_default_state` and stored there."""
+    from .. import cache
+
+    expected = {n: (tuple(t.shape), str(t.dtype).removeprefix("torch.")) for n, t in model.state_dict().items()}
+    return cache.cached_arrays(
+        cache.Entry(f"default-{model.variant}-seed{seed}", f"default {model.variant} model",
+                    default_state_key(model.variant, seed)),
+        lambda: {n: t.numpy() for n, t in build_default_state(model.variant, seed).items()},
+        lambda a: cache.spec_mismatch(expected, a))
+
+
+_STATES: dict[tuple[str, int], dict[str, np.ndarray]] = {}  # this process's default states (at most two)
+
+
+def default_state(model: SMPLer, seed: int = DEFAULT_SEED) -> dict[str, torch.Tensor]:
+    """`default_state_arrays` once per process, as tensors to copy in (they are this process's one copy)."""
+    k = (model.variant, int(seed))
+    if k not in _STATES:
+        arrays = default_state_arrays(model, seed)
+        while len(_STATES) >= 2:
+            _STATES.pop(next(iter(_STATES)))
+        _STATES[k] = arrays
+    return {n: torch.from_numpy(a) for n, a in _STATES[k].items()}
 
 
 def build_model(variant: str, checkpoint=None, smpl_model=None, h36m_regressor=None) -> SMPLer:
@@ -201,7 +243,7 @@ def build_model(variant: str, checkpoint=None, smpl_model=None, h36m_regressor=N
 
         model.info.update(untrained=False, checkpoint=str(checkpoint), checkpoint_sha256=sha256_file(checkpoint))
     else:
-        model.load_state_dict(_default_state(variant, DEFAULT_SEED), strict=True)
+        model.load_state_dict(default_state(model, DEFAULT_SEED), strict=True)
         if body is not None:
             if body.J_regressor_h36m is None and h36m is None:
                 raise SmplerError(f"--smpl-model {smpl_model}: has no H36M joint regressor; pass "
