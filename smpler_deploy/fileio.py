@@ -362,11 +362,21 @@ class _StageTx(Transaction):
     """What is written inside a `staged_dir` block: it moves (or is removed) with the staging directory."""
 
 
-def check_output_tree(path: str | os.PathLike, force: bool = False, flag: str = "-o") -> Path:
-    """`check_output_dir` for a directory written as a whole (`staged_dir`): a non-empty one needs --force."""
+def check_output_tree(path: str | os.PathLike, force: bool = False, flag: str = "-o", owns=None) -> Path:
+    """`check_output_dir` for a directory written as a whole (`staged_dir`): a non-empty one needs --force, and
+    (given `owns(name)`, which names this command writes) holds nothing else, so --force never deletes a folder
+    of other files (`-o .`, a folder holding the input)."""
     p = check_output_dir(path, flag)
-    if _nonempty(p) and not force:
+    if not _nonempty(p):
+        return p
+    if not force:
         raise SmplerError(f"{flag} {p}: exists and is not empty (pass --force to replace it)")
+    if owns is not None and p.is_dir():
+        foreign = sorted(n for n in os.listdir(p) if not owns(n))
+        if foreign:
+            raise SmplerError(f"{flag} {p}: holds {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}, "
+                              "which this command does not write; only a previous output of it is replaced "
+                              "(choose a new or empty folder)")
     return p
 
 
@@ -390,12 +400,12 @@ def _remove(p: Path) -> None:
 
 
 @contextlib.contextmanager
-def staged_dir(path: str | os.PathLike, *, force: bool = False, flag: str = "-o") -> Iterator[Path]:
+def staged_dir(path: str | os.PathLike, *, force: bool = False, flag: str = "-o", owns=None) -> Iterator[Path]:
     """A directory output as one transaction: checked and claimed before any work, written into a private staging
     directory beside it (yielded), renamed into place only when the block succeeds. A non-empty `path` needs
     --force and is then replaced as a whole (the previous one kept aside until the new one is in; inside an
     `outputs` block it is put back if that block fails). On an error or Ctrl-C nothing of the block stays."""
-    out = check_output_tree(path, force, flag)
+    out = check_output_tree(path, force, flag, owns)
     with _claimed(out, force=force, label=f"{flag} {out}"):  # a concurrent writer of `path` fails here
         stage = stage_dir(out)
         try:

@@ -110,14 +110,14 @@ def run_args(onnx_fp32):
 
 def test_two_runs_into_one_out(tmp_path, run_args, capsys):
     """The second run into a non-empty -o is refused (nothing changes); with --force it replaces -o as a whole:
-    nothing of the first run (other overlays, a stray file) is mixed into the second's output."""
+    nothing of the first run (its other overlays) is mixed into the second's output. A folder holding files a
+    run does not write is never replaced, --force or not."""
     first, second = _photos(tmp_path / "first", 2), _photos(tmp_path / "second", 1)
     boxes = _boxes(tmp_path / "boxes.json", 2)
     out = tmp_path / "out"
     rc, printed, err = _run([first, "-o", out, "--boxes", boxes, *run_args], capsys)
     assert rc == 0, err
     assert _tree(out) == ["overlays", "overlays/p0.png", "overlays/p1.png", "params.jsonl", "params.npz"]
-    (out / "stray.txt").write_text("from before")
     before = {p: (out / p).stat().st_mtime_ns for p in _tree(out)}
 
     rc, _, err = _run([second, "-o", out, "--boxes", boxes, *run_args], capsys)
@@ -129,6 +129,11 @@ def test_two_runs_into_one_out(tmp_path, run_args, capsys):
     assert _tree(out) == ["overlays", "overlays/p0.png", "params.jsonl", "params.npz"]
     assert json.loads((out / "params.jsonl").read_text().splitlines()[0])["meta"]["source"] == str(second)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no lock, stage or backup
+
+    (second / "notes.txt").write_text("mine")  # -o . or a folder holding the input: not a previous output
+    rc, _, err = _run([second, "-o", second, "--boxes", boxes, "--force", *run_args], capsys)
+    assert rc == 2 and f"-o {second}: holds notes.txt, p0.png, which this command does not write" in err
+    assert sorted(p.name for p in second.iterdir()) == ["notes.txt", "p0.png"]
 
 
 def test_bad_input_is_refused_before_any_output(tmp_path, run_args, capsys):
@@ -324,7 +329,10 @@ def test_bench_refuses_a_bad_checkpoint_before_the_baselines(tmp_path, capsys):
 
 def test_triton_destination_checked_before_the_export(tmp_path, read_only):
     (tmp_path / "file").write_text("x")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("not a model repository")
     for out, force, says in ((tmp_path / "missing" / "repo", [], "does not exist"),
+                             (tmp_path / "mine", ["--force"], "holds notes.txt, which this command does not write"),
                              (read_only / "repo", [], "is not writable"),
                              (tmp_path / "file", [], "exists and is not a directory"),
                              (tmp_path / "file", ["--force"], "exists and is not a directory")):
@@ -332,6 +340,7 @@ def test_triton_destination_checked_before_the_export(tmp_path, read_only):
         line = _one_error_line(r.stderr)
         assert r.returncode == 2 and says in line and "--force" not in line, r.stderr
         assert "loading model" not in r.stderr  # nothing exported first
+    assert (tmp_path / "mine" / "notes.txt").exists()
 
 
 def test_triton_full_disk_leaves_nothing(onnx_fp32, small_disk):

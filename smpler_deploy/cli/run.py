@@ -153,8 +153,8 @@ def main(argv=None) -> int:
 
     # Every check before any output: -o and --save-crops, the source (each image's header), the detector or
     # boxes, the session, the body model. Then the whole of -o (and --save-crops) is one transaction.
-    out = check_output_tree(a.out, a.force, "-o")
-    crops_dir = check_output_tree(a.save_crops, a.force, "--save-crops") if a.save_crops else None
+    out = check_output_tree(a.out, a.force, "-o", owns=_owns_out)
+    crops_dir = check_output_tree(a.save_crops, a.force, "--save-crops", owns=_owns_crops) if a.save_crops else None
     if crops_dir is not None and _inside(crops_dir, out):  # -o is replaced as a whole at the end
         raise SmplerError(f"--save-crops {crops_dir}: is inside -o {out}; choose a folder outside it")
     source = open_source(a.source, a.max_frames, realtime=a.realtime)
@@ -185,9 +185,9 @@ def main(argv=None) -> int:
               + (f"; {label}" if label else ""))
         with contextlib.ExitStack() as stack:
             stack.enter_context(outputs(force=a.force))  # -o and --save-crops committed together or not at all
-            crops_stage = stack.enter_context(staged_dir(crops_dir, force=a.force, flag="--save-crops")) \
-                if crops_dir is not None else None
-            stage = stack.enter_context(staged_dir(out, force=a.force, flag="-o"))
+            crops_stage = stack.enter_context(staged_dir(crops_dir, force=a.force, flag="--save-crops",
+                                                         owns=_owns_crops)) if crops_dir is not None else None
+            stage = stack.enter_context(staged_dir(out, force=a.force, flag="-o", owns=_owns_out))
             result = _run(a, source, detector, sess, faces, handler, label, cfg, stage, crops_stage)
             meta = {"source": str(a.source), "source_kind": source.kind, "fps": source.fps,
                     "detector": detector.label, "backend": a.backend, "precision": getattr(sess, "precision", "fp32"),
@@ -217,6 +217,17 @@ def main(argv=None) -> int:
         print("note: the built-in OpenCV detector is weaker than a learned one; pass --detector yolo.onnx "
               "(ultralytics export) for real footage")
     return 0
+
+
+OUT_NAMES = ("params.npz", "params.jsonl", "overlay.mp4", "overlays")  # what a run writes in -o
+
+
+def _owns_out(name: str) -> bool:
+    return name in OUT_NAMES
+
+
+def _owns_crops(name: str) -> bool:
+    return name.lower().endswith(".png")
 
 
 def _inside(a: Path, b: Path) -> bool:

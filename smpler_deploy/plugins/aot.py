@@ -33,6 +33,7 @@ from .kernel_store import INDEX_FORMAT, PTX_ISA_DRIVER, SUPPORTED_SMS, load_inde
 # drivers JIT; at 8.0 the PTX of sm_90 (whose cubin needs a CUDA 13 driver) also runs on the R535/R550 drivers of
 # many H100/H200 fleets and on JetPack 6 (CUDA 12.6), and the CUDA 12.9 cubins of sm_75..89 load on any 12.x driver.
 PTX_ISA_FLOOR = 80
+# Oldest ISA that knows each newer target (PTX ISA release notes): sm_100 -> 8.6, sm_120 -> 8.7.
 MIN_PTX_ISA = {100: 86, 120: 87}
 # Shared memory per block with the opt-in (CUDA programming guide, compute capabilities table): a variant over its
 # target's limit would only fail at launch, so smpler-aot refuses it.

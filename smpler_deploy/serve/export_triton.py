@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import SmplerError
 from ..fileio import check_output_tree
-from .repository import INFER_MODELS, RepoOptions, write_repository
+from .repository import INFER_MODELS, RepoOptions, owns_repo_entry, write_repository
 
 TRITON_ONLY = {"engine": "--engine", "instances": "--instances", "ensemble": "--ensemble",
                "triton_device": "--triton-device"}
@@ -63,7 +63,7 @@ def export_triton(a, say, load_model) -> int:
     out = Path(a.output)
     if out.suffix.lower() in (".onnx", ".engine", ".plan"):
         raise SmplerError(f"-o {out}: --format triton writes a model repository directory, not a {out.suffix} file")
-    check_output_tree(out, a.force, "-o")  # a file, missing parent, read-only or (without --force) non-empty
+    check_output_tree(out, a.force, "-o", owns_repo_entry)  # a file, missing parent, read-only or (without --force) non-empty
     # directory fails now, before the export
     precision = None if (a.onnx or a.engine) else Precision.from_flags(a.precision, a.target)
     if a.calib and (precision is None or precision.kind != "int8"):

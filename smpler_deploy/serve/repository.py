@@ -26,6 +26,12 @@ from .model_config import config_text, parse_config, tensor
 
 INFER_MODELS = {"tensorrt": "smpler_trt", "onnxruntime": "smpler_onnx", "python": "smpler_python"}
 ENSEMBLE = "smpler"
+MODEL_NAMES = (*INFER_MODELS.values(), "smpler_crop", "smpler_uncrop", ENSEMBLE)  # the repository's folders
+
+
+def owns_repo_entry(name: str) -> bool:
+    """--force replaces a previous repository of ours, never a folder holding anything else (`-o .`)."""
+    return name in MODEL_NAMES
 OUTPUT_DIMS = {"vertices": [6890, 3], "joints": [14, 3], "smpl_joints": [24, 3], "smpl_joints2d": [24, 2],
                "rotmat": [24, 3, 3], "betas": [10], "cam": [3]}  # per item (see outputs.SMPLOutput)
 MODEL_PY = '''"""Triton Python-backend model of smpler-deploy (needs `pip install smpler-deploy` in the server's Python)."""
@@ -201,7 +207,7 @@ def write_repository(out, *, onnx=None, engine=None, opts: RepoOptions | None = 
     """Write the repository to `out` (a directory); returns the configs written. Checked before any copying."""
     opts = opts or RepoOptions()
     out = Path(out)
-    check_output_tree(out, force, "-o")  # a non-empty directory is replaced only with --force
+    check_output_tree(out, force, "-o", owns_repo_entry)  # a non-empty directory is replaced only with --force
     if onnx is None and engine is None:
         raise SmplerError("--format triton: needs a graph (--onnx, or let smpler-export export one) or --engine")
     graph = external = engine_batch = None
@@ -221,7 +227,7 @@ def write_repository(out, *, onnx=None, engine=None, opts: RepoOptions | None = 
         graph = graph or egraph
     cfgs = model_configs(graph, opts, engine_batch, onnx_present=onnx is not None)
 
-    with staged_dir(out, force=force, flag="-o") as stage:  # renamed into place once every model is in
+    with staged_dir(out, force=force, flag="-o", owns=owns_repo_entry) as stage:  # renamed into place once every model is in
         for name, cfg in cfgs.items():
             vdir = stage / name / "1"
             vdir.mkdir(parents=True)
