@@ -38,12 +38,12 @@ def main() -> None:
     from smpler_deploy import render
     from smpler_deploy.body.standin import make_standin_body_model
     from smpler_deploy.pipeline.crops import person_crops
-    from smpler_deploy.pipeline.params import default_focal, default_principal_point
+    from smpler_deploy.camera import Camera, default_focal, default_principal_point
 
     body = make_standin_body_model(0)
     verts = np.asarray(body.v_template, np.float64) * [1, -1, -1]  # the model's camera frame: y down, z away
     faces = np.asarray(body.faces)
-    cam = render.Camera(default_focal((H, W)), tuple(default_principal_point((H, W))))
+    cam = Camera(default_focal((H, W)), tuple(default_principal_point((H, W))))
     people = [{"vertices": verts, "transl": t, "joints": np.zeros((24, 2)) + [480, 270], "box": [380, 40, 200, 480],
                "text": f"#{i + 1}"} for i, t in enumerate(([0.0, 0.0, 4.5], [-1.0, 0.0, 5.5], [1.0, 0.1, 6.5]))]
     img = np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8)

@@ -109,6 +109,12 @@ def norm_to_crop_px(xy) -> np.ndarray:
     return (np.asarray(xy, np.float64) + 1.0) * (CROP_SIZE / 2)
 
 
+def to_pixels(xy_norm, transform: CropTransform | None = None) -> np.ndarray:
+    """Normalized crop coords -> image pixels through the inverse crop transform (crop pixels without one)."""
+    px = norm_to_crop_px(np.asarray(xy_norm, np.float64).reshape(-1, 2))
+    return transform.crop_to_image(px) if transform is not None else px
+
+
 def box_transform(image_hw: tuple[int, int], bbox=None, margin: float = BOX_MARGIN) -> CropTransform:
     """Square crop around bbox (x, y, w, h in pixels) or the whole image."""
     h, w = image_hw

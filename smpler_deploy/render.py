@@ -3,7 +3,7 @@ blended over the frame, 2D joints and boxes drawn on top; plus atomic OBJ/PLY wr
 
 Camera (what the field draws SMPL overlays with, and what the parameters file records): the body in camera space is
 `vertices + transl`, `transl` the translation derived from the crop's weak-perspective camera and a focal length
-(`pipeline.params.camera_translation`), projected by the pinhole camera u = f·X/Z + p_x, v = f·Y/Z + p_y with
+(`camera.camera_translation`), projected by the pinhole camera u = f·X/Z + p_x, v = f·Y/Z + p_y (`camera.Camera`) with
 pixel centres at integer coordinates (pixel (i, j) covers x in [j - 0.5, j + 0.5]). The model's camera frame has x
 right, y down, z away from the camera. All people of a frame share the camera, so one z-buffer resolves who is in
 front of whom, per pixel.
@@ -41,29 +41,16 @@ from pathlib import Path
 import numpy as np
 
 from .body.data import SMPL_PARENTS
+from .camera import Camera, camera_translation, default_focal, default_principal_point
 from .errors import SmplerError
 from .fileio import atomic_path, write_text_atomic
-from .preprocess import CROP_SIZE, CropTransform, norm_to_crop_px
+from .preprocess import CROP_SIZE, CropTransform, to_pixels
 
 MESH_RGB = np.array([140, 180, 235], np.float64)  # light blue
 BOX_RGB = (80, 220, 80)
 LIGHT = np.array([0.3, -0.4, -1.0]) / np.linalg.norm([0.3, -0.4, -1.0])  # towards the camera, from above-right
 AMBIENT = 0.35
 Z_NEAR = 1e-3  # metres: a triangle with a vertex nearer than this (or behind the camera) is not drawn
-
-
-def to_pixels(xy_norm, transform=None) -> np.ndarray:
-    """Normalized crop coords -> image pixels through the inverse crop transform (crop pixels without one)."""
-    px = norm_to_crop_px(np.asarray(xy_norm, np.float64).reshape(-1, 2))
-    return transform.crop_to_image(px) if transform is not None else px
-
-
-def project(points, cam, transform=None) -> np.ndarray:
-    """Weak perspective: [N,3] metres + cam (s, tx, ty) -> [N,2] image pixels (crop pixels when transform is None).
-    The model's own 2D mapping; the pinhole camera of the overlay agrees with it at the body's depth."""
-    p = np.asarray(points, np.float64)
-    s, tx, ty = (float(v) for v in np.asarray(cam, np.float64).reshape(3))
-    return to_pixels(s * (p[:, :2] + [tx, ty]), transform)
 
 
 def face_shading(vertices, faces, ambient: float = AMBIENT) -> np.ndarray:
@@ -73,14 +60,6 @@ def face_shading(vertices, faces, ambient: float = AMBIENT) -> np.ndarray:
     n = np.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0])
     n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
     return ambient + (1.0 - ambient) * np.abs(n @ LIGHT)
-
-
-@dataclass(frozen=True)
-class Camera:
-    """Pinhole camera in pixels (pixel centres at integers)."""
-
-    focal: float
-    principal_point: tuple[float, float]
 
 
 @dataclass
@@ -185,7 +164,7 @@ def _painter(image: np.ndarray, meshes, faces, camera: Camera, alpha: float) -> 
     z = v[:, 2]
     ok = (z[allf] > Z_NEAR).all(axis=1)
     allf = allf[ok]
-    uv = camera.focal * v[:, :2] / np.maximum(z, Z_NEAR)[:, None] + np.asarray(camera.principal_point)
+    uv = camera.project(np.column_stack([v[:, :2], np.maximum(z, Z_NEAR)]))
     cols = np.clip(MESH_RGB[None] * face_shading(v, allf)[:, None], 0, 255).astype(np.uint8)
     for i in np.argsort(-z[allf].mean(axis=1), kind="stable"):  # farthest first
         c = tuple(int(x) for x in cols[i]) + (255,)
@@ -225,8 +204,6 @@ def render_overlay(image, vertices, faces, cam, transform=None, joints2d=None, l
     """One person from a crop's outputs (smpler-demo): the weak-perspective `cam` of the crop `transform` (crop
     pixels = image pixels when None) becomes the pinhole camera's translation for the image's default focal length
     and principal point, as smpler-run records it; optional 24 SMPL 2D joints in normalized crop coords."""
-    from .pipeline.params import camera_translation, default_focal, default_principal_point
-
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[2] < 3:
         raise SmplerError(f"render: expected an RGB image [H,W,3], got shape {list(img.shape)}")
@@ -303,21 +280,6 @@ def write_ply(path, vertices, faces, colors=None, comment: str | None = None) ->
             fh.write(va.tobytes())
             fh.write(fa.tobytes())
     return Path(path)
-
-
-def read_ply_counts(path) -> tuple[int, int]:
-    """(vertex count, face count) from a PLY header (for tests and sanity checks)."""
-    nv = nf = 0
-    with open(path, "rb") as fh:
-        for raw in fh:
-            line = raw.decode("ascii", "replace").strip()
-            if line.startswith("element vertex"):
-                nv = int(line.split()[-1])
-            elif line.startswith("element face"):
-                nf = int(line.split()[-1])
-            elif line == "end_header":
-                break
-    return nv, nf
 
 
 def draw_boxes(image, boxes, texts=None, color=BOX_RGB) -> np.ndarray:

@@ -76,7 +76,7 @@ def test_demo_writes_overlay_and_mesh(tmp_path, capsys):
     from skimage import data
 
     from smpler_deploy.cli.demo import main
-    from smpler_deploy.render import read_ply_counts
+    from mesh_files import ply_counts
 
     img = tmp_path / "astronaut.png"
     Image.fromarray(data.astronaut()).save(img)
@@ -87,7 +87,7 @@ def test_demo_writes_overlay_and_mesh(tmp_path, capsys):
     assert main([str(img), "--bbox", "100,20,300,480", "--threads", "2", "--out", str(out)]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
     assert np.asarray(Image.open(out)).shape == (512, 512, 3)
-    assert read_ply_counts(out.with_suffix(".ply")) == (6890, 13776)
+    assert ply_counts(out.with_suffix(".ply")) == (6890, 13776)
     obj = out.with_suffix(".obj").read_text()
     assert obj.count("\nv ") == 6890 and obj.count("\nf ") == 13776
     assert "stand-in" in capsys.readouterr().out

@@ -7,12 +7,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from smpler_deploy.pipeline.params import (camera_translation, perspective_project, read_params,
-                                           rotmat_to_axis_angle, weak_camera, write_params)
-from smpler_deploy.preprocess import box_transform
-from smpler_deploy.render import project
+from smpler_deploy.camera import Camera, camera_translation, weak_camera
+from smpler_deploy.pipeline.params import read_params, rotmat_to_axis_angle, write_params
+from smpler_deploy.preprocess import box_transform, to_pixels
 
 BODY_JOINTS = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 15]  # pelvis, legs, spine, neck, head (not the arms)
+
+
+def weak_project(points, cam, transform):
+    """The model's own 2D mapping, written out: [N,3] metres + cam (s, tx, ty) -> normalized crop coordinates
+    s·(X + t) -> image pixels."""
+    s, tx, ty = (float(v) for v in np.asarray(cam, np.float64).reshape(3))
+    return to_pixels(s * (np.asarray(points, np.float64)[:, :2] + [tx, ty]), transform)
 
 
 def test_camera_translation_reproduces_the_overlay_projection():
@@ -26,7 +32,7 @@ def test_camera_translation_reproduces_the_overlay_projection():
         f, pp = rng.uniform(300, 3000), rng.uniform([200, 150], [440, 330])
         pts = np.c_[rng.uniform(-1, 1, (50, 2)), np.zeros(50)]
         T = camera_translation(cam, t, f, pp)
-        assert np.allclose(perspective_project(pts, T, f, pp), project(pts, cam, t), atol=1e-6)
+        assert np.allclose(Camera(f, tuple(pp)).project(pts + T), weak_project(pts, cam, t), atol=1e-6)
         assert T[2] == pytest.approx(2 * f / (cam[0] * t.side))  # Tz = 2 f / (s b)
         assert np.allclose(weak_camera(T, t, f, pp), cam, atol=1e-9)
 
@@ -83,10 +89,10 @@ def test_projected_joints_fall_inside_the_person_box(astronaut_run):
     cx, cy, side = p.crop
     assert (np.abs(p.joints2d - [cx, cy]) <= side / 2).all()
     # the saved camera translation places the mesh on the same pixels, up to perspective (depth ~ +-0.2 m at ~3 m)
-    persp = perspective_project(p.vertices, p.transl, p.focal_length, p.principal_point)
+    persp = Camera(p.focal_length, tuple(p.principal_point)).project(p.vertices + p.transl)
     from smpler_deploy.preprocess import CropTransform
 
-    weak = project(p.vertices, p.cam, CropTransform(cx, cy, side))
+    weak = weak_project(p.vertices, p.cam, CropTransform(cx, cy, side))
     assert np.median(np.linalg.norm(persp - weak, axis=1)) < 0.05 * h
     # the overlay is drawn in original image coordinates: pixels change inside the box, not far outside the crop
     diff = np.abs(overlay.astype(int) - img).sum(-1) > 0

@@ -4,11 +4,13 @@ at a known depth, a tilted plane, interpenetrating triangles, a person behind an
 import numpy as np
 import pytest
 
+from mesh_files import ply_counts
 from smpler_deploy import render
+from smpler_deploy.camera import Camera
 from smpler_deploy.errors import SmplerError
-from smpler_deploy.preprocess import CropTransform
-from smpler_deploy.render import (AMBIENT, LIGHT, Camera, face_shading, model_label, project, rasterize,
-                                  read_ply_counts, render_overlay, render_people, save_png, write_obj, write_ply)
+from smpler_deploy.preprocess import CropTransform, to_pixels
+from smpler_deploy.render import (AMBIENT, LIGHT, face_shading, model_label, rasterize, render_overlay, render_people,
+                                  save_png, write_obj, write_ply)
 
 CAM = Camera(100.0, (15.5, 11.5))  # a 32 x 24 image, principal point at its centre
 HW = (24, 32)
@@ -115,9 +117,9 @@ def quad(z_front=0.0, z_back=0.1):
     return v, f
 
 
-def test_projection_through_crop_transform():
+def test_normalized_crop_coordinates_through_crop_transform():
     t = CropTransform(cx=150.5, cy=100.5, side=112.0)  # 224 crop px -> 112 image px (scale 0.5)
-    uv = project(np.array([[0.0, 0.0, 5.0], [1.0, -1.0, 0.0]]), cam=(1.0, 0.0, 0.0), transform=t)
+    uv = to_pixels(np.array([[0.0, 0.0], [1.0, -1.0]]), t)
     assert uv[0] == pytest.approx(t.crop_to_image([112.0, 112.0]))  # origin -> crop centre
     assert uv[1] == pytest.approx(t.crop_to_image([224.0, 0.0]))  # x2d = 1, y2d = -1 -> right, top
 
@@ -158,7 +160,7 @@ def test_obj_ply(tmp_path):
     obj = write_obj(tmp_path / "m.obj", v, f, comment="hello\nworld").read_text().splitlines()
     assert obj[:2] == ["# hello", "# world"] and obj[2].startswith("v ") and obj[-1] == "f 5 7 8"
     p = write_ply(tmp_path / "m.ply", v, f, colors=(255, 0, 0), comment="c")
-    assert read_ply_counts(p) == (8, 4)
+    assert ply_counts(p) == (8, 4)
     raw = p.read_bytes()
     body = raw[raw.index(b"end_header\n") + len(b"end_header\n"):]
     assert len(body) == 8 * (12 + 3) + 4 * (1 + 12)

@@ -3,19 +3,8 @@
 From the model's outputs: `global_orient` (joint 0) and `body_pose` (joints 1..23) as rotation matrices (the
 model's `rotmat`, local frames, smplx's convention) and as axis-angle vectors (what `smplx.SMPL(global_orient=,
 body_pose=)` takes), `betas` (10), the weak-perspective camera (s, tx, ty) of the crop, and a camera-space
-translation for a pinhole camera of focal length f (pixels) on the full image.
-
-Camera translation (SPIN / PARE / CLIFF's conversion of a crop's weak-perspective camera): the crop of side b
-(image pixels; b = BOX_MARGIN x the longer box side) maps a body point (X, Y) to image pixels
-u = c_x + (b/2)·s·(X + t_x) (and likewise v), with c the crop centre in image pixels. A pinhole camera
-u = f·X_c/Z_c + p_x on the translated body X_c = X + T gives the same pixels for points at the body's depth when
-
-    T_z = 2·f / (s·b),   T_x = t_x + 2·(c_x − p_x) / (s·b),   T_y = t_y + 2·(c_y − p_y) / (s·b).
-
-Pixel coordinates here are pixel centres (0 .. W−1), so the default principal point is ((W−1)/2, (H−1)/2) and the
-default focal length the image diagonal in pixels (CLIFF's choice for unknown intrinsics). The model's camera
-frame is x right, y down, z away from the camera (OpenCV's), so `vertices + transl` are camera coordinates.
-`c` is taken from the crop transform through the same pixel mapping the overlay uses (`render.to_pixels`).
+translation for a pinhole camera of focal length f (pixels) on the full image (`camera.camera_translation`, where
+the conversion and the default intrinsics are written down).
 """
 
 from __future__ import annotations
@@ -25,45 +14,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..camera import camera_translation, default_focal, default_principal_point
 from ..errors import SmplerError
 from ..fileio import atomic_path, write_text_atomic
-from ..preprocess import CropTransform
+from ..preprocess import to_pixels
 
 FORMAT_VERSION = 1
-
-
-def default_focal(image_hw) -> float:
-    h, w = image_hw
-    return float(np.hypot(h, w))
-
-
-def default_principal_point(image_hw) -> np.ndarray:
-    h, w = image_hw
-    return np.array([(w - 1) / 2.0, (h - 1) / 2.0])
-
-
-def crop_camera(transform: CropTransform) -> tuple[np.ndarray, float]:
-    """(crop centre c in image pixels, half side b/2) as the overlay's pixel mapping places them: normalized crop
-    coordinates (0,0) and (1,0) mapped through `render.to_pixels`."""
-    from ..render import to_pixels
-
-    p = to_pixels(np.array([[0.0, 0.0], [1.0, 0.0]]), transform)
-    return p[0], float(p[1, 0] - p[0, 0])
-
-
-def camera_translation(cam, transform: CropTransform, focal: float, principal_point) -> np.ndarray:
-    """Weak-perspective (s, tx, ty) of a crop -> camera-space translation T [3] for the full-image pinhole camera."""
-    s, tx, ty = (float(v) for v in np.asarray(cam, np.float64).reshape(3))
-    c, half = crop_camera(transform)
-    sb = max(s, 1e-9) * 2 * half  # s·b
-    pp = np.asarray(principal_point, np.float64)
-    return np.array([tx + 2 * (c[0] - pp[0]) / sb, ty + 2 * (c[1] - pp[1]) / sb, 2 * focal / sb])
-
-
-def perspective_project(points, transl, focal: float, principal_point) -> np.ndarray:
-    """[N,3] body points + T -> [N,2] image pixels through the pinhole camera."""
-    p = np.asarray(points, np.float64) + np.asarray(transl, np.float64)
-    return focal * p[:, :2] / p[:, 2:3] + np.asarray(principal_point, np.float64)
 
 
 def rotmat_to_axis_angle(rotmat) -> np.ndarray:
@@ -114,8 +70,6 @@ class PersonParams:
 def people_params(out, transforms, dets, keep, frame, focal=None, principal_point=None, track_ids=None,
                   keep_vertices: bool = False) -> list[PersonParams]:
     """One frame's session output (K people) -> K `PersonParams`."""
-    from ..render import to_pixels
-
     image_hw = frame.image.shape[:2]
     f = default_focal(image_hw) if focal is None else float(focal)
     pp = default_principal_point(image_hw) if principal_point is None else np.asarray(principal_point, np.float64)
@@ -180,12 +134,3 @@ def read_params(npz_path) -> tuple[dict[str, np.ndarray], dict]:
     meta = json.loads(str(arrays.pop("meta"))) if "meta" in arrays else {}
     return arrays, meta
 
-
-def weak_camera(transl, transform: CropTransform, focal: float, principal_point) -> np.ndarray:
-    """Inverse of `camera_translation` for a given crop: T [3] -> weak-perspective (s, tx, ty)."""
-    tx, ty, tz = (float(v) for v in np.asarray(transl, np.float64).reshape(3))
-    c, half = crop_camera(transform)
-    s = 2 * focal / (max(tz, 1e-9) * 2 * half)
-    sb = s * 2 * half
-    pp = np.asarray(principal_point, np.float64)
-    return np.array([s, tx - 2 * (c[0] - pp[0]) / sb, ty - 2 * (c[1] - pp[1]) / sb])

@@ -21,11 +21,13 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ..camera import weak_camera
 from ..errors import SmplerError
+from ..preprocess import to_pixels
 from ..runtime.base import NonFiniteError
 from .crops import infer_batched, person_crops
 from .detect import Detections, clip_boxes
-from .params import PersonParams, people_params, weak_camera
+from .params import PersonParams, people_params
 from .track import BoxTracker, ParamSmoother
 
 PRODUCER_STAGES = ("decode", "detect", "crop")
@@ -243,7 +245,8 @@ def _put_queue(put, item, stop: threading.Event) -> None:
 
 def _output(q: queue.Queue, faces, label, on_frame, times: StageTimes, stop: threading.Event, errors: list) -> None:
     """Draw and hand over finished frames in order; the first error stops the run (the main thread re-raises)."""
-    from ..render import Camera, render_people
+    from ..camera import Camera
+    from ..render import render_people
 
     try:
         while True:
@@ -407,8 +410,6 @@ def _infer_group(session, group: list[Prepared], max_batch: int, log) -> list:
 
 def _finish(g: Prepared, out, cfg, smoother, body, times) -> tuple[list[PersonParams], list[dict]]:
     """Track ids, parameters, optional smoothing for one frame -> (people, meshes to draw)."""
-    from ..render import to_pixels
-
     t0 = time.perf_counter()
     frame = g.frame
     ids = g.dets.track_ids[g.keep] if g.dets.track_ids is not None else None  # the prepare thread tracked
