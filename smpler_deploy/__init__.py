@@ -7,8 +7,8 @@ from .outputs import OUTPUT_NAMES, SMPLOutput  # noqa: E402
 
 
 def load_model(*args, **kwargs):
-    """See `smpler_deploy.model.smpler.load_model` (imported lazily: torch is heavy)."""
-    from .model.smpler import load_model as _load
+    """See `smpler_deploy.model.checkpoint.load_model` (imported lazily: torch is heavy)."""
+    from .model.checkpoint import load_model as _load
 
     return _load(*args, **kwargs)
 

@@ -119,7 +119,7 @@ def test_cli_fp32_export_with_fidelity(tmp_path, capsys):
 @pytest.fixture
 def no_work(monkeypatch):
     """Loading the model is the first piece of work: a refusal must come before it."""
-    import smpler_deploy.model.smpler as S
+    import smpler_deploy.model.checkpoint as S
 
     def refuse(*a, **k):
         raise AssertionError("the model was loaded: validation came too late")
@@ -236,7 +236,7 @@ def test_ctrl_c_during_engine_build_keeps_nothing(tmp_path, capsys, tiny, monkey
 def test_interrupt_after_the_graph_was_written_removes_it(tmp_path, capsys, monkeypatch):
     """Ctrl-C after the ONNX file is complete (here: during the fidelity check) keeps nothing, and says so."""
     import smpler_deploy.export.onnx_export as E
-    import smpler_deploy.model.smpler as S
+    import smpler_deploy.model.checkpoint as S
     from smpler_deploy.fileio import write_text_atomic
 
     class Model:

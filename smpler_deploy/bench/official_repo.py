@@ -277,7 +277,7 @@ class OfficialRepoSession:
                  model=None):
         import torch
 
-        from ..model.smpler import load_model
+        from ..model.checkpoint import load_model
 
         ours = model if model is not None else load_model(variant, checkpoint, smpl_model)
         self.model, self.info = build_official_model(repo, variant, ours.state_dict(), smpl_pickle(smpl_model))

@@ -288,7 +288,7 @@ def _load_pkl(path: Path) -> BodyModelData:
 
 
 def _load_checkpoint(path: Path) -> BodyModelData:
-    from ..model.checkpoint import torch_load_weights
+    from ..torch_weights import torch_load_weights  # imports torch: only for checkpoints
 
     obj = torch_load_weights(path, str(path))
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):

@@ -88,7 +88,7 @@ def main(argv=None) -> int:
 
 
 def _load_model(spec):
-    from ..model.smpler import load_model
+    from ..model.checkpoint import load_model
 
     say("loading model ...")
     model = load_model(spec.variant, spec.checkpoint, spec.smpl_model, h36m_regressor=spec.h36m_regressor)

@@ -122,7 +122,7 @@ def export_onnx(path, *, precision: str = "fp32", variant: str = "smpler", check
 
     Returns a summary: path, graph report, seconds, quantized nodes (int8).
     """
-    from ..model.smpler import load_model
+    from ..model.checkpoint import load_model
 
     if precision not in PRECISIONS:
         raise SmplerError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")

@@ -1,4 +1,5 @@
-"""Model construction: official checkpoints (loaded without executing code) or the default untrained model.
+"""Model construction (`load_model`, the package's entry point): official checkpoints (loaded without executing
+code) or the default untrained model.
 
 The default model is what runs out of the box without licensed files: seeded weights, the generated stand-in
 body model, and BatchNorm statistics re-estimated on public-domain sample photos bundled with scikit-image so
@@ -9,8 +10,6 @@ on-disk cache (`smpler_deploy.cache`) and a second process only reads it.
 
 from __future__ import annotations
 
-import pickle
-import re
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import SmplerError
+from ..torch_weights import torch_load_weights
 from .smpler import VARIANTS, SMPLer
 
 DEFAULT_SEED = 0
@@ -27,28 +27,6 @@ DEFAULT_SEED = 0
 # random model's feature scale realistic without that amplification (0.6% feature error in fp16).
 RESIDUAL_GAIN = 0.2
 _WIDTH_TO_VARIANT = {w * 8: v for v, w in VARIANTS.items()}  # global_feat_projection input = 8C
-
-
-def _load_failure(e: BaseException) -> str:
-    """torch's weights-only refusal, reduced to what the user needs: the refused global (the code the pickle
-    would have run), else its first line of substance. Never torch's advice to retry with weights_only=False."""
-    text = str(e)
-    g = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"global:? '?([\w]+\.[\w.]+)", text)
-    if g:
-        return f"refused GLOBAL {g.group(1)}: the pickle would run code; only tensors and plain containers load"
-    for line in (s.strip() for s in text.splitlines()):
-        if line and not re.search(r"weights.only|documentation|pytorch\.org|trusted source", line, re.I):
-            return f"{e.__class__.__name__}: {line[:160]}"
-    return e.__class__.__name__
-
-
-def torch_load_weights(path, where: str):
-    """torch.load with weights_only=True (no code runs), failures as one line naming `where`."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError, KeyError,
-            ImportError, IndexError, OSError) as e:
-        raise SmplerError(f"{where}: not a loadable weights-only checkpoint ({_load_failure(e)})") from None
 
 
 def read_checkpoint(path) -> dict[str, torch.Tensor]:
@@ -256,6 +234,20 @@ def build_model(variant: str, checkpoint=None, smpl_model=None, h36m_regressor=N
     model.info["standin_body"] = handler.body_standin
     model.info["body_model"] = handler.body_source
     return model
+
+
+def load_model(variant: str = "smpler", checkpoint=None, smpl_model=None, *, attention: str = "torch",
+               h36m_regressor=None, official_style: bool = False) -> SMPLer:
+    """Build SMPLer in eval mode.
+
+    checkpoint: official `.pt` (raw state dict or {"model": sd}, optional `module.` prefix), or None for the
+    default out-of-the-box model (seeded, untrained, BatchNorm re-estimated on sample images).
+    smpl_model: SMPL `.pkl`/`.npz`, or a checkpoint carrying the SMPL buffers; None keeps the checkpoint's
+    arrays, or the generated stand-in body model when there is no checkpoint.
+    """
+    model = build_model(variant, checkpoint, smpl_model, h36m_regressor)
+    model.official_style = official_style
+    return model.set_attention(attention).eval()
 
 
 def default_model_info(variant: str = "smpler") -> dict:

@@ -168,18 +168,3 @@ def _check_input(images) -> None:
     if not images.is_floating_point():
         raise SmplerError(f"images: expected a float tensor, got {images.dtype}")
 
-
-def load_model(variant: str = "smpler", checkpoint=None, smpl_model=None, *, attention: str = "torch",
-               h36m_regressor=None, official_style: bool = False) -> SMPLer:
-    """Build SMPLer in eval mode.
-
-    checkpoint: official `.pt` (raw state dict or {"model": sd}, optional `module.` prefix), or None for the
-    default out-of-the-box model (seeded, untrained, BatchNorm re-estimated on sample images).
-    smpl_model: SMPL `.pkl`/`.npz`, or a checkpoint carrying the SMPL buffers; None keeps the checkpoint's
-    arrays, or the generated stand-in body model when there is no checkpoint.
-    """
-    from .checkpoint import build_model
-
-    model = build_model(variant, checkpoint, smpl_model, h36m_regressor)
-    model.official_style = official_style
-    return model.set_attention(attention).eval()

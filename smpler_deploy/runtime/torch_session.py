@@ -29,7 +29,7 @@ class TorchSession:
                                       attention=attention, cuda_check=cuda_check)
         with self._device_guard():  # cuda:N current while the model moves and events are made
             if model is None:
-                from ..model.smpler import load_model
+                from ..model.checkpoint import load_model
 
                 model = load_model(variant, checkpoint, smpl_model, attention=attention, official_style=official)
             elif plan.precision != "fp32" or plan.device != "cpu":
