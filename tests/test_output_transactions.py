@@ -312,6 +312,22 @@ def test_demo_full_disk_keeps_none_of_png_obj_ply(tmp_path, small_disk, onnx_fp3
     assert _tree(small_disk) == []  # no PNG, OBJ, PLY, lock or temp file
 
 
+def test_export_and_bench_full_disk_are_one_line_and_leave_nothing(onnx_fp32, small_disk):
+    """smpler-export: the graph does not fit (it fails while writing, after the export); smpler-bench: no room at
+    all, not even for its lock. One line naming the path, exit 1, nothing left behind."""
+    r = _cli("export", "-o", small_disk / "m.onnx")
+    line = _one_error_line(r.stderr)
+    assert r.returncode == 1 and line.startswith(f"error: {small_disk}/") and line.endswith("No space left on device")
+    assert _tree(small_disk) == []
+
+    _fill(small_disk / "fill")
+    r = _cli("bench", "--backends", "onnxruntime", "--onnx", f"fp32={onnx_fp32}", "--iters", "1", "--warmup", "0",
+             "--no-progress", "--out", small_disk / "rep")
+    line = _one_error_line(r.stderr)
+    assert r.returncode == 1 and line.startswith(f"error: {small_disk}/") and "No space left" in line
+    assert _tree(small_disk) == ["fill"]
+
+
 def test_bench_refuses_a_bad_checkpoint_before_the_baselines(tmp_path, capsys):
     from smpler_deploy.cli.bench import main as bench
 
