@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SmplerError
+from .export.metadata import metadata, read_header
 from .outputs import INPUT_NAME, OUTPUT_NAMES
 from .precision import Precision
 
@@ -24,16 +25,11 @@ class GraphInfo:
 
 def onnx_info(path, flag: str = "--onnx") -> GraphInfo:
     """Refuse anything but a graph smpler-export wrote: readable ONNX, our metadata, our input and outputs."""
-    import onnx
-
     p = Path(path)
     if not p.is_file():
         raise SmplerError(f"{flag} {p}: file not found")
-    try:
-        model = onnx.load(str(p), load_external_data=False)
-    except Exception as e:  # noqa: BLE001 - any parse failure means "not an ONNX file"
-        raise SmplerError(f"{flag} {p}: not a readable ONNX model ({e.__class__.__name__})") from None
-    meta = {m.key: m.value for m in model.metadata_props}
+    model = read_header(p, f"{flag} {p}")
+    meta = metadata(model)
     if not meta.get("producer", "").startswith("smpler-deploy") or meta.get("variant") not in VARIANTS:
         raise SmplerError(f"{flag} {p}: not an SMPLer graph (no smpler-deploy metadata; export it with smpler-export)")
     inits = {i.name for i in model.graph.initializer}

@@ -129,7 +129,7 @@ def test_session_over_real_cuda_mem(gpu, tmp_path):
     s = TensorRTSession(_engine(tmp_path, "tensorrt"), api=Api(), warmup=1)
     for _ in range(3):
         out = s.infer(images(2))  # run, capture + launch, replay
-    assert s.graph is not None and len(gpu.execs) == 1 and out.vertices.shape == (2, 6890, 3)
+    assert s.cuda_graphs.captured == 1 and len(gpu.execs) == 1 and out.vertices.shape == (2, 6890, 3)
     assert s.last_device_ms == 0.0  # events recorded around the enqueue (the stand-in launches no kernel)
     s.close()
     assert not gpu.mem and not gpu.streams and not gpu.graphs and not gpu.execs and not gpu.events

@@ -10,7 +10,7 @@ import torch
 
 from smpler_deploy.errors import SmplerError
 from smpler_deploy.precision import Precision
-from smpler_deploy.runtime.torch_plan import FP32_PARTS, GraphCache, parse_device, plan_torch
+from smpler_deploy.runtime.torch_plan import FP32_PARTS, parse_device, plan_torch
 
 HAVE_CUDA = torch.cuda.is_available()
 no_cuda = pytest.mark.skipif(HAVE_CUDA, reason="asserts the refusal on a machine without CUDA")
@@ -67,19 +67,6 @@ def test_demo_device_cuda_without_cuda_exits_2(tmp_path, capsys):
     assert not (tmp_path / "o.png").exists()
 
 
-def test_graph_cache_per_batch_capture_replay_and_fallback():
-    g = GraphCache(enabled=True, max_graphs=2)
-    assert g.decide(1) == "capture"
-    g.captured(1, "g1")
-    assert g.decide(1) == "replay" and g.decide(8) == "capture"
-    g.captured(8, "g8")
-    assert g.decide(4) == "eager"  # over max_graphs: eager, the captured sizes keep replaying
-    assert g.decide(8) == "replay"
-    g.failed("RuntimeError: operation not permitted when stream is capturing")
-    assert g.decide(1) == g.decide(2) == "eager" and not g.graphs
-    assert GraphCache(enabled=False).decide(1) == "eager"
-
-
 # --- fp16 / bf16 for real on CPU ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -114,7 +101,7 @@ def test_half_precisions_on_cpu_keep_fp32_islands(default_model, crops, ref_out,
     f = fidelity(ref_out, out)["vertices"]
     # the half type really computes (not a silent fp32 run), and stays within the policy's budget
     assert 0.001 < f["mean_mm"] < mean_mm and f["max_mm"] < max_mm, f
-    assert s.info["precision"] == precision and s.info["fp32_parts"] and not s.info["cuda_graphs"]
+    assert s.precision == precision and s.info.fp32_parts == FP32_PARTS and s.cuda_graphs.mode == "off"
     s.close()
 
 
@@ -186,7 +173,7 @@ def test_cpu_provider_with_io_binding_matches_plain_run(tiny_onnx, crops):
 
     a = OnnxRuntimeSession(tiny_onnx, provider="cpu", threads=2)
     b = OnnxRuntimeSession(tiny_onnx, provider="cpu", threads=2, io_binding=True)
-    assert a.info["providers"] == ["CPUExecutionProvider"] and a.last_device_ms is None
+    assert a.info.providers == ("CPUExecutionProvider",) and a.last_device_ms is None
     for x, y in zip(a.infer(crops), b.infer(crops)):
         np.testing.assert_array_equal(x, y)
 
@@ -315,7 +302,7 @@ def test_compile_flag_wraps_the_model_lazily(default_model):
     from smpler_deploy.runtime.torch_session import TorchSession
 
     s = TorchSession(default_model, compile=True)
-    assert isinstance(s._forward, torch._dynamo.eval_frame.OptimizedModule) and s.info["compile"]
+    assert isinstance(s._forward, torch._dynamo.eval_frame.OptimizedModule) and s.info.compiled
     assert s._forward._orig_mod is s.model
     assert TorchSession(default_model)._forward is default_model
 

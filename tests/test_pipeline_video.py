@@ -287,14 +287,3 @@ def test_ctrl_c_ends_a_camera_run_with_what_was_captured(session, faces, tmp_pat
     with pytest.raises(KeyboardInterrupt):  # a file is not a camera: Ctrl-C aborts (the CLI keeps nothing)
         run(ListSource([data.astronaut()] * 3), boxes, Interrupting(session), faces=faces,
             config=RunConfig(max_batch=1), log=lambda *a: None)
-
-
-def test_batch_cap_follows_a_tensorrt_profile():
-    from types import SimpleNamespace
-
-    from smpler_deploy.pipeline.crops import session_max_batch
-    from smpler_deploy.runtime.trt_plan import Profile
-
-    trt_like = SimpleNamespace(profile=Profile((1, 3, 224, 224), (2, 3, 224, 224), (4, 3, 224, 224)))
-    assert session_max_batch(trt_like, 8) == 4 and session_max_batch(trt_like, 3) == 3
-    assert session_max_batch(SimpleNamespace(), 8) == 8

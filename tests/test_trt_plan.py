@@ -14,25 +14,30 @@ from smpler_deploy.engine.layer_summary import (
     summarize,
 )
 from smpler_deploy.errors import SmplerError
+from smpler_deploy.runtime.graphs import GraphState
+from smpler_deploy.runtime.torch_plan import torch_graph_policy
 from smpler_deploy.runtime.trt_plan import (
-    GraphPolicy,
     Profile,
     TensorSpec,
     buffers_to_grow,
     nbytes,
-    np_dtype,
     plan_input_shape,
+    trt_graph_policy,
 )
+from smpler_deploy.trt.dtypes import dtype_name, np_dtype
 
 SPEC = TensorSpec("images", True, np.dtype(np.float32), (-1, 3, 224, 224))
 PROFILE = Profile((1, 3, 224, 224), (2, 3, 224, 224), (8, 3, 224, 224))
 
 
 def test_dtype_mapping():
+    """One map for the runtime's buffers and the manifest's names: bf16/fp8 are named but have no numpy type."""
     assert np_dtype("FLOAT") == np.float32 and np_dtype("DataType.HALF") == np.float16
     assert np_dtype("INT8") == np.int8 and np_dtype("INT64") == np.int64 and np_dtype("BOOL") == np.bool_
     with pytest.raises(SmplerError, match="BF16 has no numpy equivalent"):
         np_dtype("BF16")
+    assert dtype_name("DataType.HALF") == "float16" and dtype_name("BF16") == "bfloat16"
+    assert dtype_name("FP8") == "float8e4m3" and dtype_name("INT4") == "int4"
 
 
 def test_input_shape_planning():
@@ -52,25 +57,45 @@ def test_buffer_plan_grow_only():
 
 
 def test_graph_policy():
-    p = GraphPolicy(warmup=2)
+    """TensorRT's policy: one graph keyed by (shapes, addresses), captured after the warm-up, dropped on a key
+    change (the released graph is handed back for destruction), off for good after a failed capture."""
+    p = trt_graph_policy(warmup=2)
     k1, k2 = ((1,), (("a", 1),)), ((2,), (("a", 1),))
     for _ in range(2):
         assert p.decide(k1).action == "run"
         p.ran(k1)
     assert p.decide(k1).action == "capture"
-    p.captured(k1)
-    assert p.decide(k1) == ("replay", False)
+    p.captured(k1, "g1")
+    assert p.decide(k1) == ("replay", ()) and p.state == GraphState("capture", 1)
     d = p.decide(k2)  # shape change: release, restart warm-up
-    assert d == ("run", True)
+    assert d == ("run", ("g1",)) and p.state.captured == 0
     p.ran(k2)
-    assert p.decide(k2) == ("run", False)
+    assert p.decide(k2) == ("run", ())
     p.ran(k2)
     assert p.decide(k2).action == "capture"
-    p.failed("capture unsupported")
-    assert p.decide(k2) == ("run", False) and p.decide(k1) == ("run", False)
-    assert GraphPolicy(enabled=False).decide(k1).action == "run"
+    p.captured(k2, "g2")
+    assert p.failed("capture unsupported") == ("g2",)
+    assert p.decide(k2) == ("run", ()) and p.decide(k1) == ("run", ())
+    assert p.state == GraphState("capture", 0, "capture unsupported")
+    off = trt_graph_policy(enabled=False)
+    assert off.decide(k1).action == "run" and off.state == GraphState("off", 0)
     with pytest.raises(ValueError):
-        GraphPolicy(warmup=0)
+        trt_graph_policy(warmup=0)
+
+
+def test_torch_graph_policy_per_batch_capture_replay_and_fallback():
+    """The torch session's use of the same policy: a graph per batch size, captured at once (its capture warms up
+    on a side stream), at most max_graphs (other sizes eager, the captured ones keep replaying), never replaced."""
+    g = torch_graph_policy(enabled=True, max_graphs=2)
+    assert g.decide(1) == ("capture", ())
+    g.captured(1, "g1")
+    assert g.decide(1).action == "replay" and g.decide(8).action == "capture"
+    g.captured(8, "g8")
+    assert g.decide(4) == ("run", ())  # over max_graphs: eager, nothing released
+    assert g.decide(8).action == "replay" and g.state == GraphState("capture", 2)
+    assert set(g.failed("RuntimeError: operation not permitted when stream is capturing")) == {"g1", "g8"}
+    assert g.decide(1) == g.decide(2) == ("run", ()) and g.state.captured == 0
+    assert torch_graph_policy(enabled=False).decide(1) == ("run", ())
 
 
 def test_option_parsing():
@@ -168,15 +193,14 @@ def test_engine_and_runtime_modules_import_without_torch_or_triton():
 
 def test_graph_policy_per_flavour():
     """tensorrt: manual capture after the warm-up; tensorrt-rtx: the runtime's own CUDA graphs, never a capture."""
-    from smpler_deploy.runtime.trt_plan import GraphPolicy
-
-    rtx = GraphPolicy(warmup=1, flavour="tensorrt-rtx")
-    assert rtx.runtime_graphs
+    rtx = trt_graph_policy(warmup=1, flavour="tensorrt-rtx")
+    assert rtx.runtime and rtx.state.mode == "runtime"
     for _ in range(3):
         assert rtx.decide("k").action == "run"
         rtx.ran("k")
-    trt = GraphPolicy(warmup=1, flavour="tensorrt")
-    assert not trt.runtime_graphs and trt.decide("k").action == "run"
+    trt = trt_graph_policy(warmup=1, flavour="tensorrt")
+    assert not trt.runtime and trt.decide("k").action == "run"
     trt.ran("k")
     assert trt.decide("k").action == "capture"
-    assert not GraphPolicy(enabled=False, flavour="tensorrt-rtx").runtime_graphs
+    off = trt_graph_policy(enabled=False, flavour="tensorrt-rtx")
+    assert not off.runtime and off.state.mode == "off"

@@ -109,8 +109,8 @@ def test_address_change_invalidates_graph(engine):
     s.infer(images(1))  # captured for batch 1 with the first buffers
     assert api.names().count("graph_launch") == 1
     # same shape but reallocated buffers (simulate an external re-bind): key differs -> no replay
-    size = s.dev["images"][1]
-    s.dev["images"] = (api.malloc(size), size)
+    size = s.executor.dev["images"][1]
+    s.executor.dev["images"] = (api.malloc(size), size)
     api.calls.clear()
     s.infer(images(1))
     assert "graph_launch" not in api.names() and "graph_destroy" in api.names()
@@ -122,7 +122,7 @@ def test_capture_failure_disables_graphs(engine):
     s.infer(images(1))
     out = s.infer(images(1))  # capture fails -> same call still runs plainly
     assert out.vertices.shape == (1, 6890, 3)
-    assert s.policy.disabled_reason == "RuntimeError: execute_async_v3 returned False under capture"
+    assert s.cuda_graphs.disabled_reason == "RuntimeError: execute_async_v3 returned False under capture"
     # trtexec's endCaptureOnError before the plain enqueue: capture left, the CUDA error cleared (a leftover error
     # would fail that enqueue and every later one)
     names = api.names()

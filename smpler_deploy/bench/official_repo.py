@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import SmplerError, one_line
 from ..outputs import SMPLOutput
+from ..runtime.base import Session, SessionInfo
 
 FLAG = "--official-repo"
 ENTRY = "models/smpler.py"  # the module whose import closure the official forward needs
@@ -267,10 +268,12 @@ def official_output(pred) -> SMPLOutput:
         raise SmplerError(f"{FLAG}: its forward's last output has no {e} (expected the official stage dict)") from None
 
 
-class OfficialRepoSession:
-    """Session protocol over the official module (fp32, eager), on `device`."""
+class OfficialRepoSession(Session):
+    """Session over the official module (fp32, eager), on `device`. `repo_info` describes the checkout and the
+    weights for the report."""
 
     backend = "official-repo"
+    where = "official-repo session"
     precision = "fp32"
 
     def __init__(self, repo, *, variant="smpler", checkpoint=None, smpl_model=None, threads=None, device="cpu",
@@ -280,26 +283,22 @@ class OfficialRepoSession:
         from ..model.checkpoint import load_model
 
         ours = model if model is not None else load_model(variant, checkpoint, smpl_model)
-        self.model, self.info = build_official_model(repo, variant, ours.state_dict(), smpl_pickle(smpl_model))
-        self.info |= {"weights": ours.info.get("checkpoint") or "our default model's state dict",
-                      "untrained": ours.info.get("untrained"), "device": device}
+        self.model, self.repo_info = build_official_model(repo, variant, ours.state_dict(), smpl_pickle(smpl_model))
+        self.repo_info |= {"weights": ours.info.get("checkpoint") or "our default model's state dict",
+                           "untrained": ours.info.get("untrained"), "device": device}
+        self.info = SessionInfo(variant=variant, untrained=ours.info.get("untrained"),
+                                checkpoint=ours.info.get("checkpoint"), device=device)
         if threads:
             torch.set_num_threads(int(threads))
         self.device = torch.device(device)
         self.model.to(self.device)
-        self.last_device_ms = None
 
-    def infer(self, images) -> SMPLOutput:
+    def _run(self, images) -> SMPLOutput:
         import torch
 
-        from ..runtime.base import check_images, check_outputs
-
-        if self.model is None:
-            raise SmplerError("official-repo session is closed")
-        x = torch.from_numpy(check_images(images)).to(self.device)
+        x = torch.from_numpy(images).to(self.device)
         with torch.inference_mode():
-            out = official_output(self.model(x)).numpy()  # .numpy() copies to the host (synchronizes)
-        return check_outputs(out, "official-repo session")
+            return official_output(self.model(x)).numpy()  # .numpy() copies to the host (synchronizes)
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self.model = None

@@ -406,8 +406,8 @@ def _run_group(cfg, g: _Group, inputs, ref_out, bar, model: dict | None = None) 
         sess = _open(cfg, g)
         setup = time.perf_counter() - t0
         if g.kind == "official-repo" and model is not None:
-            model["official_repo"] = sess.info
-        got = getattr(sess, "precision", g.precision)
+            model["official_repo"] = sess.repo_info
+        got = sess.precision
         if got != g.precision:
             raise SmplerError(f"{g.artifact} carries precision {got}, but the cell is {g.precision}; "
                               f"pass it as --onnx {got}=PATH")
@@ -444,7 +444,7 @@ def _run_group(cfg, g: _Group, inputs, ref_out, bar, model: dict | None = None) 
                     t0 = time.perf_counter()
                     sess.infer(x)
                     times.append(time.perf_counter() - t0)
-                    if getattr(sess, "last_device_ms", None) is not None:  # GPU sessions time the engine alone
+                    if sess.last_device_ms is not None:  # GPU sessions time the engine alone
                         device.append(sess.last_device_ms / 1000)
                     bar.update(1)
                 c.latency = latency_stats(times, c.batch).to_dict()
@@ -455,11 +455,11 @@ def _run_group(cfg, g: _Group, inputs, ref_out, bar, model: dict | None = None) 
                 c.peak_rss_mb = peak_rss_mb()
                 if g.kind == "reference":
                     ref_out[c.batch] = out
-                    info = getattr(sess, "info", None)
-                    if isinstance(info, dict) and model is not None:  # what was actually loaded wins
-                        for k in ("untrained", "standin_body", "checkpoint", "body_model"):
-                            if k in info:
-                                model[k] = info[k]
+                    if model is not None:  # what was actually loaded wins (the reference is a torch session)
+                        i = sess.info
+                        model |= {"untrained": i.untrained, "standin_body": i.standin_body, "checkpoint": i.checkpoint}
+                        if i.body_model is not None:
+                            model["body_model"] = i.body_model
                 if c.batch in ref_out:
                     c.fidelity = fidelity(ref_out[c.batch], out)
                     c.fidelity_gate = check_gate(c.fidelity, gate_limits(None, c.precision))  # int8 default

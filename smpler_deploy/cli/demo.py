@@ -103,15 +103,10 @@ def session_options(a) -> dict:
     return {}
 
 
-def _truthy(v) -> bool:
-    return str(v).strip().lower() in ("1", "true", "yes")
-
-
 def _faces(sess, a):
     """Mesh faces: the torch model's own, else the body model the user names, else the generated stand-in."""
-    model = getattr(sess, "model", None)
-    if model is not None and hasattr(model, "smpl_handler"):
-        return model.smpl_handler.faces
+    if sess.smpl_layer is not None:
+        return sess.smpl_layer.faces
     src = a.smpl_model or a.checkpoint
     if src:
         from ..body.loaders import load_body_model
@@ -155,16 +150,13 @@ def _run(a, out, meshes, bbox, kw: dict) -> int:
     image = load_image(a.image)
     x, transform = crop_person(image, bbox)  # raises on a box outside the image
     path = {"onnxruntime": a.onnx, "tensorrt": a.engine}.get(a.backend)
-    sess = open_session(a.backend, path=path, variant=a.variant, threads=a.threads, **kw)
-    try:
+    with open_session(a.backend, path=path, variant=a.variant, threads=a.threads, **kw) as sess:
         o = sess.infer(x[None]).numpy()
         faces = _faces(sess, a)
-        info = dict(getattr(sess, "info", {}) or {})
-    finally:
-        sess.close()
-    # torch sessions say standin_body; ONNX/engine metadata says body_model_standin
-    standin = _truthy(info.get("standin_body", info.get("body_model_standin", not (a.smpl_model or a.checkpoint))))
-    untrained = _truthy(info.get("untrained", a.checkpoint is None))
+        info = sess.info
+    # facts the artifact does not record (an engine; a graph without our metadata) follow the flags
+    standin = info.standin_body if info.standin_body is not None else not (a.smpl_model or a.checkpoint)
+    untrained = info.untrained if info.untrained is not None else a.checkpoint is None
     label = model_label(untrained, standin)
     overlay = render_overlay(image, o.vertices[0], faces, o.cam[0], transform,
                              joints2d=None if a.no_joints else o.smpl_joints2d[0], label=label)

@@ -74,20 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _truthy(v) -> bool:
-    return str(v).strip().lower() in ("1", "true", "yes")
-
-
 def _body(sess, a, need_handler: bool):
     """(faces, SMPL layer for re-posing, standin flag): the torch model's own, else --smpl-model, else the stand-in."""
-    model = getattr(sess, "model", None)
-    if model is not None and hasattr(model, "smpl_handler"):
-        return model.smpl_handler.faces, model.smpl_handler, bool(model.smpl_handler.body_standin)
+    layer = sess.smpl_layer
+    if layer is not None:
+        return layer.faces, layer, bool(layer.body_standin)
     if a.smpl_model:
         from ..body.loaders import load_body_model
 
         data = load_body_model(a.smpl_model)
-    elif not _truthy((getattr(sess, "info", None) or {}).get("body_model_standin", "true")):
+    elif sess.info.standin_body is False:  # the graph was exported with a real SMPL body model
         raise SmplerError(f"--smpl-model: {Path(a.onnx or a.engine or '').name} was exported with a SMPL body model; "
                           "pass the same file (its faces draw the overlay, its layer re-poses smoothed parameters), "
                           "or --no-overlay without --smooth")
@@ -171,9 +167,9 @@ def main(argv=None) -> int:
         need_body = not a.no_overlay or a.smooth != "none"
         faces, handler, standin_default = _body(sess, a, need_handler=a.smooth != "none") if need_body else \
             (None, None, True)
-        info = dict(getattr(sess, "info", {}) or {})
-        standin = _truthy(info.get("standin_body", info.get("body_model_standin", standin_default)))
-        untrained = _truthy(info.get("untrained", a.checkpoint is None))
+        info = sess.info  # facts an engine (or a graph without our metadata) does not record follow the flags
+        standin = info.standin_body if info.standin_body is not None else standin_default
+        untrained = info.untrained if info.untrained is not None else a.checkpoint is None
         label = model_label(untrained, standin)
         cfg = RunConfig(max_batch=session_max_batch(sess, a.batch), queue_size=a.queue, focal_length=a.focal_length,
                         track=not a.no_track, smooth=a.smooth, overlay=not a.no_overlay,
@@ -181,7 +177,7 @@ def main(argv=None) -> int:
                         detect_every=a.detect_every)
         print(f"source: {source.description}")
         print(f"detector: {detector.label}")
-        print(f"model: {a.backend} {getattr(sess, 'precision', 'fp32')}, up to {cfg.max_batch} crops per call"
+        print(f"model: {a.backend} {sess.precision}, up to {cfg.max_batch} crops per call"
               + (f"; {label}" if label else ""))
         with contextlib.ExitStack() as stack:
             stack.enter_context(outputs(force=a.force))  # -o and --save-crops committed together or not at all
@@ -190,7 +186,7 @@ def main(argv=None) -> int:
             stage = stack.enter_context(staged_dir(out, force=a.force, flag="-o", owns=_owns_out))
             result = _run(a, source, detector, sess, faces, handler, label, cfg, stage, crops_stage)
             meta = {"source": str(a.source), "source_kind": source.kind, "fps": source.fps,
-                    "detector": detector.label, "backend": a.backend, "precision": getattr(sess, "precision", "fp32"),
+                    "detector": detector.label, "backend": a.backend, "precision": sess.precision,
                     "untrained": untrained, "standin_body": standin, "smoothing": a.smooth,
                     "crop": "preprocess.box_transform (margin 1.2, 224x224)",
                     "camera": "transl: Tz = 2 f / (s b), Tx = tx + 2 (cx - px) / (s b), Ty = ty + 2 (cy - py) / "

@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import SmplerError
 from ..fileio import atomic_path
 from ..outputs import INPUT_NAME
-from .metadata import set_metadata
+from .metadata import read_header, set_metadata
 
 TARGETS = ("trt", "cpu")
 # vpmaddubsw: int16(sat)(a0*w0 + a1*w1), a in [0,255], w in int8. The bound the cpu layout's weights must keep.
@@ -134,7 +134,7 @@ def quantize(fp32_path, out_path, images: np.ndarray, *, target: str = "trt", me
     if target not in TARGETS:
         raise SmplerError(f"--target {target}: expected one of {', '.join(TARGETS)}")
     t0 = time.perf_counter()
-    header = onnx.load(str(fp32_path), load_external_data=False)
+    header = read_header(fp32_path)
     nodes = backbone_convs(header)
     if target == "trt":
         extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,

@@ -19,7 +19,7 @@ from .. import __version__
 from ..errors import SmplerError
 from ..fileio import atomic_path
 from ..outputs import CROP_SIZE, INPUT_NAME, OUTPUT_NAMES
-from .metadata import set_metadata
+from .metadata import read_header, read_metadata, set_metadata
 
 OPSET = 19
 FORBIDDEN_OPS = ("ScatterND", "If", "Einsum", "Range", "Loop")
@@ -165,9 +165,7 @@ def export_onnx(path, *, precision: str = "fp32", variant: str = "smpler", check
         fp32 = Path(tmp) / "fp32.onnx"
         log(f"exporting fp32 graph to calibrate from ...")
         rep = export_torch_graph(model, fp32, precision="fp32", batch=batch)
-        import onnx
-
-        meta = {p.key: p.value for p in onnx.load(str(fp32), load_external_data=False).metadata_props}
+        meta = read_metadata(fp32)
         meta["calibration_set"] = source
         log(f"calibrating int8 (--target {target}) on {source} ...")
         from tqdm import tqdm
@@ -182,8 +180,6 @@ def export_onnx(path, *, precision: str = "fp32", variant: str = "smpler", check
             q = quantize(fp32, path, calib_images, target=target, meta=meta, progress=progress)
         finally:
             bar.close()
-    import onnx
-
-    rep = graph_report(onnx.load(str(path), load_external_data=False))
+    rep = graph_report(read_header(path))
     return {"path": str(path), "report": rep, "seconds": time.perf_counter() - t0,
             "quantized_nodes": q["quantized_nodes"], "calibration_set": source, "target": target}

@@ -71,7 +71,7 @@ def _timed(sess, x, iters: int) -> float | None:
     ms = []
     for _ in range(iters):
         sess.infer(x)
-        ms.append(getattr(sess, "last_device_ms", None))
+        ms.append(sess.last_device_ms)
     return _median(ms)
 
 
@@ -98,8 +98,8 @@ def step_model_cuda(ctx: CheckContext) -> StepResult:
             try:
                 err = _vertex_error(ref, s.infer(x))
                 nums[label] = err | {"device_ms_p50": _timed(s, x, ctx.iters), "batch": len(x)}
-                if s.graphs.disabled_reason:
-                    fails.append(f"{label}: CUDA graph capture failed ({s.graphs.disabled_reason})")
+                if s.cuda_graphs.disabled_reason:
+                    fails.append(f"{label}: CUDA graph capture failed ({s.cuda_graphs.disabled_reason})")
                 _judge_mm(fails, label, err, limits)
             finally:
                 s.close()
@@ -145,18 +145,10 @@ def _torch_global(keys, qk):
 
 
 def _cuda_ms(fn, iters: int) -> float:
-    import torch
+    from ..runtime.timing import EventTimer, TorchEvents
 
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    fn()
-    ms = []
-    for _ in range(iters):
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        ms.append(start.elapsed_time(end))
-    return _median(ms)
+    fn()  # warm-up
+    return _median(EventTimer(TorchEvents()).time_ms(fn, iters))
 
 
 def step_triton(ctx: CheckContext) -> StepResult:
@@ -248,17 +240,13 @@ class DeviceBuffers:
     def time_ms(self, fn, iters: int) -> float | None:
         if self.use_torch:
             return _cuda_ms(fn, iters)
-        cm, ms = self.cm, []
-        a, b = cm.event_create(), cm.event_create()
-        for _ in range(iters):
-            cm.event_record(a, self.stream)
-            fn()
-            cm.event_record(b, self.stream)
-            cm.synchronize(self.stream)
-            ms.append(cm.event_elapsed_ms(a, b))
-        cm.event_destroy(a)
-        cm.event_destroy(b)
-        return _median(ms)
+        from ..runtime.timing import EventTimer
+
+        timer = EventTimer(self.cm, self.stream)  # cuda_mem's events on this stream
+        try:
+            return _median(timer.time_ms(fn, iters))
+        finally:
+            timer.close()
 
     def close(self):
         if not self.use_torch:
@@ -417,27 +405,27 @@ def step_trt_session(ctx: CheckContext) -> StepResult:
     sess = TensorRTSession(engine, api=ctx.trt_api, warmup=2)
     try:
         rng = np.random.default_rng(0)
-        big = min(4, sess.profile.max[0])
+        big = min(4, sess.max_batch)
         x1 = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
         xb = rng.standard_normal((big, 3, 224, 224)).astype(np.float32)
         fails, nums = [], {"engine": engine.name, "flavour": sess.manifest["trt"]["flavour"]}
         outs = [sess.infer(x1) for _ in range(3)]  # 2 warm-up enqueues, then capture + launch
-        runtime_graphs = sess.policy.runtime_graphs  # TensorRT-RTX: its runtime captures, we never do
-        captured = runtime_graphs or sess.graph is not None
+        runtime_graphs = sess.cuda_graphs.mode == "runtime"  # TensorRT-RTX: its runtime captures, we never do
+        captured = runtime_graphs or sess.cuda_graphs.captured > 0
         nums["cuda_graphs"] = "TensorRT-RTX runtime (whole-graph capture)" if runtime_graphs else "stream capture"
         nums["captured_b1"] = captured
         nums["replay_b1_device_ms_p50"] = _timed(sess, x1, ctx.iters)
-        sizes = {n: b for n, (_, b) in sess.dev.items()}
+        sizes = {n: b for n, (_, b) in sess.buffers.items()}
         for _ in range(3):
             outs_b = sess.infer(xb)
-        grown = {n: b for n, (_, b) in sess.dev.items()}
+        grown = {n: b for n, (_, b) in sess.buffers.items()}
         nums["regrew"] = all(grown[n] > sizes[n] for n in sizes)  # every tensor scales with the batch
-        nums["captured_b%d" % big] = runtime_graphs or sess.graph is not None
-        ptrs = {n: p for n, (p, _) in sess.dev.items()}
+        nums["captured_b%d" % big] = runtime_graphs or sess.cuda_graphs.captured > 0
+        ptrs = {n: p for n, (p, _) in sess.buffers.items()}
         sess.infer(x1)
-        nums["kept_buffers_on_smaller_batch"] = ptrs == {n: p for n, (p, _) in sess.dev.items()}
+        nums["kept_buffers_on_smaller_batch"] = ptrs == {n: p for n, (p, _) in sess.buffers.items()}
         if not captured:
-            fails.append(f"no CUDA graph captured at batch 1 ({sess.policy.disabled_reason or 'never captured'})")
+            fails.append(f"no CUDA graph captured at batch 1 ({sess.cuda_graphs.disabled_reason or 'never captured'})")
         if not nums["regrew"] or not nums["kept_buffers_on_smaller_batch"]:
             fails.append("buffers did not grow for the larger batch or moved for the smaller one")
         if reference is not None:
@@ -487,7 +475,8 @@ def _ort_step(name: str, provider: str, precision: str, limits):
                                trt_cache=ctx.work_dir / "ort-trt")
         try:
             err = _vertex_error(ref, s.infer(x))
-            nums = {"graph": precision, **err, "device_ms_p50": _timed(s, x, ctx.iters), "providers": s.info["providers"]}
+            nums = {"graph": precision, **err, "device_ms_p50": _timed(s, x, ctx.iters),
+                    "providers": list(s.info.providers)}
             fails = []
             _judge_mm(fails, f"{provider} {precision}", err, limits)
             return judged(name, nums, fails)
@@ -539,7 +528,7 @@ def step_engines(ctx: CheckContext) -> StepResult:
         s = TensorRTSession(engine)
         try:
             err = _vertex_error(ref, s.infer(x))
-            nums[label] = err | {"device_ms_p50": _timed(s, x, ctx.iters), "cuda_graph": s.graph is not None}
+            nums[label] = err | {"device_ms_p50": _timed(s, x, ctx.iters), "cuda_graph": s.cuda_graphs.captured > 0}
             _judge_mm(fails, label, err, HALF_MM)
         finally:
             s.close()

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..outputs import CROP_SIZE, SMPLOutput
 from ..preprocess import BOX_MARGIN, CropTransform, box_transform, crops, normalize
-from ..runtime.base import NonFiniteError
+from ..runtime.base import NonFiniteError, Session
 
 MIN_BOX_PX = 2.0  # boxes thinner than this (after clipping to the frame) carry no person
 
@@ -47,10 +47,9 @@ def infer_batched(session, crops_per_frame: list[np.ndarray], max_batch: int) ->
     return out
 
 
-def session_max_batch(session, requested: int | None) -> int:
-    """The batch cap: the user's --batch, bounded by a TensorRT engine's optimization profile when there is one."""
+def session_max_batch(session: Session, requested: int | None) -> int:
+    """The batch cap: the user's --batch, bounded by the session's `max_batch` (a TensorRT engine's profile)."""
     cap = requested or 8
-    hi = getattr(getattr(session, "profile", None), "max", None)
-    if hi:
-        cap = min(cap, int(hi[0]))
+    if session.max_batch is not None:
+        cap = min(cap, session.max_batch)
     return max(1, cap)

@@ -1,4 +1,4 @@
-"""One `Session` protocol over torch, onnxruntime and tensorrt (see `base.py`)."""
+"""One `Session` base class over torch, onnxruntime and tensorrt (see `base.py`)."""
 
-from .base import Session, check_images  # noqa: F401
+from .base import Session, SessionInfo, check_images  # noqa: F401
 from .factory import BACKENDS, open_session  # noqa: F401

@@ -1,28 +1,88 @@
-"""The `Session` protocol every backend implements (torch, onnxruntime, tensorrt).
+"""The `Session` base class every backend subclasses (torch, onnxruntime, tensorrt; the bench's official-repo).
 
 A session takes a pre-processed batch (float32 [B,3,224,224], ImageNet-normalized RGB; see
 `smpler_deploy.preprocess`) and returns an `SMPLOutput` of float32 numpy arrays. Pre- and post-processing live
-outside the sessions so every backend shares them.
+outside the sessions so every backend shares them. What a caller may read is declared here, typed: `info`,
+`precision`, `last_device_ms`, `max_batch`, `cuda_graphs`, `smpl_layer`. A backend's own extras (the TensorRT
+session's manifest and buffers, the torch session's model) are for code that opened that backend itself.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import SmplerError
 from ..outputs import CROP_SIZE, OUTPUT_NAMES, SMPLOutput
+from .graphs import GRAPHS_OFF, GraphState
+
+if TYPE_CHECKING:
+    from ..body.layer import SMPLHandler
 
 
-@runtime_checkable
-class Session(Protocol):
-    backend: str  # "torch" | "onnxruntime" | "tensorrt"
-    precision: str  # "fp32" | "fp16" | "int8"
+@dataclass(frozen=True)
+class SessionInfo:
+    """What a session knows about the model it runs, one name and type per fact. None: the artifact does not
+    record it (an ONNX graph without smpler-deploy metadata; an engine, whose manifest keeps no model facts)."""
 
-    def infer(self, images: np.ndarray) -> SMPLOutput: ...
+    variant: str | None = None  # smpler | smpler-l
+    untrained: bool | None = None  # the default (untrained) weights, not an official checkpoint
+    standin_body: bool | None = None  # the generated stand-in body model, not SMPL
+    checkpoint: str | None = None  # the checkpoint the weights came from (None: the default model)
+    checkpoint_sha256: str | None = None
+    body_model: str | None = None  # where the body model came from
+    device: str = "cpu"  # where it computes: cpu | cuda | cuda:N
+    providers: tuple[str, ...] = ()  # onnxruntime: the execution providers in use, the main one first
+    fp32_parts: tuple[str, ...] = ()  # torch fp16/bf16: what stays float32
+    compiled: bool = False  # torch: the forward runs through torch.compile
 
-    def close(self) -> None: ...
+
+class Session:
+    """Subclasses set `backend`, `where`, `precision`, `info` (and what else applies) and implement `_run` (a
+    checked batch -> SMPLOutput) and `_release`. `infer` checks the batch and the outputs for every backend and
+    refuses to run after `close`; a session is a context manager that closes on exit."""
+
+    backend: str = ""  # torch | onnxruntime | tensorrt (`factory.BACKENDS`) | official-repo (bench baseline)
+    where: str = "session"  # what its errors name: "torch session", "onnxruntime session", the engine file
+    precision: str = "fp32"  # a graph's report spelling (precision.NAMES: fp32 fp16 int8 int8-cpu), or torch's bf16
+    info: SessionInfo = SessionInfo()
+    last_device_ms: float | None = None  # CUDA-event time of the last infer's compute alone (no copies); None on CPU
+    max_batch: int | None = None  # most images one infer takes (TensorRT: its profile's maximum); None = unbounded
+    closed: bool = False
+
+    @property
+    def cuda_graphs(self) -> GraphState:
+        return GRAPHS_OFF
+
+    @property
+    def smpl_layer(self) -> SMPLHandler | None:
+        """The SMPL layer of the model the session runs (mesh faces, re-posing), or None for a graph."""
+        return None
+
+    def infer(self, images) -> SMPLOutput:
+        if self.closed:
+            raise SmplerError(f"{self.where}: session is closed (infer after close); open a new one")
+        return check_outputs(self._run(check_images(images)), self.where)
+
+    def _run(self, images: np.ndarray) -> SMPLOutput:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Free what the session holds; idempotent."""
+        if not self.closed:
+            self.closed = True
+            self._release()
+
+    def _release(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def check_images(images, where: str = "images") -> np.ndarray:

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import SmplerError
+from ..export.metadata import meta_bool, metadata, read_header
 from ..outputs import CROP_SIZE, INPUT_NAME, OUTPUT_NAMES, SMPLOutput
 from ..precision import KINDS, Precision
-from .base import check_images, check_outputs
+from .base import Session, SessionInfo
 from .ort_providers import PROVIDERS, check_available, parse_provider, provider_list
+from .timing import EventTimer, TorchEvents
 
 
 def graph_traits(model) -> dict:
@@ -20,8 +21,7 @@ def graph_traits(model) -> dict:
 
     ops = {n.op_type for n in model.graph.node}
     fp16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
-    return {"qdq": "QuantizeLinear" in ops or "DequantizeLinear" in ops,
-            "fp16": fp16, "meta": {p.key: p.value for p in model.metadata_props}}
+    return {"qdq": "QuantizeLinear" in ops or "DequantizeLinear" in ops, "fp16": fp16, "meta": metadata(model)}
 
 
 def check_graph_io(path, inputs, outputs) -> None:
@@ -37,46 +37,37 @@ def check_graph_io(path, inputs, outputs) -> None:
         raise SmplerError(f"{path}: outputs do not match: expected {', '.join(OUTPUT_NAMES)}, got {', '.join(names)}")
 
 
-class _EventTimer:
+def _stream_timer(device_id: int) -> EventTimer | None:
     """CUDA events on a torch stream that ORT is told to run on (user_compute_stream): device time of the run
     alone. None where torch has no CUDA (then GPU cells report host latency only)."""
-
-    def __init__(self, device_id: int):
+    try:
         import torch
 
-        self.torch = torch
-        self.stream = torch.cuda.Stream(device=device_id)
-        self.events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-
-    @classmethod
-    def maybe(cls, device_id: int):
-        try:
-            import torch
-
-            return cls(device_id) if torch.cuda.is_available() else None
-        except Exception:  # noqa: BLE001 - timing is optional
+        if not torch.cuda.is_available():
             return None
-
-    @property
-    def handle(self) -> int:
-        return int(self.stream.cuda_stream)
-
-    def start(self):
-        self.events[0].record(self.stream)
-
-    def stop(self) -> float:
-        self.events[1].record(self.stream)
-        self.events[1].synchronize()
-        return self.events[0].elapsed_time(self.events[1])
+        return EventTimer(TorchEvents(), torch.cuda.Stream(device=device_id))
+    except Exception:  # noqa: BLE001 - timing is optional
+        return None
 
 
-class OnnxRuntimeSession:
+def _graph_info(meta: dict[str, str], device: str, providers) -> SessionInfo:
+    """The model facts a graph's smpler-deploy metadata records (`export/onnx_export.base_metadata`)."""
+    checkpoint = meta.get("checkpoint")
+    return SessionInfo(
+        variant=meta.get("variant"), untrained=meta_bool(meta, "untrained"),
+        standin_body=meta_bool(meta, "body_model_standin"),
+        checkpoint=None if checkpoint is None or checkpoint.startswith("none") else checkpoint,
+        checkpoint_sha256=meta.get("checkpoint_sha256") or None, body_model=meta.get("body_model") or None,
+        device=device, providers=tuple(providers))
+
+
+class OnnxRuntimeSession(Session):
     backend = "onnxruntime"
+    where = "onnxruntime session"
 
     def __init__(self, path, *, provider: str = "cpu", threads: int | None = None, io_binding: bool | None = None,
                  optimization: str | None = None, batches=(1,), trt_cache: str | Path | None = None,
                  trt_fp16: bool = False, device_id: int = 0):
-        import onnx
         import onnxruntime as ort
 
         provider = parse_provider(provider)
@@ -84,10 +75,7 @@ class OnnxRuntimeSession:
         path = Path(path)
         if not path.is_file():
             raise SmplerError(f"--onnx {path}: file not found")
-        try:
-            header = onnx.load(str(path), load_external_data=False)
-        except Exception as e:
-            raise SmplerError(f"--onnx {path}: not a readable ONNX model ({e.__class__.__name__})")
+        header = read_header(path, f"--onnx {path}")
         from ..containment import onnx_external_files
         from ..plugins.graph import assert_no_plugins
 
@@ -100,11 +88,11 @@ class OnnxRuntimeSession:
         prec = meta.get("precision", "fp32")
         precision = (Precision.from_metadata({"precision": "fp32", **meta}, f"--onnx {path}")
                      if prec in KINDS else None)
-        self.timer = _EventTimer.maybe(device_id) if provider != "cpu" else None
+        self._timer = _stream_timer(device_id) if provider != "cpu" else None
         providers = provider_list(provider, precision=precision, qdq=traits["qdq"],
                                   batches=batches,
                                   cache_dir=trt_cache, trt_fp16=trt_fp16, device_id=device_id,
-                                  stream=self.timer.handle if self.timer else None)
+                                  stream=int(self._timer.stream.cuda_stream) if self._timer else None)
         if provider == "tensorrt":
             Path(trt_cache).mkdir(parents=True, exist_ok=True)
         so = ort.SessionOptions()
@@ -133,10 +121,9 @@ class OnnxRuntimeSession:
         self.path = path
         self.provider = provider
         self.device_id = device_id
-        self.info = dict(meta) | {"provider": provider, "providers": used}
+        self.info = _graph_info(meta, "cpu" if provider == "cpu" else f"cuda:{device_id}", used)
         self.io_binding = provider != "cpu" if io_binding is None else io_binding
         self._inputs: dict = {}  # shape -> device OrtValue, reused (addresses stay put between calls)
-        self.last_device_ms: float | None = None
 
     def _bound_run(self, x):
         binding = self.sess.io_binding()
@@ -155,23 +142,21 @@ class OnnxRuntimeSession:
             binding.bind_ortvalue_input(INPUT_NAME, val)
             for name in OUTPUT_NAMES:
                 binding.bind_output(name, "cuda", self.device_id)
-        if self.timer:
-            self.timer.start()
+        if self._timer:
+            self._timer.start()
         self.sess.run_with_iobinding(binding)
-        if self.timer:
-            self.last_device_ms = self.timer.stop()
+        if self._timer:
+            self._timer.stop()
+            self.last_device_ms = self._timer.elapsed_ms()
         return binding.copy_outputs_to_cpu()
 
-    def infer(self, images) -> SMPLOutput:
-        if self.sess is None:
-            raise SmplerError(f"{self.path}: session is closed")
-        x = check_images(images)
+    def _run(self, images: np.ndarray) -> SMPLOutput:
         if self.io_binding:
-            outs = self._bound_run(x)
+            outs = self._bound_run(images)
         else:
-            outs = self.sess.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
-        return check_outputs(SMPLOutput(*(np.asarray(o, np.float32) for o in outs)), "onnxruntime session")
+            outs = self.sess.run(list(OUTPUT_NAMES), {INPUT_NAME: images})
+        return SMPLOutput(*(np.asarray(o, np.float32) for o in outs))
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self.sess = None
         self._inputs.clear()

@@ -3,7 +3,8 @@ pinned/device buffers, CUDA graphs, device time), which the detector's engines r
 
 Every TensorRT and CUDA call goes through one small `api` object (`TrtCudaApi` here), so the call sequence
 (order, buffer reuse, graph re-capture) is tested without a GPU through a strict recording stand-in. The decisions
-themselves (shapes, buffer sizes, when to capture) are plain functions in `trt_plan`.
+themselves (shapes, buffer sizes) are plain functions in `trt_plan`; when to capture is the one graph policy
+(`graphs.GraphPolicy`), device time the one timer (`timing.EventTimer`).
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import numpy as np
 
 from ..errors import SmplerError
 from ..outputs import OUTPUT_NAMES, SMPLOutput
+from ..trt.dtypes import np_dtype
 from ..trt.manifest import check_manifest, read_manifest
-from .base import check_images, check_outputs
-from .trt_plan import GraphPolicy, Profile, TensorSpec, buffers_to_grow, nbytes, np_dtype, plan_input_shape
+from .base import Session, SessionInfo
+from .graphs import GraphState
+from .timing import EventTimer
+from .trt_plan import Profile, TensorSpec, buffers_to_grow, nbytes, plan_input_shape, trt_graph_policy
 
 
 class TrtCudaApi:
@@ -152,29 +156,28 @@ class TrtCudaApi:
 
 class TrtExecutor:
     """One deserialized engine on one stream: input shapes set when they change, grow-only pinned + device buffers
-    bound by name, the enqueue (a CUDA graph when `GraphPolicy` says so), outputs copied back, and the device time
-    of the enqueue alone (CUDA events: trtexec's "GPU Compute"). `what` names the engine in errors."""
+    bound by name, the enqueue (a CUDA graph when the graph policy says so), outputs copied back, and the device
+    time of the enqueue alone (`EventTimer`: trtexec's "GPU Compute"). `what` names the engine in errors."""
 
     def __init__(self, api, plan: bytes, what: str, *, flavour: str, cuda_graphs: bool = True, warmup: int = 2,
                  host_code_allowed: bool = False):
         self.api, self.what = api, what
+        self.policy = trt_graph_policy(cuda_graphs, warmup, flavour)  # before any TensorRT call: warmup >= 1
         self.engine = api.deserialize(plan, host_code_allowed=host_code_allowed)
         if self.engine is None:
             api.device_sm()  # no driver or no GPU: that reason (one line), not a file said to be corrupt
             raise SmplerError(f"{what}: TensorRT could not deserialize the engine (corrupt or truncated file, or "
                               "built by another TensorRT version / for another GPU); rebuild it")
-        self.policy = GraphPolicy(enabled=cuda_graphs, warmup=warmup, flavour=flavour)
-        self.ctx = api.create_context(self.engine, runtime_graphs=self.policy.runtime_graphs)
+        self.ctx = api.create_context(self.engine, runtime_graphs=self.policy.runtime)
         specs = api.io_tensors(self.engine)
         self.inputs = [t for t in specs if t.is_input]
         self.outputs = [t for t in specs if not t.is_input]
         self.stream = api.stream_create()
-        self.events = (api.event_create(), api.event_create())
+        self.timer = EventTimer(api, self.stream)
         self.last_device_ms: float | None = None
         self.dev: dict[str, tuple[int, int]] = {}  # name -> (device ptr, bytes)
         self.host: dict[str, tuple[int, np.ndarray]] = {}  # name -> (pinned ptr, uint8 view)
         self.shapes: dict[str, tuple] = {}  # input name -> the shape last set
-        self.graph = None  # (graph, graph_exec)
         self.closed = False
 
     def profile(self, name: str) -> Profile:
@@ -191,10 +194,9 @@ class TrtExecutor:
         if not api.set_tensor_address(self.ctx, name, self.dev[name][0]):
             raise SmplerError(f"{self.what}: TensorRT refused the address for tensor {name}")
 
-    def _drop_graph(self) -> None:
-        if self.graph is not None:
-            graph, self.graph = self.graph, None
-            self.api.graph_destroy(*graph)
+    def _destroy(self, graphs) -> None:
+        for graph, graph_exec in graphs:
+            self.api.graph_destroy(graph, graph_exec)
 
     def _enqueue(self) -> None:
         if not self.api.execute_async(self.ctx, self.stream):
@@ -218,11 +220,10 @@ class TrtExecutor:
                 api.end_capture_on_error(self.stream)
             except Exception:  # noqa: BLE001 - the plain enqueue below reports a broken stream
                 pass
-            self.policy.failed(f"{e.__class__.__name__}: {e}")
+            self._destroy(self.policy.failed(f"{e.__class__.__name__}: {e}"))
             self._enqueue()
             return
-        self.graph = (graph, graph_exec)
-        self.policy.captured(key)
+        self.policy.captured(key, (graph, graph_exec))
         api.graph_launch(graph_exec, self.stream)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -248,24 +249,24 @@ class TrtExecutor:
             self.host[name][1][:n].view(specs[name].dtype).reshape(arr.shape)[...] = arr  # casts to the engine dtype
             api.memcpy_htod(self.dev[name][0], self.host[name][0], n, self.stream)
 
+        # a graph freezes shapes and addresses: both are its key
         key = (tuple(sorted(self.shapes.items())), tuple(sorted((n, p) for n, (p, _) in self.dev.items())))
         decision = self.policy.decide(key)
-        api.event_record(self.events[0], self.stream)
-        if decision.release_graph:
-            self._drop_graph()
+        self.timer.start()
+        self._destroy(decision.release)  # stale: other shapes or addresses
         if decision.action == "replay":
-            api.graph_launch(self.graph[1], self.stream)
+            api.graph_launch(self.policy.graph(key)[1], self.stream)
         elif decision.action == "capture":
             self._capture(key)
         else:
             self._enqueue()
             self.policy.ran(key)
-        api.event_record(self.events[1], self.stream)
+        self.timer.stop()
 
         for o in self.outputs:
             api.memcpy_dtoh(self.host[o.name][0], self.dev[o.name][0], needed[o.name], self.stream)
         api.synchronize(self.stream)
-        self.last_device_ms = api.event_elapsed_ms(*self.events)
+        self.last_device_ms = self.timer.elapsed_ms()
         return {o.name: self.host[o.name][1][: needed[o.name]].view(o.dtype).reshape(out_shapes[o.name])
                 .astype(np.float32) for o in self.outputs}
 
@@ -274,18 +275,17 @@ class TrtExecutor:
             return
         self.closed = True
         api = self.api
-        self._drop_graph()
+        self._destroy(self.policy.release_all())
         for name in list(self.dev):
             api.free(self.dev.pop(name)[0])
             api.host_free(self.host.pop(name)[0])
-        for ev in self.events:
-            api.event_destroy(ev)
+        self.timer.close()
         api.stream_destroy(self.stream)
         api.release(self.ctx, self.engine)
         self.ctx = self.engine = None
 
 
-class TensorRTSession:
+class TensorRTSession(Session):
     """`Session` over a TensorRT / TensorRT-RTX engine built by `smpler_deploy.engine.builder`."""
 
     backend = "tensorrt"
@@ -295,13 +295,14 @@ class TensorRTSession:
         """kernel_dir: where the attention plugins' AOT kernels are (--kernel-dir; default $SMPLER_KERNEL_DIR,
         else the cache directory `smpler-aot` writes to); only engines with plugins need it."""
         path = Path(engine_path)
-        self.name = path.name
+        self.where = path.name
         if not path.is_file():
             raise SmplerError(f"{path}: engine file not found")
         # Manifest first: a wrong engine gets a precise message instead of a None from TensorRT.
         manifest = read_manifest(path)
         self.manifest = manifest
         self.precision = manifest.get("precision") or "fp32"
+        self.info = SessionInfo(variant=manifest.get("variant"), device="cuda")
         flavour = flavour or manifest["trt"]["flavour"]
         self.api = api = api if api is not None else TrtCudaApi(flavour)
         plan = path.read_bytes()
@@ -331,32 +332,29 @@ class TensorRTSession:
             )
         self.input = exe.inputs[0]
         self.profile = exe.profile(self.input.name)
+        self.max_batch = int(self.profile.max[0])
 
-    # What the executor holds, read by the self-check and tests: buffers, the captured graph, the graph policy.
-    dev = property(lambda self: self.executor.dev)
-    graph = property(lambda self: self.executor.graph)
-    policy = property(lambda self: self.executor.policy)
-    last_device_ms = property(lambda self: self.executor.last_device_ms)
-    closed = property(lambda self: self.executor.closed)
+    @property
+    def last_device_ms(self) -> float | None:
+        return self.executor.last_device_ms
 
-    # -- Session protocol
-    def infer(self, images) -> SMPLOutput:
-        if self.closed:
-            raise SmplerError(f"{self.name}: session is closed")
-        arr = check_images(images)
-        shape = plan_input_shape(arr.shape, self.input, self.profile, self.name)
-        outs = self.executor.run({self.input.name: arr.reshape(shape)})
-        return check_outputs(SMPLOutput(*(outs[n] for n in OUTPUT_NAMES)), self.name)
+    @property
+    def cuda_graphs(self) -> GraphState:
+        return self.executor.policy.state
+
+    @property
+    def buffers(self) -> dict[str, tuple[int, int]]:
+        """name -> (device address, bytes allocated) of the bound I/O buffers (grow-only; the self-check reads it)."""
+        return dict(self.executor.dev)
 
     @property
     def device_memory_mb(self) -> float:
         return self.api.device_memory_used_mb()
 
-    def close(self) -> None:
+    def _run(self, images: np.ndarray) -> SMPLOutput:
+        shape = plan_input_shape(images.shape, self.input, self.profile, self.where)
+        outs = self.executor.run({self.input.name: images.reshape(shape)})
+        return SMPLOutput(*(outs[n] for n in OUTPUT_NAMES))
+
+    def _release(self) -> None:
         self.executor.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

@@ -1,14 +1,16 @@
-"""Every decision of the PyTorch session that needs no GPU: device, precision policy, CUDA-graph cache.
+"""Every decision of the PyTorch session that needs no GPU: device and precision policy (when to capture a CUDA
+graph is the one policy in `graphs.py`).
 
 `runtime/torch_session.py` only executes what these functions decide, so they are tested on any CPU machine.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import SmplerError
+from .graphs import GraphPolicy
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 # What stays float32 under fp16/bf16: the same islands the fp16 ONNX export keeps (`SMPLer.set_precision`).
@@ -85,32 +87,8 @@ def plan_torch(device: str = "cpu", precision: str = "fp32", *, cuda_graphs: boo
                      bool(compile), attention)
 
 
-@dataclass
-class GraphCache:
-    """CUDA graphs of the forward, one per batch size (a graph freezes shapes and addresses).
-
-    The first call at a batch size captures (the capture function warms up on a side stream first, as torch's
-    docs require), later calls replay. A capture failure disables graphs for the session: every later call runs
-    eagerly and `disabled_reason` says why. At most `max_graphs` sizes are captured; other sizes run eagerly
-    (each graph pins its static input/output buffers).
-    """
-
-    enabled: bool = True
-    max_graphs: int = 8
-    graphs: dict = field(default_factory=dict)  # batch -> whatever the capture function returned
-    disabled_reason: str | None = None
-
-    def decide(self, batch: int) -> str:
-        """'replay' | 'capture' | 'eager'."""
-        if not self.enabled or self.disabled_reason:
-            return "eager"
-        if batch in self.graphs:
-            return "replay"
-        return "capture" if len(self.graphs) < self.max_graphs else "eager"
-
-    def captured(self, batch: int, graph) -> None:
-        self.graphs[batch] = graph
-
-    def failed(self, reason: str) -> None:
-        self.disabled_reason = reason
-        self.graphs.clear()
+def torch_graph_policy(enabled: bool, max_graphs: int = 8) -> GraphPolicy:
+    """The torch session's CUDA graphs: one per batch size (the key), captured at the first call with it (no plain
+    warm-up runs: the capture warms up on a side stream itself, as torch's CUDA-graph docs require), at most
+    `max_graphs` (each pins its static input/output buffers; other sizes run eagerly), never replaced."""
+    return GraphPolicy(enabled, warmup=0, max_graphs=max_graphs, replace=False)

@@ -2,8 +2,8 @@
 official-style eager forward used as the baseline.
 
 fp16/bf16 follow the fp16 ONNX export's policy (`SMPLer.set_precision`: the same fp32 islands), so a torch
-fp16 cell and an ONNX fp16 graph differ only by backend. What can be decided without a GPU (device, precision,
-graph cache) lives in `torch_plan` and is tested on CPU.
+fp16 cell and an ONNX fp16 graph differ only by backend. What can be decided without a GPU (device, precision)
+lives in `torch_plan`, when to capture in the one graph policy (`graphs.GraphPolicy`); both are tested on CPU.
 """
 
 from __future__ import annotations
@@ -11,20 +11,26 @@ from __future__ import annotations
 import contextlib
 import copy
 
+import numpy as np
 import torch
 
-from ..errors import SmplerError, one_line
+from ..errors import one_line
 from ..outputs import SMPLOutput
-from .base import check_images, check_outputs
-from .torch_plan import GraphCache, plan_torch
+from .base import Session, SessionInfo
+from .graphs import GraphState
+from .timing import EventTimer, TorchEvents
+from .torch_plan import plan_torch, torch_graph_policy
 
 
-class TorchSession:
+class TorchSession(Session):
     backend = "torch"
+    where = "torch session"
 
     def __init__(self, model=None, *, variant="smpler", checkpoint=None, smpl_model=None, precision="fp32",
                  official=False, threads=None, attention="torch", device="cpu", cuda_graphs=None, compile=False,
                  graph_warmup: int = 3, max_graphs: int = 8, cuda_check=None):
+        """graph_warmup: forwards on a side stream before each capture (torch's CUDA-graph docs require it);
+        max_graphs: batch sizes captured at most (each graph pins its static buffers), others run eagerly."""
         self.plan = plan = plan_torch(device, precision, cuda_graphs=cuda_graphs, compile=compile,
                                       attention=attention, cuda_check=cuda_check)
         with self._device_guard():  # cuda:N current while the model moves and events are made
@@ -46,14 +52,15 @@ class TorchSession:
                 torch.set_num_threads(int(threads))
             # torch.compile traces per batch size (dynamic=False: static shapes, as the CUDA graphs need anyway).
             self._forward = torch.compile(model, dynamic=False) if plan.compile else model
-            self.graphs = GraphCache(enabled=plan.cuda_graphs, max_graphs=max_graphs)
+            self._graphs = torch_graph_policy(plan.cuda_graphs, max_graphs)
             self.graph_warmup = graph_warmup
-            self.last_device_ms: float | None = None  # CUDA-event time of the forward alone (no copies)
-            self._events = ((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                            if plan.is_cuda else None)
-            self.info = dict(model.info) | {"device": plan.device, "precision": plan.precision,
-                                            "cuda_graphs": plan.cuda_graphs, "compile": plan.compile,
-                                            "fp32_parts": list(plan.fp32_parts)}
+            self._timer = EventTimer(TorchEvents()) if plan.is_cuda else None  # the forward alone (no copies)
+            mi = model.info
+            self.info = SessionInfo(
+                variant=mi.get("variant"), untrained=mi.get("untrained"), standin_body=mi.get("standin_body"),
+                checkpoint=mi.get("checkpoint"), checkpoint_sha256=mi.get("checkpoint_sha256"),
+                body_model=mi.get("body_model"), device=plan.device, fp32_parts=tuple(plan.fp32_parts),
+                compiled=plan.compile)
 
     def _device_guard(self):
         """cuda:N current for everything the session does on the GPU: torch.cuda.graph captures on a side stream of
@@ -62,10 +69,18 @@ class TorchSession:
         index = self.plan.cuda_index
         return torch.cuda.device(index) if index is not None else contextlib.nullcontext()
 
+    @property
+    def cuda_graphs(self) -> GraphState:
+        return self._graphs.state
+
+    @property
+    def smpl_layer(self):
+        return self.model.smpl_handler if self.model is not None else None
+
     # -- CUDA graphs
     def _capture(self, batch: int, x: torch.Tensor):
         """Warm up on a side stream, capture one forward into a graph with static input/output; replay it.
-        Any failure disables graphs for the session (recorded in info) and this call runs eagerly."""
+        Any failure turns graphs off for the session (`cuda_graphs.disabled_reason`) and this call runs eagerly."""
         try:
             static_x = x.clone()
             side = torch.cuda.Stream(self.device)
@@ -78,47 +93,43 @@ class TorchSession:
             with torch.cuda.graph(graph):
                 static_out = self._forward(static_x)
         except Exception as e:  # noqa: BLE001 - not capturable (host sync, unsupported op): eager for good
-            self.graphs.failed(one_line(e))
-            self.info["cuda_graphs_disabled"] = self.graphs.disabled_reason
+            self._graphs.failed(one_line(e))  # the graphs held are dropped with their references
             torch.cuda.synchronize(self.device)
             return self._forward(x)
-        self.graphs.captured(batch, (graph, static_x, static_out))
+        self._graphs.captured(batch, (graph, static_x, static_out))
         graph.replay()
         return static_out
 
     def _replay(self, batch: int, x: torch.Tensor):
-        graph, static_x, static_out = self.graphs.graphs[batch]
+        graph, static_x, static_out = self._graphs.graph(batch)
         static_x.copy_(x)
         graph.replay()
         return static_out  # read before the next replay: infer copies it to the host at once
 
-    # -- Session protocol
-    def infer(self, images) -> SMPLOutput:
-        if self.model is None:
-            raise SmplerError("torch session is closed")
-        x = torch.from_numpy(check_images(images))
+    # -- Session
+    def _run(self, images: np.ndarray) -> SMPLOutput:
+        x = torch.from_numpy(images)
         with torch.inference_mode(), self._device_guard():
             if not self.plan.is_cuda:
-                return check_outputs(self._forward(x).numpy(), "torch session")
+                return self._forward(x).numpy()
             x = x.to(self.device)
             batch = x.shape[0]
-            action = self.graphs.decide(batch)
-            start, end = self._events
-            start.record()
-            if action == "replay":
+            decision = self._graphs.decide(batch)  # torch graphs are never replaced: nothing to release
+            self._timer.start()
+            if decision.action == "replay":
                 out = self._replay(batch, x)
-            elif action == "capture":
+            elif decision.action == "capture":
                 out = self._capture(batch, x)
             else:
                 out = self._forward(x)
-            end.record()
+                self._graphs.ran(batch)
+            self._timer.stop()
             res = out.numpy()  # device -> host copy (synchronizes)
-            end.synchronize()
-            self.last_device_ms = start.elapsed_time(end)
-            return check_outputs(res, "torch session")
+            self.last_device_ms = self._timer.elapsed_ms()
+            return res
 
-    def close(self) -> None:
-        self.graphs.graphs.clear()
+    def _release(self) -> None:
+        self._graphs.release_all()
         self.model = self._forward = None
         if self.plan.is_cuda:
             torch.cuda.empty_cache()

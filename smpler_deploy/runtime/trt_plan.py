@@ -1,4 +1,4 @@
-"""Every runtime decision that needs no GPU: shapes, buffer sizes and reuse, CUDA-graph capture, dtypes.
+"""Every TensorRT runtime decision that needs no GPU: shapes, buffer sizes and reuse, the CUDA-graph policy.
 
 `runtime/tensorrt.py` only executes what these functions decide, so the decisions are tested here directly.
 """
@@ -7,30 +7,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 
 from ..errors import SmplerError
-
-# TensorRT DataType member name -> numpy dtype. bf16/fp8/fp4 have no numpy type: such an engine I/O is refused
-# (our graphs keep I/O in fp32; precision lives inside the graph).
-_NP_DTYPES = {
-    "FLOAT": np.float32,
-    "HALF": np.float16,
-    "INT8": np.int8,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "BOOL": np.bool_,
-    "UINT8": np.uint8,
-}
-
-
-def np_dtype(trt_dtype_name: str) -> np.dtype:
-    name = trt_dtype_name.rsplit(".", 1)[-1].upper()  # accepts "DataType.FLOAT" and "FLOAT"
-    if name not in _NP_DTYPES:
-        raise SmplerError(f"engine I/O dtype {name} has no numpy equivalent; export with float32 I/O")
-    return np.dtype(_NP_DTYPES[name])
+from .graphs import GraphPolicy
 
 
 @dataclass(frozen=True)
@@ -77,55 +58,17 @@ def buffers_to_grow(current: dict[str, int], needed: dict[str, int]) -> dict[str
     return {name: n for name, n in needed.items() if current.get(name, -1) < n}
 
 
-class Decision(NamedTuple):
-    action: str  # "run" (plain enqueue) | "capture" (enqueue under capture, then launch) | "replay"
-    release_graph: bool  # an existing graph is stale: destroy it first
-
-
-class GraphPolicy:
-    """When to capture / replay a CUDA graph of the TensorRT enqueue.
-
-    A graph freezes input shapes and tensor addresses, so the key is (shapes, addresses). Capture only after
-    `warmup` plain runs with the same key (TRT does lazy work on the first enqueue after a shape change; trtexec
-    likewise enqueues once before capturing). A key change drops the graph and restarts the warm-up count.
-    A capture failure disables graphs for the session (some engines contain non-capturable work).
+def trt_graph_policy(enabled: bool = True, warmup: int = 2, flavour: str = "tensorrt") -> GraphPolicy:
+    """The graph policy of one TensorRT executor: one graph (one execution context), keyed by (shapes, addresses),
+    captured after `warmup` plain enqueues with that key (TensorRT does lazy work on the first enqueue after a
+    shape change; trtexec likewise enqueues once before capturing); a key change drops it.
 
     TensorRT-RTX is not captured by hand: it JIT-specialises kernels at run time (a capture after the warm-up
     could freeze fallback kernels) and stream capture needs engines built with REQUIRE_USER_ALLOCATION; its
     documented path is the runtime config's CUDA-graph strategy (WHOLE_GRAPH_CAPTURE), which captures inside
-    `execute_async_v3` once the shape-specialised kernels exist. `runtime_graphs` says to ask for it; every
+    `execute_async_v3` once the shape-specialised kernels exist. The policy's `runtime` says to ask for it; every
     decision is then a plain enqueue.
     """
-
-    def __init__(self, enabled: bool = True, warmup: int = 2, flavour: str = "tensorrt"):
-        if warmup < 1:
-            raise ValueError("warmup must be >= 1: never capture the first enqueue after a shape change")
-        self.runtime_graphs = enabled and flavour == "tensorrt-rtx"
-        self.enabled, self.warmup = enabled and not self.runtime_graphs, warmup
-        self.key = None
-        self.runs = 0
-        self.captured_key = None
-        self.disabled_reason: str | None = None
-
-    def decide(self, key) -> Decision:
-        if not self.enabled or self.disabled_reason:
-            return Decision("run", False)
-        if self.captured_key is not None and key == self.captured_key:
-            return Decision("replay", False)
-        release = self.captured_key is not None
-        if release:
-            self.captured_key = None
-        if key != self.key:
-            self.key, self.runs = key, 0
-        return Decision("capture" if self.runs >= self.warmup else "run", release)
-
-    def ran(self, key) -> None:
-        if key == self.key:
-            self.runs += 1
-
-    def captured(self, key) -> None:
-        self.captured_key = key
-
-    def failed(self, reason: str) -> None:
-        self.disabled_reason = reason
-        self.captured_key = None
+    if warmup < 1:
+        raise ValueError("warmup must be >= 1: never capture the first enqueue after a shape change")
+    return GraphPolicy(enabled, warmup=warmup, max_graphs=1, replace=True, runtime=flavour == "tensorrt-rtx")
