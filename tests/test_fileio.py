@@ -12,7 +12,6 @@ import threading
 
 import pytest
 
-from smpler_deploy import fileio
 from smpler_deploy.errors import SmplerError
 from smpler_deploy.fileio import (atomic_path, check_output_dir, check_output_path, interrupted_message, outputs,
                                   write_text_atomic)
@@ -47,7 +46,7 @@ def test_parent_is_a_file(tmp_path):
 def test_not_writable_directory(tmp_path, monkeypatch):
     """Root ignores permission bits, so the writable check is exercised through os.access."""
     real = os.access
-    monkeypatch.setattr(fileio.os, "access", lambda p, mode: False if str(p) == str(tmp_path) else real(p, mode))
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(tmp_path) else real(p, mode))
     with pytest.raises(SmplerError, match=r"^--out .*: directory .* is not writable$"):
         check_output_path(tmp_path / "x.onnx", flag="--out")
     with pytest.raises(SmplerError, match="is not writable"):
@@ -229,28 +228,26 @@ def _onnx_model():
     return onnx.helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)])
 
 
-def test_onnx_with_external_data_commits_together(tmp_path):
+def test_onnx_graph_and_its_report_commit_together(tmp_path):
+    """ONNX files are written the way the exporters write them (`onnx.save` into `atomic_path`'s temp file, inside
+    the command's `outputs` block): a failure after the graph is complete (the fidelity check) keeps neither file;
+    a success leaves the complete graph, which loads and runs."""
     import numpy as np
+    import onnx
     import onnxruntime as ort
 
-    out = tmp_path / "m.onnx"
-    with outputs(out, tmp_path / "m.onnx.data"):
-        fileio.save_onnx(_onnx_model(), out, external_data=True)
-    assert listing(tmp_path) == ["m.onnx", "m.onnx.data"]
-    y = ort.InferenceSession(str(out)).run(None, {"x": np.ones((1, 64), np.float32)})[0]
-    assert y[0, 0] == np.arange(0, 4096, 64).sum()  # the weights were found through the relative reference
-
-
-def test_onnx_external_data_failure_keeps_neither(tmp_path, monkeypatch):
-    out = tmp_path / "m.onnx"
-    real = os.replace
-
-    def fail_on_graph(src, dst):
-        if str(src).endswith("/m.onnx") and ".stage" in str(src):
-            raise OSError(28, "No space left on device")
-        return real(src, dst)
-
-    monkeypatch.setattr(fileio.os, "replace", fail_on_graph)
-    with pytest.raises(OSError):
-        fileio.save_onnx(_onnx_model(), out, external_data=True)
+    out, report = tmp_path / "m.onnx", tmp_path / "m.onnx.fidelity.json"
+    with pytest.raises(SmplerError, match="fidelity"):
+        with outputs(out, report):
+            with atomic_path(out, suffix=".onnx") as tmp:
+                onnx.save(_onnx_model(), str(tmp))
+            assert out.is_file()
+            raise SmplerError("fidelity check failed")
     assert listing(tmp_path) == []
+    with outputs(out, report):
+        with atomic_path(out, suffix=".onnx") as tmp:
+            onnx.save(_onnx_model(), str(tmp))
+        write_text_atomic(report, "{}")
+    assert listing(tmp_path) == ["m.onnx", "m.onnx.fidelity.json"]
+    y = ort.InferenceSession(str(out)).run(None, {"x": np.ones((1, 64), np.float32)})[0]
+    assert y[0, 0] == np.arange(0, 4096, 64).sum()

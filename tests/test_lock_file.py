@@ -24,9 +24,10 @@ def test_lock_file_never_written_through_a_planted_file(tmp_path, victim, plant)
     """A planted `.o.png.lock` link made a writer truncate a victim file and write its pid into it; now the lock is
     refused in one line, the victim is untouched and the output is not written."""
     from smpler_deploy import fileio
+    from smpler_deploy.fileio.claims import lock_path
 
     out = tmp_path / "o.png"
-    lock = fileio.lock_path(out)
+    lock = lock_path(out)
     before = victim.read_bytes()
     {"symlink": lambda: lock.symlink_to(victim), "hardlink": lambda: os.link(victim, lock),
      "fifo": lambda: os.mkfifo(lock)}[plant]()
