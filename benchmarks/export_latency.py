@@ -29,11 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
+from smpler_deploy.precision import Precision
+
 GRAPHS = {  # name -> (file, export kwargs)
-    "ort fp32": ("smpler_fp32.onnx", {"precision": "fp32"}),
-    "ort fp16": ("smpler_fp16.onnx", {"precision": "fp16"}),
-    "ort int8 trt": ("smpler_int8_trt.onnx", {"precision": "int8", "target": "trt"}),
-    "ort int8 cpu": ("smpler_int8_cpu.onnx", {"precision": "int8", "target": "cpu"}),
+    "ort fp32": ("smpler_fp32.onnx", {"precision": Precision("fp32")}),
+    "ort fp16": ("smpler_fp16.onnx", {"precision": Precision("fp16")}),
+    "ort int8 trt": ("smpler_int8_trt.onnx", {"precision": Precision("int8", "trt")}),
+    "ort int8 cpu": ("smpler_int8_cpu.onnx", {"precision": Precision("int8", "cpu")}),
 }
 TARGETS = {"ort fp32": 0.55, "ort int8 cpu": 0.40}  # max ratio to official eager at batch 1
 DEFAULT_OUT = Path(__file__).parent / "reports" / "export_latency"

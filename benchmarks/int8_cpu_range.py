@@ -53,7 +53,7 @@ def main() -> None:
     res = {"cpu_flags": cpu_flags(), "threads": a.threads, "iters": a.iters, "crops": a.crops, "cells": {}}
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
-        export_torch_graph(model, fp32, precision="fp32")
+        export_torch_graph(model, fp32)
         calib = calibration_batch(16)
         sessions = {}
         for name, rr in (("8-bit weights (before)", False), ("7-bit weights, reduce_range (after)", True)):

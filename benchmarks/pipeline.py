@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from smpler_deploy.fileio import write_text_atomic
+from smpler_deploy.precision import Precision
 
 CANVAS = (540, 960)  # (H, W): a 960x540 video
 SPEED = 3  # pixels per frame
@@ -156,7 +157,7 @@ def main() -> None:
     graphs = {p: tmp / f"smpler_{p}.onnx" for p in precisions}
     if not all(g.exists() for g in graphs.values()):
         model = load_model("smpler")
-        for prec, kw in (("fp32", {"precision": "fp32"}), ("int8-cpu", {"precision": "int8", "target": "cpu"})):
+        for prec, kw in (("fp32", {"precision": Precision("fp32")}), ("int8-cpu", {"precision": Precision("int8", "cpu")})):
             if prec not in graphs or graphs[prec].exists():
                 continue
             t = time.perf_counter()

@@ -22,6 +22,7 @@ import numpy as np
 
 from smpler_deploy.bench.machine import cpu_model, library_versions
 from smpler_deploy.fileio import outputs, write_text_atomic
+from smpler_deploy.precision import Precision
 from smpler_deploy.serve import loadtest as L
 from smpler_deploy.serve.local_server import LocalTriton, port_free
 from smpler_deploy.serve.repository import RepoOptions, write_repository
@@ -49,7 +50,7 @@ def main() -> None:
             from smpler_deploy.export.onnx_export import export_onnx
 
             onnx = Path(tmp) / "smpler_fp32.onnx"
-            export_onnx(onnx, precision="fp32")
+            export_onnx(onnx, precision=Precision("fp32"))
         import onnx as onnx_lib
 
         onnx_meta = {p.key: p.value for p in onnx_lib.load(str(onnx), load_external_data=False).metadata_props}

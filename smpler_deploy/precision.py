@@ -14,6 +14,8 @@ from .errors import SmplerError
 KINDS = ("fp32", "fp16", "int8")
 INT8_TARGETS = ("trt", "cpu")  # trt: symmetric Q/DQ TensorRT accepts; cpu: ONNX Runtime's fused uint8 layout
 NAMES = ("fp32", "fp16", "int8", "int8-cpu")  # report spelling
+# Why TensorRT (engines, ONNX Runtime's TensorRT EP) cannot take int8-cpu graphs: the one wording of it.
+NOT_BUILDABLE = "int8-cpu is ONNX Runtime's layout (non-zero zero points TensorRT refuses)"
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,12 @@ class Precision:
     def buildable(self) -> bool:
         """TensorRT can build it (it refuses the non-zero zero points of the cpu layout)."""
         return self.target != "cpu"
+
+    def require_buildable(self, where: str) -> None:
+        """The one refusal of the cpu layout for TensorRT (engine builds from a flag or a graph)."""
+        if not self.buildable:
+            raise SmplerError(f"{where}: {NOT_BUILDABLE}; build engines from an int8 graph with TensorRT's layout "
+                              "(smpler-export --precision int8 --target trt)")
 
     @classmethod
     def parse(cls, text: str, flag: str = "--precision") -> "Precision":

@@ -49,12 +49,13 @@ def onnx_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("onnx")
 
 
-def _export(default_model, onnx_dir, name, **kw):
+def _export(default_model, onnx_dir, name, precision: str, **kw):
     from smpler_deploy.export.onnx_export import export_onnx
+    from smpler_deploy.precision import Precision
 
     path = onnx_dir / name
     if not path.exists():
-        export_onnx(path, model=default_model, **kw)
+        export_onnx(path, model=default_model, precision=Precision.parse(precision), **kw)
     return path
 
 
@@ -70,12 +71,12 @@ def onnx_fp16(default_model, onnx_dir):
 
 @pytest.fixture(scope="session")
 def onnx_int8_trt(default_model, onnx_dir):
-    return _export(default_model, onnx_dir, "smpler_int8_trt.onnx", precision="int8", target="trt")
+    return _export(default_model, onnx_dir, "smpler_int8_trt.onnx", precision="int8")
 
 
 @pytest.fixture(scope="session")
 def onnx_int8_cpu(default_model, onnx_dir):
-    return _export(default_model, onnx_dir, "smpler_int8_cpu.onnx", precision="int8", target="cpu")
+    return _export(default_model, onnx_dir, "smpler_int8_cpu.onnx", precision="int8-cpu")
 
 
 @pytest.fixture(scope="session")

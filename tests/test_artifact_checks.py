@@ -30,6 +30,7 @@ def engine(tmp_path_factory):
     import tiny_smpler
 
     from smpler_deploy.engine.builder import build_engine
+    from smpler_deploy.engine.options import EngineOptions
 
     hw, tiny_smpler.HW = tiny_smpler.HW, 224
     try:
@@ -37,7 +38,7 @@ def engine(tmp_path_factory):
     finally:
         tiny_smpler.HW = hw
     path = tmp_path_factory.mktemp("e") / "tiny.engine"
-    build_engine(graph, path, flavour="tensorrt-rtx", sms=[89], batch=(1, 2, 8), log=lambda *_: None)
+    build_engine(graph, path, EngineOptions(flavour="tensorrt-rtx", sms=[89], batch=[1, 2, 8]), log=lambda *_: None)
     return path
 
 

@@ -18,8 +18,9 @@ def files(tmp_path_factory):
            "int8cpu": tiny_smpler_onnx(d / "c.onnx", "int8", "cpu")}
     try:
         from smpler_deploy.engine.builder import build_engine
+        from smpler_deploy.engine.options import EngineOptions
 
-        build_engine(out["fp32"], d / "fp32.engine", batch="1:1:2", log=lambda *_: None)
+        build_engine(out["fp32"], d / "fp32.engine", EngineOptions(batch="1:1:2"), log=lambda *_: None)
         out["engine"] = d / "fp32.engine"
         (d / "bare.engine").write_bytes(b"no manifest beside me")
         out["bare"] = d / "bare.engine"

@@ -90,12 +90,13 @@ def tiny_engine(tmp_path_factory):
     """The check's tiny SMPLer-shaped graph, built for real by TensorRT-RTX for SM 89 (no GPU needed)."""
     pytest.importorskip("tensorrt_rtx")
     from smpler_deploy.engine.builder import build_engine
+    from smpler_deploy.engine.options import EngineOptions
     from smpler_deploy.gpucheck.tiny_graph import write_tiny_graph
 
     d = tmp_path_factory.mktemp("tiny")
     onnx_path = write_tiny_graph(d / "tiny_fp32.onnx")
     engine = d / "tiny_fp32.engine"
-    build_engine(onnx_path, engine, flavour="tensorrt-rtx", sms=[89], batch=(1, 1, 4), tf32=False,
+    build_engine(onnx_path, engine, EngineOptions(flavour="tensorrt-rtx", sms=[89], batch=[1, 1, 4], tf32=False),
                  log=lambda m: None)
     return onnx_path, engine
 

@@ -17,6 +17,7 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
 from smpler_deploy.engine.builder import build_engine  # noqa: E402
+from smpler_deploy.engine.options import EngineOptions  # noqa: E402
 from smpler_deploy.engine.layer_summary import format_layer_summary  # noqa: E402
 
 HW = 64  # smaller than 224 for speed; the builder takes the shape from the ONNX
@@ -103,7 +104,7 @@ def _one_line(excinfo):
 def test_build_precisions(graphs, tmp_path, precision, sm):
     engine = tmp_path / f"{precision}.engine"
     lines = []
-    m = build_engine(graphs / f"{precision}.onnx", engine, sms=[sm], batch="1:2:8", log=lines.append)
+    m = build_engine(graphs / f"{precision}.onnx", engine, EngineOptions(sms=[sm], batch="1:2:8"), log=lines.append)
     assert any(line.startswith("[2/3] building") for line in lines)
     data = engine.read_bytes()
     assert m == read_manifest(engine)
@@ -116,7 +117,7 @@ def test_build_precisions(graphs, tmp_path, precision, sm):
     assert m["inputs"] == [{"name": "images", "shape": [-1, 3, HW, HW], "dtype": "float32"}]
     assert m["outputs"] == [{"name": "out", "shape": [-1, 10], "dtype": "float32"}]
     assert m["source"]["sha256"] and m["source"]["onnx"].endswith(f"{precision}.onnx")
-    assert m["plugins"] == [] and m["build"]["seconds"] > 0 and m["build"]["options"]["strongly_typed"]
+    assert m["plugins"] == [] and m["build"]["seconds"] > 0 and m["build"]["strongly_typed"]
     convs = m["layers"]["by_kind"]["conv"]
     assert convs == {precision: 2}, format_layer_summary(m["layers"])  # both convolutions in the graph's precision
     if precision == "int8":
@@ -127,30 +128,32 @@ def test_build_precisions(graphs, tmp_path, precision, sm):
 
 def test_multi_sm_and_options(graphs, tmp_path):
     engine = tmp_path / "multi.engine"
-    m = build_engine(graphs / "fp16.onnx", engine, sms=["89", "120"], builder_optimization_level=0,
-                     mem_pool_size="workspace:1G", log=_quiet)  # fmt: skip
+    m = build_engine(graphs / "fp16.onnx", engine, EngineOptions(sms=["89", "120"], builder_optimization_level=0,
+                     mem_pool_size="workspace:1G"), log=_quiet)  # fmt: skip
     assert m["target"]["sms"] == [89, 120]
-    assert m["build"]["options"]["mem_pool_size"] == {"WORKSPACE": 1 << 30}
+    assert m["build"]["memory_pools"] == {"WORKSPACE": 1 << 30}
+    assert m["build"]["options"]["mem_pool_size"] == "workspace:1G"
     assert m["build"]["options"]["builder_optimization_level"] == 0
     check_manifest(m, engine, trt.__version__, 120)
 
 
 def test_hardware_compatibility_level_spellings(graphs, tmp_path):
-    m = build_engine(graphs / "fp32.onnx", tmp_path / "hc.engine", sms=[86], hardware_compatibility_level="ampere+",
-                     log=_quiet)
+    m = build_engine(graphs / "fp32.onnx", tmp_path / "hc.engine",
+                     EngineOptions(sms=[86], hardware_compatibility_level="ampere+"), log=_quiet)
     assert m["target"]["hardware_compatibility_level"] == "ampere_plus"
-    with pytest.raises(SmplerError, match="--hardware-compatibility-level turing: expected none, ampere_plus"):
-        build_engine(graphs / "fp32.onnx", tmp_path / "hc2.engine", hardware_compatibility_level="turing", log=_quiet)
+    with pytest.raises(SmplerError, match="hardware_compatibility_level turing: expected none, ampere_plus"):
+        build_engine(graphs / "fp32.onnx", tmp_path / "hc2.engine", EngineOptions(hardware_compatibility_level="turing"),
+                     log=_quiet)
     assert not (tmp_path / "hc2.engine").exists()
 
 
 def test_timing_cache_round_trip(graphs, tmp_path):
     cache = tmp_path / "timing.cache"
-    m1 = build_engine(graphs / "fp32.onnx", tmp_path / "a.engine", timing_cache=cache, log=_quiet)
+    m1 = build_engine(graphs / "fp32.onnx", tmp_path / "a.engine", EngineOptions(timing_cache=cache), log=_quiet)
     assert cache.is_file() and cache.stat().st_size > 0
-    assert m1["build"]["options"]["timing_cache_loaded"] is False
-    m2 = build_engine(graphs / "fp32.onnx", tmp_path / "b.engine", timing_cache=cache, log=_quiet)
-    assert m2["build"]["options"]["timing_cache_loaded"] is True and cache.stat().st_size > 0
+    assert m1["build"]["timing_cache_loaded"] is False
+    m2 = build_engine(graphs / "fp32.onnx", tmp_path / "b.engine", EngineOptions(timing_cache=cache), log=_quiet)
+    assert m2["build"]["timing_cache_loaded"] is True and cache.stat().st_size > 0
     # written atomically: no temp or Polygraphy .lock files left behind
     assert sorted(p.name for p in tmp_path.iterdir() if "cache" in p.name) == ["timing.cache"]
 
@@ -183,8 +186,8 @@ def _only(dirpath, names):
 
 def test_unknown_sm(graphs, tmp_path):
     with pytest.raises(SmplerError) as e:
-        build_engine(graphs / "fp32.onnx", tmp_path / "x.engine", sms=[90], log=_quiet)
-    assert "--sm 90: not a TensorRT-RTX target; valid: 75, 80, 86, 89, 120, 121" in _one_line(e)
+        build_engine(graphs / "fp32.onnx", tmp_path / "x.engine", EngineOptions(sms=[90]), log=_quiet)
+    assert "sms 90: not a TensorRT-RTX target; valid: 75, 80, 86, 89, 120, 121" in _one_line(e)
     _only(tmp_path, [])
 
 
@@ -196,15 +199,16 @@ def test_flavour_not_installed(graphs, tmp_path):
     except ImportError:
         pass
     with pytest.raises(SmplerError) as e:
-        build_engine(graphs / "fp32.onnx", tmp_path / "x.engine", flavour="tensorrt", log=_quiet)
-    assert _one_line(e).startswith("--trt tensorrt: cannot import tensorrt")
+        build_engine(graphs / "fp32.onnx", tmp_path / "x.engine", EngineOptions(flavour="tensorrt"), log=_quiet)
+    assert _one_line(e).startswith("flavour tensorrt: cannot import tensorrt")
     _only(tmp_path, [])
 
 
 def test_parse_failure_writes_nothing(graphs, tmp_path):
     """Non-zero zero points (ORT's default asymmetric activations) are refused by the parser: one line, no files."""
     with pytest.raises(SmplerError) as e:
-        build_engine(graphs / "int8_asym.onnx", tmp_path / "x.engine", timing_cache=tmp_path / "t.cache", log=_quiet)
+        build_engine(graphs / "int8_asym.onnx", tmp_path / "x.engine", EngineOptions(timing_cache=tmp_path / "t.cache"),
+                     log=_quiet)
     msg = _one_line(e)
     assert "could not parse" in msg and "zero point" in msg.lower()
     _only(tmp_path, [])
@@ -219,7 +223,7 @@ def test_existing_output_needs_force(graphs, tmp_path):
     build_engine(graphs / "fp32.onnx", engine, force=True, log=_quiet)
     assert engine.stat().st_size > 1000
     with pytest.raises(SmplerError, match="--batch"):
-        build_engine(graphs / "fp32.onnx", tmp_path / "y.engine", batch="8:1:1", log=_quiet)
+        build_engine(graphs / "fp32.onnx", tmp_path / "y.engine", EngineOptions(batch="8:1:1"), log=_quiet)
     with pytest.raises(SmplerError, match="ONNX file not found"):
         build_engine(tmp_path / "missing.onnx", tmp_path / "y.engine", log=_quiet)
 
@@ -275,7 +279,7 @@ def test_int8_cpu_graph_refused_by_metadata(tmp_path):
     g = tiny_smpler_onnx(tmp_path / "g.onnx", "int8", int8_target="cpu")
     with pytest.raises(SmplerError) as e:
         build_engine(g, tmp_path / "x.engine", log=_quiet)
-    assert "int8-cpu graph" in _one_line(e) and "--target trt" in str(e.value)
+    assert _one_line(e).startswith(f"{g}: int8-cpu is ONNX Runtime's layout") and "--target trt" in str(e.value)
     _only(tmp_path, ["g.onnx"])
 
 
@@ -316,7 +320,7 @@ def test_ctrl_c_cancels_the_build_and_keeps_nothing(tmp_path, monkeypatch):
     t = _interrupt_at_first_phase(monkeypatch)
     lines = []
     with pytest.raises(KeyboardInterrupt):
-        build_engine(g, tmp_path / "x.engine", timing_cache=tmp_path / "t.cache", log=lines.append)
+        build_engine(g, tmp_path / "x.engine", EngineOptions(timing_cache=tmp_path / "t.cache"), log=lines.append)
     t.join(10)
     assert "interrupt: engine build cancelled; nothing written" in lines, lines  # TensorRT stopped the build
     assert not any(line.startswith("[3/3]") for line in lines)
@@ -330,7 +334,7 @@ def test_sm_spellings(graphs, tmp_path):
     assert check_sms(["8.9", "sm_86", "SM120", 89], [75, 80, 86, 89, 120]) == [89, 86, 120]
     with pytest.raises(SmplerError) as e:
         check_sms(["9.9"], [75, 89])
-    assert _one_line(e) == "--sm 9.9: not a TensorRT-RTX target; valid: 75, 89"
+    assert _one_line(e) == "sms 9.9: not a TensorRT-RTX target; valid: 75, 89"  # the field; the CLI says --sm
 
 
 @pytest.mark.parametrize("field,value", [
@@ -353,3 +357,16 @@ def test_manifest_wrong_value_types_are_one_line(graphs, tmp_path, field, value)
     with pytest.raises(SmplerError) as e:
         read_manifest(engine)
     assert _one_line(e).startswith(f"{manifest_path(engine)}: field {field} is {json.dumps(value)}, expected ")
+
+
+def test_manifest_options_are_the_engine_options(graphs, tmp_path):
+    """`build.options` is the EngineOptions the engine was built with, field for field (`asdict`), whether built
+    in this process or in the build worker (the options' one JSON round trip)."""
+    from dataclasses import asdict
+
+    opts = EngineOptions(flavour="tensorrt-rtx", sms=[89, 86], batch=[1, 2, 4], builder_optimization_level=0,
+                         mem_pool_size="workspace:1G", tf32=False)
+    m = build_engine(graphs / "fp32.onnx", tmp_path / "a.engine", opts, log=_quiet)
+    assert m["build"]["options"] == asdict(opts) == read_manifest(tmp_path / "a.engine")["build"]["options"]
+    child = build_engine(graphs / "fp32.onnx", tmp_path / "b.engine", opts, isolate=True, log=_quiet)
+    assert child["build"]["options"] == asdict(opts) and child["target"]["sms"] == [89, 86]

@@ -29,6 +29,7 @@ def tiny(tmp_path_factory):
 def test_tf32_flag_reaches_the_builder_and_the_manifest(tiny, tmp_path, monkeypatch, tf32):
     """Polygraphy clears BuilderFlag.TF32 unless told; the build passes it explicitly (default on, as trtexec)."""
     from smpler_deploy.engine.builder import _polygraphy_for, build_engine
+    from smpler_deploy.engine.options import EngineOptions
 
     _polygraphy_for("tensorrt-rtx")  # Polygraphy binds its flavour at first import
     from polygraphy.backend import tensorrt_rtx as prtx
@@ -42,14 +43,14 @@ def test_tf32_flag_reaches_the_builder_and_the_manifest(tiny, tmp_path, monkeypa
 
     monkeypatch.setattr(prtx.CreateConfigRTX, "call_impl", spy)
     kw = {} if tf32 else {"tf32": False}
-    man = build_engine(tiny, tmp_path / "t.engine", flavour="tensorrt-rtx", log=_quiet, **kw)
+    man = build_engine(tiny, tmp_path / "t.engine", EngineOptions(flavour="tensorrt-rtx", **kw), log=_quiet)
     # the config the engine was built with (read after the build, so after the flag was applied)
     assert [c.get_flag(trt.BuilderFlag.TF32) for c in configs] == [tf32] and man["build"]["options"]["tf32"] is tf32
 
 
 def test_export_cli_tf32_and_kernel_dir_flags(tmp_path, monkeypatch, capsys):
     from smpler_deploy.cli.export import build_parser, main
-    from smpler_deploy.spec import export_spec
+    from smpler_deploy.cli.export_flags import export_spec
 
     a = build_parser().parse_args(["--format", "engine", "--trt", "tensorrt-rtx", "-o", str(tmp_path / "e.engine")])
     assert a.tf32 is True and export_spec(a).engine.tf32 is True
@@ -63,15 +64,24 @@ def test_export_cli_tf32_and_kernel_dir_flags(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_use_kernel_dir_sets_the_resolution_for_children(tmp_path, monkeypatch):
+def test_kernel_dir_flag_is_passed_on_not_put_in_the_environment(tmp_path, monkeypatch):
+    """--kernel-dir reaches the build and the sessions as an argument; $SMPLER_KERNEL_DIR is only its default."""
+    import os
+
     from trt_standin import write_kernel_index
 
-    from smpler_deploy.plugins.kernel_store import resolve_kernel_dir, use_kernel_dir
+    from smpler_deploy.cli.export import build_parser
+    from smpler_deploy.cli.export_flags import export_spec
+    from smpler_deploy.plugins.kernel_store import resolve_kernel_dir
 
     monkeypatch.delenv("SMPLER_KERNEL_DIR", raising=False)
     kdir = write_kernel_index(tmp_path / "k")
-    assert use_kernel_dir(kdir) == kdir and resolve_kernel_dir() == kdir.resolve()
-    assert use_kernel_dir(None) is None
+    spec = export_spec(build_parser().parse_args(["--kernel-dir", str(kdir), "-o", str(tmp_path / "x.onnx")]))
+    assert spec.kernel_dir == kdir.resolve() and "SMPLER_KERNEL_DIR" not in os.environ
+    assert resolve_kernel_dir(spec.kernel_dir) == kdir.resolve()
+    monkeypatch.setenv("SMPLER_KERNEL_DIR", str(kdir))  # the default of the flag, not read by the library
+    assert export_spec(build_parser().parse_args(["-o", str(tmp_path / "x.onnx")])).kernel_dir == kdir
+    assert resolve_kernel_dir(None) != kdir
 
 
 def test_plugin_kernels_refused_before_a_build_that_runs_them(tmp_path):
@@ -93,7 +103,7 @@ def test_plugin_kernels_refused_before_a_build_that_runs_them(tmp_path):
 def test_sm_error_says_build_on_device(sm, name):
     from smpler_deploy.engine.targets import parse_sms
 
-    with pytest.raises(SmplerError, match=rf"^--sm {re.escape(sm)}: not a TensorRT-RTX target; valid: 86, 89; "
+    with pytest.raises(SmplerError, match=rf"^sms {re.escape(sm)}: not a TensorRT-RTX target; valid: 86, 89; "
                                           rf"{name} \(SM{sm.replace('.', '')}\) engines are built on the device "
                                           r"itself with --trt tensorrt$"):
         parse_sms([sm], [86, 89])

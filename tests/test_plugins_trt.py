@@ -321,14 +321,12 @@ def driver(tmp_path, monkeypatch):
     for name in ("_functions", "_sm"):
         monkeypatch.setattr(L, name, {})
     monkeypatch.setattr(L, "_driver_version", [])
-    P.set_kernel_dir(tmp_path)
     yield make
-    P.set_kernel_dir(None)
 
 
-def _global_plugin(phase=None):
+def _global_plugin(phase, kernel_dir):
     plugin_cls, _ = P._make_classes(trt)
-    return plugin_cls("SmplerGlobalAttention", "g0", phase=phase)
+    return plugin_cls("SmplerGlobalAttention", "g0", phase=phase, kernel_dir=kernel_dir)
 
 
 def test_kernel_resolved_once_per_context_not_per_enqueue(tmp_path, driver):
@@ -338,7 +336,7 @@ def test_kernel_resolved_once_per_context_not_per_enqueue(tmp_path, driver):
     fake = driver(param_types=[a["type"] for a in entry["args"]])
     F = trt.DataType.FLOAT
     ins, outs = [_desc(F, *s) for s in GLOBAL_IN], [_desc(F, *GLOBAL_IN[0])]
-    plugin = _global_plugin(trt.TensorRTPhase.RUNTIME).attach_to_context(None)
+    plugin = _global_plugin(trt.TensorRTPhase.RUNTIME, tmp_path).attach_to_context(None)
     plugin.on_shape_change(ins, outs)  # TensorRT: once per shape change, before the enqueues
     assert fake.names() == ["cuCtxGetCurrent", "cuCtxGetDevice", "cuDeviceGetAttribute", "cuDeviceGetAttribute",
                             "cuDeviceGetAttribute", "cuDriverGetVersion", "cuModuleLoadData", "cuModuleGetFunction", "cuFuncSetAttribute"]
@@ -354,7 +352,7 @@ def test_kernel_resolved_once_per_context_not_per_enqueue(tmp_path, driver):
     assert launch[6] == [0x1000, 0x2000, 0x3000, 0x4000, 0x5000, 0x6000, 104, 128, 3136, 784, 196, 49, 0, 0]
     assert fake.calls[-2][6][5] == 0x6100  # the packed pointers follow the addresses
     # another layer (or execution context) in the same CUDA context shares the loaded module
-    other = _global_plugin(trt.TensorRTPhase.RUNTIME)
+    other = _global_plugin(trt.TensorRTPhase.RUNTIME, tmp_path)
     fake.calls.clear()
     other.on_shape_change(ins, outs)
     assert fake.names() == ["cuCtxGetCurrent"]
@@ -372,7 +370,7 @@ def test_build_phase_needs_no_gpu_and_enqueue_resolves_lazily(tmp_path, driver):
     fake = driver(param_types=["*fp32"] * 6 + ["i32"] * 6 + ["*i8"] * 2)
     F = trt.DataType.FLOAT
     ins = [_desc(F, *s) for s in GLOBAL_IN]
-    plugin = _global_plugin(trt.TensorRTPhase.BUILD)
+    plugin = _global_plugin(trt.TensorRTPhase.BUILD, tmp_path)
     plugin.on_shape_change(ins, ins[:1])  # TensorRT-RTX builds call it without a GPU: no driver call
     assert fake.calls == []
     plugin.enqueue(ins, ins[:1], [16, 32, 48, 64, 80], [96], 0, 0)  # a timing build: resolved at first use
@@ -384,7 +382,7 @@ def test_empty_batch_launches_nothing(tmp_path, driver):
     fake = driver()
     H, F = trt.DataType.HALF, trt.DataType.FLOAT
     plugin_cls, _ = P._make_classes(trt)
-    plugin = plugin_cls("SmplerLocalAttention", "l0", phase=trt.TensorRTPhase.RUNTIME)
+    plugin = plugin_cls("SmplerLocalAttention", "l0", phase=trt.TensorRTPhase.RUNTIME, kernel_dir=tmp_path)
     ins = [_desc(H, 0, 56, 56, 128), _desc(F, 0, 24, 2), _desc(H, 0, 24, 4, 128), _desc(F, 4, 9, 9)]
     plugin.on_shape_change(ins, ins[2:3])
     plugin.enqueue(ins, ins[2:3], [16, 32, 48, 64], [80], 0, 0)
@@ -396,7 +394,7 @@ def test_misaligned_buffer_refused(tmp_path, driver):
     driver()
     F = trt.DataType.FLOAT
     ins = [_desc(F, *s) for s in GLOBAL_IN]
-    plugin = _global_plugin(trt.TensorRTPhase.RUNTIME)
+    plugin = _global_plugin(trt.TensorRTPhase.RUNTIME, tmp_path)
     plugin.on_shape_change(ins, ins[:1])
     with pytest.raises(SmplerError, match=r"g0: buffer k1_ptr at 0x2008 is not 16-byte aligned"):
         plugin.enqueue(ins, ins[:1], [0x1000, 0x2000, 0x2008, 0x3000, 0x4000], [0x5000], 0, 0)
@@ -408,7 +406,7 @@ def test_multi_cta_kernel_refused(tmp_path, driver):
     F = trt.DataType.FLOAT
     ins = [_desc(F, *s) for s in GLOBAL_IN]
     with pytest.raises(SmplerError, match="num_ctas=2"):
-        _global_plugin(trt.TensorRTPhase.RUNTIME).on_shape_change(ins, ins[:1])
+        _global_plugin(trt.TensorRTPhase.RUNTIME, tmp_path).on_shape_change(ins, ins[:1])
 
 
 @pytest.mark.parametrize("version,cubin_loads,loaded", [
@@ -442,7 +440,7 @@ def test_enqueue_missing_sm_names_command(tmp_path, driver, plugin_errors):
     _fake_kernel_dir(tmp_path)
     driver(sm=75)
     plugin_cls, _ = P._make_classes(trt)
-    plugin = plugin_cls("SmplerLocalAttention", "l0")
+    plugin = plugin_cls("SmplerLocalAttention", "l0", kernel_dir=tmp_path)
     H, F = trt.DataType.HALF, trt.DataType.FLOAT
     ins = [_desc(H, *LOCAL_IN[0]), _desc(F, *LOCAL_IN[1]), _desc(H, *LOCAL_IN[2]), _desc(F, *LOCAL_IN[3])]
     with pytest.raises(SmplerError, match=r"local_attention \(fp16\): no cubin for sm_75 .*smpler-aot --sm 75"):
@@ -503,3 +501,28 @@ def test_onnx_nodes(onnx_files, tmp_path):
     keys, gqk = [torch.randn(2, n, C, generator=g) for n in KEYS], torch.randn(2, 4, Q, NH, C, generator=g)
     assert torch.equal(onnx_nodes.global_attention_multiscale_plugin(keys, gqk),
                        ref.global_attention_multiscale(keys, gqk))
+
+
+def test_registered_kernel_dir_reaches_the_plugins_without_the_environment(tmp_path, monkeypatch):
+    """The kernel directory a session or a build registers the plugins with is the one their plugins load from:
+    passed along, not read from $SMPLER_KERNEL_DIR or a module global; a later registration (another session)
+    does not move the plugins already made."""
+    monkeypatch.setenv("SMPLER_KERNEL_DIR", str(tmp_path / "env"))  # only the commands' default: ignored here
+    a, b = tmp_path / "a", tmp_path / "b"
+    P.register_smpler_plugins(trt, "tensorrt-rtx", "g.onnx", [], kernel_dir=a)
+    creator = P.get_creator(trt, "SmplerGlobalAttention")
+    first = creator.create_plugin("g0", None, trt.TensorRTPhase.RUNTIME)
+    P.register_smpler_plugins(trt, "tensorrt-rtx", "g.onnx", [], kernel_dir=b)
+    second = creator.create_plugin("g1", None, trt.TensorRTPhase.RUNTIME)
+    assert (first.kernel_dir, first.clone().kernel_dir, second.kernel_dir) == (a, a, b)
+
+
+def test_importing_tensorrt_rtx_writes_nothing_into_site_packages(tmp_path, monkeypatch):
+    """The wheel's missing soname link is created only where plugins are registered, never by an import."""
+    from smpler_deploy.trt import importer
+
+    (tmp_path / "libtensorrt_rtx.so.1").write_bytes(b"")
+    monkeypatch.setattr(importer, "rtx_libs_dir", lambda: tmp_path)
+    importer.import_trt("tensorrt-rtx")
+    assert not (tmp_path / "libtensorrt_rtx.so").exists()
+    assert importer.ensure_rtx_soname() and (tmp_path / "libtensorrt_rtx.so").is_symlink()

@@ -36,9 +36,10 @@ def engine(graph, tmp_path_factory):
     """A real TensorRT-RTX engine of that graph (built here for SM89, batch profile 1:2:8) and its manifest."""
     pytest.importorskip("tensorrt_rtx")
     from smpler_deploy.engine.builder import build_engine
+    from smpler_deploy.engine.options import EngineOptions
 
     path = tmp_path_factory.mktemp("e") / "tiny.engine"
-    build_engine(graph, path, flavour="tensorrt-rtx", sms=[89], batch=(1, 2, 8), log=lambda *_: None)
+    build_engine(graph, path, EngineOptions(flavour="tensorrt-rtx", sms=[89], batch=[1, 2, 8]), log=lambda *_: None)
     return path
 
 

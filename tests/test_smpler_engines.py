@@ -25,6 +25,7 @@ except SmplerError as e:  # pragma: no cover
     pytest.skip(f"TensorRT-RTX unavailable: {e}", allow_module_level=True)
 
 from smpler_deploy.engine.builder import build_engine  # noqa: E402
+from smpler_deploy.engine.options import EngineOptions  # noqa: E402
 from smpler_deploy.trt.manifest import layers_path, manifest_path  # noqa: E402
 from smpler_deploy.plugins.onnx_nodes import plugin_nodes  # noqa: E402
 
@@ -61,7 +62,8 @@ def _onnx_meta(path) -> dict:
 def _build(case, onnx_path, engine_dir, sms):
     engine = engine_dir / f"{case}.engine"
     t0 = time.perf_counter()
-    man = build_engine(onnx_path, engine, flavour="tensorrt-rtx", sms=sms, batch=BATCH, log=lambda *_: None)
+    man = build_engine(onnx_path, engine, EngineOptions(flavour="tensorrt-rtx", sms=sms, batch=BATCH),
+                       log=lambda *_: None)
     wall = time.perf_counter() - t0
     size = engine.stat().st_size
     REPORT[case] = {"sms": sms, "precision": man["precision"], "build_seconds": man["build"]["seconds"],

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from smpler_deploy.errors import SmplerError
+from smpler_deploy.cli.export_flags import export_spec
 from smpler_deploy.engine.targets import parse_sm, parse_sms
+from smpler_deploy.errors import OptionError, SmplerError
 from smpler_deploy.precision import Precision
-from smpler_deploy.spec import export_spec
 
 
 @pytest.mark.parametrize("text,kind,target,name", [
@@ -47,15 +47,16 @@ def test_sm_spellings(text):
 
 @pytest.mark.parametrize("text", ["eighty-nine", "8.9.1", "sm_", "", "-89"])
 def test_sm_garbage_is_one_line(text):
-    with pytest.raises(SmplerError) as e:
+    with pytest.raises(OptionError) as e:  # the library names the field; the commands name --sm
         parse_sm(text)
-    assert str(e.value).startswith(f"--sm {text}: expected a compute capability") and "\n" not in str(e.value)
+    assert e.value.field == "sms" and "\n" not in str(e.value)
+    assert e.value.named("--sm").startswith(f"--sm {text}: expected a compute capability")
 
 
 def test_parse_sms_lists():
     assert parse_sms(["89,86", "8.9", "sm_120"], [75, 86, 89, 120]) == [89, 86, 120]
     assert parse_sms(None) is None
-    with pytest.raises(SmplerError, match=r"^--sm 99: not a TensorRT-RTX target; valid: 86, 89$"):
+    with pytest.raises(OptionError, match=r"^sms 99: not a TensorRT-RTX target; valid: 86, 89$"):
         parse_sms(["89", "99"], [86, 89])
 
 
@@ -135,3 +136,39 @@ def test_onnx_info_refuses_wrong_io(tmp_path):
     onnx.save(m, str(p))
     with pytest.raises(SmplerError, match=r"not an SMPLer graph \(inputs \['images'\], outputs"):
         onnx_info(p)
+
+
+# ---------------------------------------------------------------- one table of which flag applies where
+
+
+@pytest.mark.parametrize("extra,flag", [(["--calib", "crops"], "--calib"), (["--variant", "smpler-l"], "--variant"),
+                                        (["--checkpoint", "w.pt"], "--checkpoint"), (["--target", "cpu"], "--target")])
+def test_export_only_flags_refused_alike_for_engine_and_triton(tmp_path, capsys, extra, flag):
+    """With --onnx nothing is exported: --format engine and --format triton refuse an export flag in one wording
+    (the triton path had its own table and its own sentence)."""
+    from smpler_deploy.cli.export import main
+
+    graph = tmp_path / "g.onnx"
+    errs = []
+    for fmt, out in (("engine", "x.engine"), ("triton", "repo")):
+        assert main(["--format", fmt, "--onnx", str(graph), *extra, "-o", str(tmp_path / out)]) == 2
+        errs.append(capsys.readouterr().err.strip())
+    want = f"error: {flag}: applies when exporting; --onnx {graph} is already exported (its metadata says how)"
+    assert errs == [want, want]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_flag_table_names_real_flags_and_refuses_each_outside_its_formats(tmp_path):
+    from smpler_deploy.cli.export import build_parser
+    from smpler_deploy.cli.export_flags import FLAGS, FORMATS
+
+    parser = build_parser()
+    options = {a.dest: a.option_strings for a in parser._actions}
+    for key, f in FLAGS.items():
+        assert f.flag in options[key], key
+        for fmt in sorted(set(FORMATS) - set(f.formats)):
+            a = parser.parse_args(["--format", fmt, "-o", str(tmp_path / "x.onnx")])
+            setattr(a, key, True)
+            with pytest.raises(SmplerError) as e:
+                export_spec(a)
+            assert str(e.value).startswith(f"{f.flag}: applies to --format {' or '.join(f.formats)} only"), (key, fmt)

@@ -103,7 +103,7 @@ def test_option_parsing():
     assert parse_mem_pool_size("workspace:1024,tacticSharedMem:48K") == {"WORKSPACE": 1 << 30,
                                                                           "TACTIC_SHARED_MEMORY": 48 << 10}  # fmt: skip
     assert parse_mem_pool_size(None) == {}
-    with pytest.raises(SmplerError, match="--mem-pool-size gpu:2G: expected POOL:SIZE"):
+    with pytest.raises(SmplerError, match="^mem_pool_size gpu:2G: expected POOL:SIZE"):
         parse_mem_pool_size("gpu:2G")
     assert parse_batch("1:4:8") == (1, 4, 8) and parse_batch(4) == (4, 4, 4) and parse_batch((1, 1, 8)) == (1, 1, 8)
     for bad in ("8:1:1", "0:1:1", "a:b:c", "1:2"):
@@ -111,7 +111,7 @@ def test_option_parsing():
             parse_batch(bad)
     valid = [75, 80, 86, 89, 120, 121]
     assert check_sms(["89", 8.6, "sm_120", 89], valid) == [89, 86, 120]
-    with pytest.raises(SmplerError, match=r"--sm 90: not a TensorRT-RTX target; valid: 75, 80, 86, 89, 120, 121"):
+    with pytest.raises(SmplerError, match=r"^sms 90: not a TensorRT-RTX target; valid: 75, 80, 86, 89, 120, 121"):
         check_sms([90], valid)
     assert sm_to_major_minor(89) == (8, 9) and sm_to_major_minor(120) == (12, 0)
     assert profile_shapes(["B", 3, 224, 224], (1, 2, 8), "images")["max"] == [8, 3, 224, 224]

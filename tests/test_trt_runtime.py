@@ -187,7 +187,8 @@ def test_corrupt_engine_and_plugins(engine, tmp_path):
 
 def test_plugin_kernels_checked_at_open(engine, tmp_path, monkeypatch):
     """No kernel for this GPU's SM: refused when the session opens (not at the first execute), naming the SM
-    and the command that builds it; --kernel-dir, else $SMPLER_KERNEL_DIR, is where it looks."""
+    and the command that builds it; it looks in the directory it is handed (the commands hand it --kernel-dir, else
+    $SMPLER_KERNEL_DIR), never in the environment itself."""
     _with_plugins(engine)
     kdir = write_kernel_index(tmp_path / "kernels", sms=(86,))
     api = RecordingCudaStandIn(device_sm=89)
@@ -199,9 +200,10 @@ def test_plugin_kernels_checked_at_open(engine, tmp_path, monkeypatch):
     assert str(e.value) == (f"{engine}: no global_attention kernel for this GPU (SM89) in {kdir}; "
                             f"build it with `smpler-aot --sm 89 -o {kdir}` (or pass --kernel-dir DIR)")
     assert api.calls == []  # nothing registered, deserialized or allocated
-    monkeypatch.setenv("SMPLER_KERNEL_DIR", str(write_kernel_index(tmp_path / "env", sms=(89,))))
-    TensorRTSession(engine, api=api).close()
-    assert api.calls[0][2] == tmp_path / "env"
+    good = write_kernel_index(tmp_path / "good", sms=(89,))
+    monkeypatch.setenv("SMPLER_KERNEL_DIR", str(kdir))  # the commands' default, not read by the session
+    TensorRTSession(engine, api=api, kernel_dir=good).close()
+    assert api.calls[0][2] == good
 
 
 def test_session_open_imports_no_torch_or_triton(engine, tmp_path):
@@ -233,7 +235,7 @@ from trt_standin import RecordingCudaStandIn
 from smpler_deploy.runtime.tensorrt import TensorRTSession, TrtCudaApi
 from smpler_deploy.trt import plugins
 
-assert str(plugins.kernel_dir())
+assert plugins.kernels_needed(["SmplerLocalAttention"]) == ["local_attention"]
 
 class HostOnlyApi(TrtCudaApi):  # real tensorrt_rtx import and plugin registration; GPU calls recorded
     def __init__(self):

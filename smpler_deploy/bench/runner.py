@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import SmplerError, one_line
 from ..fidelity import check_gate, fidelity, gate_limits
+from ..precision import NAMES, NOT_BUILDABLE
 from .report import BASELINE_KINDS, KINDS, MODEL_GFLOPS, Cell, Report
 from .stats import latency_stats
 
@@ -30,7 +31,7 @@ BACKENDS = ("torch", "onnxruntime", "tensorrt")
 # "int8" is the TensorRT layout (symmetric Q/DQ; fake-quantized on ONNX Runtime: its fidelity is the engine's),
 # "int8-cpu" ONNX Runtime's own fused layout (what CPU users run for speed; TensorRT refuses its zero points).
 # "bf16" runs in torch only (the fp16 policy in bfloat16).
-PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu", "bf16")
+PRECISIONS = (*NAMES, "bf16")  # the graphs' report spellings (precision.NAMES) and torch's bf16
 VARIANTS = tuple(MODEL_GFLOPS)
 
 
@@ -180,6 +181,7 @@ class BenchConfig:
     trt_cache: Path | None = None  # TensorRT EP engine/timing cache (default cache_dir/ort-trt)
     trt_fp16: bool = False
     official_repo: Path | None = None  # a checkout of the official repository: its own forward, one more baseline
+    kernel_dir: Path | None = None  # the plugins' AOT kernels for --plugins engines (None: the smpler-aot cache)
 
 
 @dataclass
@@ -220,7 +222,7 @@ class BenchEnv:
 
 TORCH_PRECISIONS = ("fp32", "fp16", "bf16")
 # why the TensorRT EP and engines skip int8-cpu
-INT8_CPU_ON_TRT = "int8-cpu is ONNX Runtime's layout (non-zero zero points TensorRT refuses); use int8"
+INT8_CPU_ON_TRT = f"{NOT_BUILDABLE}; use int8"
 
 
 def plan(cfg: BenchConfig, env: BenchEnv | None = None) -> list[_Group]:
@@ -318,8 +320,7 @@ def _ensure_onnx(cfg: BenchConfig, precision: str) -> Path:
 
         from ..precision import Precision
 
-        p = Precision.parse(precision)
-        E.export_onnx(path, precision=p.kind, target=p.target or "trt", variant=cfg.variant,
+        E.export_onnx(path, precision=Precision.parse(precision), variant=cfg.variant,
                       checkpoint=cfg.session_kw.get("checkpoint"), smpl_model=cfg.session_kw.get("smpl_model"),
                       batch=(1, max(cfg.batches), max(8, *cfg.batches)), progress=cfg.progress)
     cfg.onnx[precision] = path
@@ -340,6 +341,8 @@ def _open(cfg: BenchConfig, g: _Group):
         kw["official"] = True
     if g.runtime == "onnxruntime" and g.artifact is None:
         g.artifact = _ensure_onnx(cfg, g.precision)
+    if g.runtime == "tensorrt":
+        kw["kernel_dir"] = cfg.kernel_dir
     return open_session(g.runtime, precision=g.precision, path=str(g.artifact) if g.artifact else None,
                         variant=cfg.variant, threads=cfg.threads, **kw)
 

@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
 
     a = build_parser().parse_args(argv)
     sms = aot.parse_sms(a.sm)
-    out = resolve_kernel_dir(a.output)  # the same rule the runtime uses, so the default is where it looks
+    default = os.environ.get(ENV)  # $SMPLER_KERNEL_DIR: the default of -o here and of the others' --kernel-dir
+    out = resolve_kernel_dir(a.output or default)  # the same rule the runtime uses, so the default is where it looks
     if a.output is None:  # the cache location: its parents are ours to make (a given -o's parent must exist)
         out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -59,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
                       progress=None if a.quiet else (lambda m: print(f"  {m}", flush=True)))
     print(f"wrote {out}/index.json ({len(index['kernels'])} variants, sm {', '.join(map(str, sms))}) "
           f"in {time.perf_counter() - t0:.1f}s")
-    if out.resolve() != resolve_kernel_dir().resolve():
-        print(f"note: the plugins look in {resolve_kernel_dir()} by default; pass --kernel-dir {out} to "
+    if out.resolve() != resolve_kernel_dir(default).resolve():
+        print(f"note: the plugins look in {resolve_kernel_dir(default)} by default; pass --kernel-dir {out} to "
               f"smpler-export/-bench/-demo, or export {ENV}={out}")
     return 0
 

@@ -17,8 +17,7 @@ from ..artifacts import check_bench_artifacts
 from ..errors import SmplerError
 from ..fileio import check_output_dir, check_output_path, outputs
 from .. import __version__
-from ..plugins.kernel_store import add_kernel_dir_argument, use_kernel_dir
-from .common import ArgumentParser, check_positive, cli_main
+from .common import ArgumentParser, add_kernel_dir_argument, check_positive, cli_main, kernel_dir_arg
 
 
 REPORT_FILES = ("report.json", "report.md")
@@ -83,7 +82,8 @@ def _config(a, argv):
         command="smpler-bench " + " ".join(shlex.quote(s) for s in argv),
         device=R.parse_choices(a.device, R.DEVICES, "--device")[0],
         providers=R.parse_choices(a.provider, ("cpu", "cuda", "tensorrt"), "--provider") if a.provider else None,
-        cuda_graphs=a.cuda_graphs, trt_cache=Path(a.trt_cache) if a.trt_cache else None, trt_fp16=a.trt_fp16)
+        cuda_graphs=a.cuda_graphs, trt_cache=Path(a.trt_cache) if a.trt_cache else None, trt_fp16=a.trt_fp16,
+        kernel_dir=kernel_dir_arg(a))
     R.plan(cfg)  # device/provider/artifact problems: one line now, before the baselines run
     check_bench_artifacts(cfg.onnx, cfg.engines, cfg.variant)  # before any baseline runs
     for flag, val, key in (("--checkpoint", a.checkpoint, "checkpoint"), ("--smpl-model", a.smpl_model, "smpl_model")):
@@ -118,7 +118,7 @@ def _config(a, argv):
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     a = build_parser().parse_args(argv)
-    use_kernel_dir(a.kernel_dir)
+    kernel_dir_arg(a)  # a given --kernel-dir is checked before any work
     from ..bench.report import write_report
     from ..bench.runner import run_benchmark
 

@@ -28,7 +28,7 @@ REPORTS = Path("benchmarks/reports")
 
 def build_parser() -> argparse.ArgumentParser:
     from ..gpucheck.steps import STEP_NAMES
-    from ..plugins.kernel_store import add_kernel_dir_argument
+    from .common import add_kernel_dir_argument
 
     ap = ArgumentParser(prog="smpler-check-gpu", description=__doc__.split("\n\n")[0])
     ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -93,7 +93,8 @@ def main(argv=None) -> int:
     from ..fileio import check_output_dir, outputs
     from ..gpucheck.core import CheckContext, report_dict, run_check, write_report
     from ..gpucheck.steps import STEP_NAMES, STEPS
-    from ..plugins.kernel_store import use_kernel_dir, verify_kernel_dir
+    from ..plugins.kernel_store import verify_kernel_dir
+    from .common import kernel_dir_arg
 
     steps = STEPS
     if a.steps:
@@ -102,8 +103,8 @@ def main(argv=None) -> int:
         if bad or not want:
             raise SmplerError(f"--steps {a.steps}: expected some of {','.join(STEP_NAMES)}")
         steps = [s for s in STEPS if s[0] in want]
-    kernel_dir = use_kernel_dir(a.kernel_dir)
-    if kernel_dir is not None:  # the directory this check vouches for: index, entries and checksums, before any work
+    kernel_dir = kernel_dir_arg(a)  # --kernel-dir, else $SMPLER_KERNEL_DIR, else None (the cache)
+    if a.kernel_dir:  # the directory this check vouches for: index, entries and checksums, before any work
         verify_kernel_dir(kernel_dir)
     machine = machine_info(measure_gemm=False)
     out = Path(a.out) if a.out else REPORTS / (a.name or default_name(machine.get("gpus") or []))

@@ -6,7 +6,18 @@ import argparse
 import functools
 import sys
 
-from ..errors import SmplerError
+from ..errors import OptionError, SmplerError
+
+# The flag each option field is given by: library errors name the field (`OptionError`), commands the flag.
+FIELD_FLAGS = {"sms": "--sm", "flavour": "--trt", "timing_cache": "--timing-cache",
+               "builder_optimization_level": "--builder-optimization-level", "mem_pool_size": "--mem-pool-size",
+               "hardware_compatibility_level": "--hardware-compatibility-level", "kernel_dir": "--kernel-dir",
+               "calib": "--calib", "target": "--target", "precision": "--precision", "batch": "--batch"}
+
+
+def flag_message(e: SmplerError) -> str:
+    """The message a user sees: an option error names the flag of its field."""
+    return e.named(FIELD_FLAGS.get(e.field, e.field)) if isinstance(e, OptionError) else str(e)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -34,7 +45,7 @@ def cli_main(fn):
         try:
             return fn(argv) or 0
         except SmplerError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {flag_message(e)}", file=sys.stderr)
             return 2
         except OSError as e:
             from ..fileio import os_error_message
@@ -48,3 +59,29 @@ def cli_main(fn):
             return 130
 
     return wrapper
+
+
+def add_kernel_dir_argument(parser) -> None:
+    """`--kernel-dir DIR`, the same flag in smpler-export, smpler-bench, smpler-demo and smpler-check-gpu."""
+    from ..plugins.kernel_store import ENV
+
+    parser.add_argument("--kernel-dir", metavar="DIR", help=f"AOT attention kernels for --plugins engines "
+                        f"(what `smpler-aot -o DIR` wrote; default ${ENV}, else the smpler-aot cache directory)")
+
+
+def kernel_dir_arg(a):
+    """The kernel directory a command hands on explicitly: --kernel-dir (which must hold an index.json), else
+    $SMPLER_KERNEL_DIR (the commands' default, the only place it is read), else None (the smpler-aot cache)."""
+    import os
+    from pathlib import Path
+
+    from ..plugins.kernel_store import ENV, aot_command
+
+    if getattr(a, "kernel_dir", None):
+        kdir = Path(a.kernel_dir).expanduser()
+        if not (kdir / "index.json").is_file():
+            raise SmplerError(f"--kernel-dir {kdir}: no index.json there; build the kernels with "
+                              f"`{aot_command(outdir=kdir)}`")
+        return kdir.resolve()
+    env = os.environ.get(ENV)
+    return Path(env).expanduser() if env else None

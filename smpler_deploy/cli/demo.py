@@ -15,8 +15,7 @@ from pathlib import Path
 from ..errors import SmplerError
 from ..fileio import check_output_path, outputs
 from .. import __version__
-from ..plugins.kernel_store import add_kernel_dir_argument, use_kernel_dir
-from .common import ArgumentParser, check_positive, cli_main
+from .common import ArgumentParser, add_kernel_dir_argument, check_positive, cli_main, kernel_dir_arg
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,7 +119,7 @@ def _faces(sess, a):
 @cli_main
 def main(argv=None) -> int:
     a = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    use_kernel_dir(a.kernel_dir)
+    kernel_dir = kernel_dir_arg(a)  # a given --kernel-dir is checked before any work
     from ..runtime import BACKENDS
 
     if a.backend not in BACKENDS:
@@ -130,6 +129,8 @@ def main(argv=None) -> int:
         raise SmplerError(f"--out {out}: expected a .png path")
     check_positive("--threads", a.threads)
     kw = session_options(a)  # flag combinations checked before any work
+    if a.backend == "tensorrt":  # the plugins' kernels, handed to the session explicitly
+        kw["kernel_dir"] = kernel_dir
     bbox = parse_bbox(a.bbox)
     meshes = (out.with_suffix(".obj"), out.with_suffix(".ply"))
     for p in (out, *meshes):  # before any work: a directory, missing parent or existing file fails here

@@ -7,8 +7,7 @@ import sys
 import time
 
 from .. import __version__
-from ..plugins.kernel_store import add_kernel_dir_argument, use_kernel_dir
-from .common import ArgumentParser, cli_main
+from .common import ArgumentParser, add_kernel_dir_argument, cli_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,11 +44,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail the export (keeping nothing) when the vertex error vs PyTorch fp32 exceeds these mm "
                         "(default for int8: 15,75; none for fp32/fp16; 'none' disables)")
     p.add_argument("--force", action="store_true", help="overwrite existing output")
-    from ..serve.export_triton import add_flags
-
-    add_flags(p)  # --engine, --instances, --ensemble, --triton-device (--format triton)
+    _add_triton_flags(p)
     p.add_argument("-o", "--output", required=True, help="output file (.onnx or .engine; a directory for triton)")
     return p
+
+
+def _add_triton_flags(p) -> None:
+    from ..serve.repository import INFER_MODELS
+
+    p.add_argument("--engine", help="with --format triton: a built engine (its .json manifest beside it) for the "
+                                    "tensorrt_plan model; build it with --no-plugins for the GPU Triton runs on")
+    p.add_argument("--instances", type=int, help="with --format triton: instances of each inference model (default 1)")
+    p.add_argument("--ensemble", choices=list(INFER_MODELS),
+                   help="with --format triton: the model the `smpler` ensemble runs (default tensorrt with --engine, "
+                        "else onnxruntime; python: the project's session in Triton's Python backend)")
+    p.add_argument("--triton-device", choices=["gpu", "cpu"], help="with --format triton: onnxruntime instances "
+                                                                  "(default gpu)")
 
 
 def say(msg: str) -> None:
@@ -59,17 +69,14 @@ def say(msg: str) -> None:
 @cli_main
 def main(argv=None) -> int:
     from ..fileio import outputs
-    from ..spec import export_spec
+    from .export_flags import export_spec
 
     a = build_parser().parse_args(argv)
-    from ..serve.export_triton import export_triton, refuse_misplaced
-
-    refuse_misplaced(a)
-    if a.format == "triton":  # a model repository (smpler_deploy.serve), written all at once
-        return export_triton(a, say, lambda a: _load_model(argparse.Namespace(**{**vars(a),
-                                                                               "variant": a.variant or "smpler"})))
-    use_kernel_dir(a.kernel_dir)
     spec = export_spec(a)  # every flag checked (and the TensorRT flavour imported) before any work
+    if spec.format == "triton":  # a model repository (smpler_deploy.serve), written all at once
+        from ..serve.export_triton import export_triton
+
+        return export_triton(spec, say, _load_model)
     calib_images = None
     if spec.calib:  # read the images now: a bad directory fails before the model is built
         from ..export.int8 import load_calibration_dir
@@ -105,8 +112,7 @@ def _export(spec, model, calib_images) -> None:
     from ..spec import fidelity_path
 
     onnx_path, prec = spec.onnx, spec.precision
-    res = export_onnx(onnx_path, precision=prec.kind, model=model, target=prec.target or "trt", calib=spec.calib,
-                      calib_images=calib_images, plugins=spec.plugins, batch=spec.batch, log=say)
+    res = export_onnx(onnx_path, precision=prec, model=model, calib=spec.calib, calib_images=calib_images, plugins=spec.plugins, batch=spec.batch, log=say)
     rep = res["report"]
     print(f"wrote {onnx_path} ({onnx_path.stat().st_size / 2**20:.1f} MiB, {rep['nodes']} nodes, "
           f"{prec.kind}{' ' + prec.target if prec.target else ''}, {res['seconds']:.1f} s)")
@@ -133,11 +139,8 @@ def _build(spec) -> None:
     from ..engine.builder import build_engine
     from ..engine.layer_summary import format_layer_summary, precision_warning
 
-    e, out = spec.engine, spec.output
-    man = build_engine(spec.onnx, out, flavour=e.flavour, sms=e.sms, batch=spec.batch, timing_cache=e.timing_cache,
-                       builder_optimization_level=e.builder_optimization_level, mem_pool_size=e.mem_pool_size,
-                       version_compatible=e.version_compatible, tf32=e.tf32,
-                       hardware_compatibility_level=e.hardware_compatibility_level, force=spec.force,
+    out = spec.output
+    man = build_engine(spec.onnx, out, spec.engine, kernel_dir=spec.kernel_dir, force=spec.force,
                        isolate=True, log=say)  # a child process: Ctrl-C stops the build at once
     trt, tgt = man["trt"], man["target"]["sms"]
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {trt['flavour']} {trt['version']}, "

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import SmplerError
-from .common import ArgumentParser, check_positive, cli_main
+from .common import ArgumentParser, check_positive, cli_main, kernel_dir_arg
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,7 +162,8 @@ def main(argv=None) -> int:
                                  provider=a.provider)
         path = {"onnxruntime": a.onnx, "tensorrt": a.engine}.get(a.backend)
         kw = ({"checkpoint": a.checkpoint, "smpl_model": a.smpl_model} if a.backend == "torch"
-              else {"provider": a.provider} if a.backend == "onnxruntime" else {})
+              else {"provider": a.provider} if a.backend == "onnxruntime"
+              else {"kernel_dir": kernel_dir_arg(a)})  # tensorrt: $SMPLER_KERNEL_DIR, else the smpler-aot cache
         sess = open_session(a.backend, path=path, variant=a.variant, threads=a.threads, **kw)
         need_body = not a.no_overlay or a.smooth != "none"
         faces, handler, standin_default = _body(sess, a, need_handler=a.smooth != "none") if need_body else \

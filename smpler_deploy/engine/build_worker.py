@@ -1,5 +1,6 @@
 """Child process of `build_engine(isolate=True)`: one engine build into a staging directory, messages on stderr,
-the manifest (or the one-line error) in a result file. Not a user command."""
+the manifest (or the one-line error) in a result file. The job is one JSON object: the paths, the kernel
+directory and the `EngineOptions` (`to_json` in the parent, `from_json` here). Not a user command."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ def main(argv: list[str]) -> int:
     job = json.loads(argv[0])
     from ..errors import SmplerError
     from .builder import build_engine
+    from .options import EngineOptions
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    opts = {k: v for k, v in job.items() if k not in ("onnx", "engine", "result")}
     try:
-        result = {"manifest": build_engine(job["onnx"], job["engine"], force=True, log=log, **opts)}
+        result = {"manifest": build_engine(job["onnx"], job["engine"], EngineOptions.from_json(job["options"]),
+                                           kernel_dir=job["kernel_dir"], force=True, log=log)}
     except SmplerError as e:
         result = {"error": str(e)}
     from ..fileio import write_text_atomic

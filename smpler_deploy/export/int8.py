@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SmplerError
+from ..errors import OptionError, SmplerError
 from ..fileio import atomic_path
 from ..outputs import INPUT_NAME
+from ..precision import INT8_TARGETS
 from .metadata import read_header, set_metadata
 
-TARGETS = ("trt", "cpu")
 # vpmaddubsw: int16(sat)(a0*w0 + a1*w1), a in [0,255], w in int8. The bound the cpu layout's weights must keep.
 INT16_MAX = 32767
 CPU_WEIGHT_RANGE = (-64, 64)  # ORT's reduce_range for int8 weights
@@ -42,7 +42,7 @@ def load_calibration_dir(path, limit: int = 512) -> np.ndarray:
 
     d = Path(path)
     if not d.is_dir():
-        raise SmplerError(f"--calib {d}: not a directory")
+        raise OptionError("calib", d, "not a directory")
     files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
     crops = []
     for f in files:
@@ -53,7 +53,7 @@ def load_calibration_dir(path, limit: int = 512) -> np.ndarray:
         except SmplerError:
             continue  # unreadable files are skipped; an empty set is refused below
     if not crops:
-        raise SmplerError(f"--calib {d}: no usable images (expected {', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise OptionError("calib", d, f"no usable images (expected {', '.join(sorted(IMAGE_SUFFIXES))})")
     return np.stack(crops)
 
 
@@ -131,8 +131,8 @@ def quantize(fp32_path, out_path, images: np.ndarray, *, target: str = "trt", me
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    if target not in TARGETS:
-        raise SmplerError(f"--target {target}: expected one of {', '.join(TARGETS)}")
+    if target not in INT8_TARGETS:
+        raise OptionError("target", target, f"expected one of {', '.join(INT8_TARGETS)}")
     t0 = time.perf_counter()
     header = read_header(fp32_path)
     nodes = backbone_convs(header)

@@ -19,11 +19,12 @@ from .. import __version__
 from ..errors import SmplerError
 from ..fileio import atomic_path
 from ..outputs import CROP_SIZE, INPUT_NAME, OUTPUT_NAMES
+from ..precision import Precision
 from .metadata import read_header, read_metadata, set_metadata
 
 OPSET = 19
 FORBIDDEN_OPS = ("ScatterND", "If", "Einsum", "Range", "Loop")
-PRECISIONS = ("fp32", "fp16", "int8")
+FP32 = Precision("fp32")
 
 
 class _Flat(torch.nn.Module):
@@ -46,11 +47,11 @@ def graph_report(model) -> dict:
             "forbidden": {op: ops[op] for op in FORBIDDEN_OPS if op in ops}}
 
 
-def base_metadata(smpler, precision: str, batch, plugins: bool) -> dict:
+def base_metadata(smpler, precision: Precision, batch, plugins: bool) -> dict:
     info = smpler.info
     return {
         "producer": f"smpler-deploy {__version__}", "package_version": __version__, "variant": smpler.variant,
-        "precision": precision, "opset": str(OPSET), "batch_profile": ":".join(map(str, batch)),
+        "precision": precision.kind, "opset": str(OPSET), "batch_profile": ":".join(map(str, batch)),
         "checkpoint": str(info.get("checkpoint") or "none (default untrained model)"),
         "checkpoint_sha256": str(info.get("checkpoint_sha256") or ""),
         "untrained": str(bool(info.get("untrained"))).lower(),
@@ -60,15 +61,16 @@ def base_metadata(smpler, precision: str, batch, plugins: bool) -> dict:
     }
 
 
-def export_torch_graph(smpler, path, *, precision: str = "fp32", plugins: bool = False, batch=(1, 1, 8)) -> dict:
-    """Trace `smpler` (eval) at the given precision and write a checked ONNX file atomically."""
+def export_torch_graph(smpler, path, *, precision: Precision = FP32, plugins: bool = False, batch=(1, 1, 8)) -> dict:
+    """Trace `smpler` (eval) at the given precision (fp32 or fp16; int8 is calibrated) and write a checked ONNX
+    file atomically."""
     import onnx
 
-    if precision not in ("fp32", "fp16"):
-        raise SmplerError(f"--precision {precision}: traced precisions are fp32 and fp16 (int8 is calibrated)")
+    if precision.kind not in ("fp32", "fp16"):
+        raise SmplerError(f"precision {precision}: traced precisions are fp32 and fp16 (int8 is calibrated)")
     t0 = time.perf_counter()
     m = copy.deepcopy(smpler).eval()
-    if precision == "fp16":
+    if precision.kind == "fp16":
         m.set_precision("fp16")
     m.set_attention("plugin" if plugins else "torch")
     example = torch.zeros(2, 3, CROP_SIZE, CROP_SIZE)  # batch 2: batch 1 would specialize
@@ -114,34 +116,31 @@ def measure_fidelity(smpler, onnx_path, images=None) -> dict:
         sess.close()
 
 
-def export_onnx(path, *, precision: str = "fp32", variant: str = "smpler", checkpoint=None, smpl_model=None,
-                h36m_regressor=None, model=None, target: str = "trt", calib=None, calib_images=None,
+def export_onnx(path, *, precision: Precision = FP32, variant: str = "smpler", checkpoint=None, smpl_model=None,
+                h36m_regressor=None, model=None, calib=None, calib_images=None,
                 plugins: bool = False, batch=(1, 1, 8), log=None, progress: bool = True) -> dict:
-    """Write the ONNX graph of one precision; int8 is calibrated on `calib` (a directory; or `calib_images`,
-    already loaded) or the built-in set.
+    """Write the ONNX graph of one precision (int8 in its layout, `precision.target`); int8 is calibrated on
+    `calib` (a directory; or `calib_images`, already loaded) or the built-in set.
 
     Returns a summary: path, graph report, seconds, quantized nodes (int8).
     """
     from ..model.checkpoint import load_model
 
-    if precision not in PRECISIONS:
-        raise SmplerError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
     log = log or (lambda msg: None)
-    if precision == "int8":
-        from .int8 import TARGETS, load_calibration_dir
+    target = precision.target
+    if precision.kind == "int8":
+        from .int8 import load_calibration_dir
 
-        if target not in TARGETS:
-            raise SmplerError(f"--target {target}: expected one of {', '.join(TARGETS)}")
         if plugins:
-            raise SmplerError("--plugins with --precision int8: the int8 graph is calibrated with ONNX Runtime, "
-                              "which cannot run plugin nodes; use fp32/fp16 with --plugins")
+            raise SmplerError(f"precision {precision} with plugins: the int8 graph is calibrated with ONNX Runtime, "
+                              "which cannot run plugin nodes; export plugin graphs at fp32 or fp16")
         if calib_images is None and calib:
             calib_images = load_calibration_dir(calib)
     if model is None:
         model = load_model(variant, checkpoint, smpl_model, h36m_regressor=h36m_regressor)
     t0 = time.perf_counter()
     path = Path(path)
-    if precision != "int8":
+    if precision.kind != "int8":
         log(f"exporting {precision} graph (torch.onnx, opset {OPSET}) ...")
         rep = export_torch_graph(model, path, precision=precision, plugins=plugins, batch=batch)
         return {"path": str(path), "report": rep, "seconds": time.perf_counter() - t0}
@@ -164,7 +163,7 @@ def export_onnx(path, *, precision: str = "fp32", variant: str = "smpler", check
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         log(f"exporting fp32 graph to calibrate from ...")
-        rep = export_torch_graph(model, fp32, precision="fp32", batch=batch)
+        rep = export_torch_graph(model, fp32, precision=FP32, batch=batch)
         meta = read_metadata(fp32)
         meta["calibration_set"] = source
         log(f"calibrating int8 (--target {target}) on {source} ...")

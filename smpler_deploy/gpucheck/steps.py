@@ -366,6 +366,7 @@ def tiny_engine(ctx: CheckContext):
     """A tiny SMPLer-shaped engine (builds in seconds) and its ONNX Runtime CPU reference."""
     if "tiny_engine" not in ctx.cache:
         from ..engine.builder import build_engine
+        from ..engine.options import EngineOptions
         from ..trt import cuda_mem
         from .tiny_graph import write_tiny_graph
 
@@ -373,8 +374,8 @@ def tiny_engine(ctx: CheckContext):
         trt, flavour = _trt_flavour()
         sms = [cuda_mem.device_sm()] if flavour == "tensorrt-rtx" else None  # TRT-RTX: no local default
         engine = ctx.work_dir / "tiny_fp32.engine"
-        build_engine(onnx_path, engine, flavour=flavour, sms=sms, batch=(1, 1, 4), tf32=False, force=True,
-                     log=ctx.log)
+        build_engine(onnx_path, engine, EngineOptions(flavour=flavour, sms=sms, batch=[1, 1, 4], tf32=False),
+                     force=True, log=ctx.log)
         ctx.cache["tiny_engine"] = engine
         ctx.cache["tiny_reference"] = _ort_cpu(onnx_path)
     return ctx.cache["tiny_engine"], ctx.cache.get("tiny_reference")
@@ -448,11 +449,13 @@ def exported(ctx: CheckContext, precision: str, plugins: bool = False):
     key = f"onnx-{precision}{'-plugins' if plugins else ''}"
     if key not in ctx.cache:
         from ..export.onnx_export import export_onnx
+        from ..precision import Precision
 
         cpu_reference(ctx)
         path = ctx.work_dir / f"smpler_{precision}{'_plugins' if plugins else ''}.onnx"
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
-        export_onnx(path, precision=precision, model=ctx.cache["model"], plugins=plugins, batch=(1, 2, 2))
+        export_onnx(path, precision=Precision.parse(precision), model=ctx.cache["model"], plugins=plugins,
+                    batch=(1, 2, 2))
         ctx.cache[key] = path
     return ctx.cache[key]
 
@@ -498,6 +501,7 @@ def step_engines(ctx: CheckContext) -> StepResult:
         return skipped(name, got)
     _, flavour, sm = got
     from ..engine.builder import build_engine
+    from ..engine.options import EngineOptions
     from ..plugins.kernel_store import check_kernels_for, resolve_kernel_dir
     from ..runtime.tensorrt import TensorRTSession
     from ..trt.plugins import SPECS
@@ -522,10 +526,11 @@ def step_engines(ctx: CheckContext) -> StepResult:
         engine = ctx.work_dir / f"smpler_{precision}{'_plugins' if plugins else ''}.engine"
         # Builder optimization level 2 (TensorRT's default is 3): the builds must fit the check's 6 minutes;
         # the latency is that of this engine, not of the best tuned one (smpler-bench measures those).
-        build_engine(exported(ctx, precision, plugins), engine, flavour=flavour,
-                     sms=[sm] if flavour == "tensorrt-rtx" else None, batch=(1, len(x), len(x)), force=True,
-                     builder_optimization_level=2, log=ctx.log)
-        s = TensorRTSession(engine)
+        opts = EngineOptions(flavour=flavour, sms=[sm] if flavour == "tensorrt-rtx" else None,
+                             batch=[1, len(x), len(x)], builder_optimization_level=2)
+        build_engine(exported(ctx, precision, plugins), engine, opts, kernel_dir=ctx.kernel_dir, force=True,
+                     log=ctx.log)
+        s = TensorRTSession(engine, kernel_dir=ctx.kernel_dir)
         try:
             err = _vertex_error(ref, s.infer(x))
             nums[label] = err | {"device_ms_p50": _timed(s, x, ctx.iters), "cuda_graph": s.cuda_graphs.captured > 0}

@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 from typing import Callable, Iterable
 
+from ..engine.targets import parse_sms as parse_targets
 from ..errors import SmplerError
 from ..fileio import check_output_dir, outputs, write_bytes_atomic, write_text_atomic
 from .abi import (  # noqa: F401  (CHANNELS/HEADS/RADIUS: the specialization, read by tests and builders)
@@ -150,19 +151,11 @@ def compile_variant(kernel: str, dtype: str, sm: int) -> CompiledVariant:
 
 
 def parse_sms(values: Iterable[str | int] | None) -> list[int]:
-    """`--sm 87 --sm 89` or `--sm 87,89` (also `sm_87`, `8.7`) -> sorted unique list; None -> all supported."""
+    """`--sm 87 --sm 89` or `--sm 87,89` (also `sm_87`, `8.7`) -> sorted unique list; None -> all supported.
+    The engine builds' parser (`engine.targets.parse_sms`), checked against the targets smpler-aot compiles."""
     if not values:
         return list(SUPPORTED_SMS)
-    out = set()
-    for v in values:
-        for tok in str(v).split(","):
-            t = tok.strip().lower().removeprefix("sm_").removeprefix("sm")
-            if "." in t:
-                t = t.replace(".", "")
-            if not t.isdigit() or int(t) not in SUPPORTED_SMS:
-                raise SmplerError(f"--sm {tok.strip()}: expected one of {', '.join(map(str, SUPPORTED_SMS))}")
-            out.add(int(t))
-    return sorted(out)
+    return sorted(parse_targets(values, list(SUPPORTED_SMS), what="a smpler-aot target"))
 
 
 def build(
@@ -183,10 +176,7 @@ def build(
     if triton_version() != TRITON_VERSION_PIN:  # before any work or file
         raise SmplerError(f"triton {triton_version()}: kernels are pinned to triton=={TRITON_VERSION_PIN}")
     out = check_output_dir(outdir, "-o")  # before compiling: a file, missing parent or read-only dir fails here
-    sms = list(sms) if sms is not None else list(SUPPORTED_SMS)
-    for sm in sms:
-        if sm not in SUPPORTED_SMS:
-            raise SmplerError(f"--sm {sm}: expected one of {', '.join(map(str, SUPPORTED_SMS))}")
+    sms = parse_sms(sms)  # ints or spellings; None: every supported target
     compiled = []  # every variant compiled before any file is written (a failure or Ctrl-C leaves no file)
     for kernel in kernels:
         for dtype in dtypes:

@@ -1,8 +1,9 @@
 """Where the AOT attention kernels live and how the runtime picks one: directory, index.json, cubin vs PTX.
 
 Torch- and Triton-free (the TensorRT side imports it). `smpler-aot` writes a kernel directory; the plugins,
-smpler-export, the TensorRT session, smpler-bench and smpler-demo all find it through `resolve_kernel_dir`:
-an explicit `--kernel-dir` / `-o`, else $SMPLER_KERNEL_DIR, else the per-user cache directory.
+smpler-export, the TensorRT session, smpler-bench and smpler-demo are handed it explicitly (`resolve_kernel_dir`:
+the directory given, else the per-user cache directory). $SMPLER_KERNEL_DIR is only the commands' default for
+--kernel-dir and smpler-aot -o (`cli/common.kernel_dir_arg`); nothing below reads the environment.
 """
 
 from __future__ import annotations
@@ -28,14 +29,11 @@ PTX_ISA_DRIVER = {"7.8": 11080, "8.0": 12000, "8.1": 12010, "8.2": 12020, "8.3":
 
 
 def resolve_kernel_dir(explicit: str | os.PathLike | None = None) -> Path:
-    """The kernel directory: `explicit` (--kernel-dir, smpler-aot -o), else $SMPLER_KERNEL_DIR, else the cache.
+    """The kernel directory: `explicit` (--kernel-dir, smpler-aot -o), else the per-user cache directory.
 
     The one rule for both sides, so smpler-aot writes where the runtime looks unless told otherwise."""
     if explicit:
         return Path(explicit).expanduser()
-    env = os.environ.get(ENV)
-    if env:
-        return Path(env).expanduser()
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "smpler_deploy" / f"kernels-triton{TRITON_VERSION_PIN}"
 
@@ -214,21 +212,3 @@ def load_order(entry: dict, driver_version: int) -> list[str]:
             f"and its PTX (ISA {entry.get('ptx_version')}) CUDA {cuda_version_text(need)} or later; update the driver"
         )
     return order
-
-
-def add_kernel_dir_argument(parser) -> None:
-    """`--kernel-dir DIR`, the same flag in smpler-export, smpler-bench and smpler-demo."""
-    parser.add_argument("--kernel-dir", metavar="DIR", help=f"AOT attention kernels for --plugins engines "
-                        f"(what `smpler-aot -o DIR` wrote; default ${ENV}, else the smpler-aot cache directory)")
-
-
-def use_kernel_dir(path: str | os.PathLike | None) -> Path | None:
-    """Apply --kernel-dir for this command and every process it starts (an engine build runs in a child):
-    it becomes $SMPLER_KERNEL_DIR, which `resolve_kernel_dir` reads when no directory is passed explicitly."""
-    if not path:
-        return None
-    kdir = Path(path).expanduser()
-    if not (kdir / "index.json").is_file():
-        raise SmplerError(f"--kernel-dir {kdir}: no index.json there; build the kernels with `{aot_command(outdir=kdir)}`")
-    os.environ[ENV] = str(kdir.resolve())
-    return kdir

@@ -6,8 +6,9 @@ GPU). The package imports fine on machines with neither; only building or runnin
 TensorRT-RTX 1.7 wheels ship `libtensorrt_rtx.so.1` but the ONNX parser `dlopen`s `libtensorrt_rtx.so` when it
 imports a plugin node; the failure is an uncatchable `std::terminate` (the lookup sits in a `noexcept` static
 initializer, so the failed `dlopen` aborts the process: seen under gdb, with any plugin, C++ ones included).
-The parser's RPATH is `$ORIGIN`, so a symlink beside it fixes every process. We create it on first use when
-site-packages is writable, and otherwise refuse plugin graphs with the one command that fixes it.
+The parser's RPATH is `$ORIGIN`, so a symlink beside it fixes every process. `ensure_rtx_soname` creates it when
+asked (registering plugins for a TensorRT-RTX graph, `trt.plugins.register_smpler_plugins`) and site-packages is
+writable; otherwise plugin graphs are refused with the one command that fixes it. Importing writes nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from ..errors import SmplerError
+from ..errors import OptionError, SmplerError
 
 FLAVOURS = ("tensorrt", "tensorrt-rtx")
 INSTALL_HINT = {
@@ -34,7 +35,8 @@ def rtx_libs_dir() -> Path | None:
 
 
 def ensure_rtx_soname() -> bool:
-    """Make `libtensorrt_rtx.so` resolvable beside the parser. Returns True when plugin parsing is safe."""
+    """Make `libtensorrt_rtx.so` resolvable beside the parser (writes the link into site-packages: called only
+    where plugin nodes are about to be parsed or deserialized). Returns True when plugin parsing is safe."""
     libs = rtx_libs_dir()
     if libs is None:
         return False
@@ -72,19 +74,15 @@ def import_trt(flavour: str | None = None):
                 return import_trt(f)
             except SmplerError as e:
                 errors.append(str(e))
-        raise SmplerError(
-            "--trt: no TensorRT flavour is installed; install one of: "
-            + "; ".join(f"{f}: {INSTALL_HINT[f]}" for f in FLAVOURS)
-        )
+        raise OptionError("flavour", None, "no TensorRT flavour is installed; install one of: "
+                          + "; ".join(f"{f}: {INSTALL_HINT[f]}" for f in FLAVOURS))
     if flavour not in FLAVOURS:
-        raise SmplerError(f"--trt {flavour}: expected one of {', '.join(FLAVOURS)}")
+        raise OptionError("flavour", flavour, f"expected one of {', '.join(FLAVOURS)}")
     modname = "tensorrt" if flavour == "tensorrt" else "tensorrt_rtx"
-    if flavour == "tensorrt-rtx":
-        ensure_rtx_soname()
     try:
         mod = importlib.import_module(modname)
     except Exception as e:  # ImportError, or a stub raising on import
-        raise SmplerError(f"--trt {flavour}: cannot import {modname} ({e.__class__.__name__}); {INSTALL_HINT[flavour]}")
+        raise OptionError("flavour", flavour, f"cannot import {modname} ({e.__class__.__name__}); {INSTALL_HINT[flavour]}")
     if not _has_builder(mod):
-        raise SmplerError(f"--trt {flavour}: {modname} has no builder (stub or lean package); {INSTALL_HINT[flavour]}")
+        raise OptionError("flavour", flavour, f"{modname} has no builder (stub or lean package); {INSTALL_HINT[flavour]}")
     return mod, flavour

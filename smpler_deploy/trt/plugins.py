@@ -38,19 +38,10 @@ SPECS = {
 }
 
 log = logging.getLogger("smpler_deploy.plugins")
-_kernel_dir: Path | None = None
 _classes: dict = {}  # trt module name -> (plugin class, creator class)
-_creators: list = []  # registered creators stay referenced for the life of the process
-
-
-def set_kernel_dir(path: str | os.PathLike | None) -> None:
-    """--kernel-dir for this process's plugins (None: $SMPLER_KERNEL_DIR or the cache directory)."""
-    global _kernel_dir
-    _kernel_dir = Path(path) if path is not None else None
-
-
-def kernel_dir() -> Path:
-    return resolve_kernel_dir(_kernel_dir)
+# (trt module name, op) -> our registered creator: referenced for the life of the process (TensorRT keeps only a
+# pointer), and told the kernel directory of each registration.
+_creators: dict = {}
 
 
 def kernels_needed(plugins) -> list[str]:
@@ -59,17 +50,21 @@ def kernels_needed(plugins) -> list[str]:
     return [SPECS[op]["kernel"] for op in SPECS if op in names]
 
 
-def register_plugins(trt) -> list[str]:
-    """Register both creators under namespace "smpler" (idempotent). Returns the plugin names."""
+def register_plugins(trt, kernel_dir: str | os.PathLike | None = None) -> list[str]:
+    """Register both creators under namespace "smpler" (idempotent). Plugins they create from now on load their
+    AOT kernels from `kernel_dir` (None: the smpler-aot cache directory). Returns the plugin names."""
     _, creator_cls = _make_classes(trt)
     registry = trt.get_plugin_registry()
+    kdir = resolve_kernel_dir(kernel_dir)
     for op in SPECS:
-        if registry.get_creator(op, PLUGIN_VERSION, PLUGIN_NAMESPACE) is not None:
+        if registry.get_creator(op, PLUGIN_VERSION, PLUGIN_NAMESPACE) is not None:  # registered: ours is told
+            if (ours := _creators.get((trt.__name__, op))) is not None:
+                ours.kernel_dir = kdir
             continue
-        creator = creator_cls(op)
+        creator = creator_cls(op, kdir)
         if not registry.register_creator(creator, PLUGIN_NAMESPACE):
             raise SmplerError(f"{op}: TensorRT refused to register the plugin creator")
-        _creators.append(creator)
+        _creators[(trt.__name__, op)] = creator
     return list(SPECS)
 
 
@@ -129,18 +124,57 @@ def _reported(method):
 
 # ------------------------------------------------------------------------------------------------ classes
 
-def _make_classes(trt):
-    key = trt.__name__
-    if key in _classes:
-        return _classes[key]
+class _StaticChecks:
+    """The plugin methods that need neither the TensorRT module nor CUDA (mixed into the plugin class)."""
 
-    class AttentionPlugin(trt.IPluginV3, trt.IPluginV3OneCore, trt.IPluginV3OneBuild, trt.IPluginV3OneRuntime):
-        def __init__(self, op: str, layer: str = "", fields: dict | None = None, phase=None):
+    def get_capability_interface(self, type):
+        return self
+
+    def _check_static(self, dims):
+        c_ok = lambda c: 0 < c <= CHANNELS and c % 16 == 0  # noqa: E731  (BLOCK_C, 16-divisible hint)
+        if self.op == LOCAL_OP:
+            c, nh, r = dims[0][3], dims[2][2], self.fields["radius"]
+            ok = c_ok(c) and (nh, r, dims[3]) == (HEADS, RADIUS, (HEADS, 2 * r + 1, 2 * r + 1))
+            ok = ok and dims[0][1] == dims[0][2] and dims[1][2] == 2 and dims[2][3] == c
+        else:
+            c = dims[0][4]
+            ok = dims[0][1] == NUM_SCALES and c_ok(c) and all(d[2] == c for d in dims[1:5])
+        if not ok:
+            raise SmplerError(f"{self.layer} ({self.op}): shapes {dims} do not match the compiled kernels "
+                              f"(C<={CHANNELS} and a multiple of 16, NH={HEADS}, radius={RADIUS})")
+
+    def get_workspace_size(self, inp, out):
+        return 0
+
+    def get_valid_tactics(self):
+        return []  # one implementation; TensorRT-RTX picks the first listed tactic without timing anyway
+
+    def set_tactic(self, tactic):
+        pass
+
+    def attach_to_context(self, context):
+        return self.clone()
+
+
+def _make_classes(trt):
+    """(plugin class, creator class) over this TensorRT module's IPluginV3 interfaces, made once per module."""
+    key = trt.__name__
+    if key not in _classes:
+        plugin_cls = _plugin_class(trt)
+        _classes[key] = (plugin_cls, _creator_class(trt, plugin_cls))
+    return _classes[key]
+
+
+def _plugin_class(trt):
+    class AttentionPlugin(_StaticChecks, trt.IPluginV3, trt.IPluginV3OneCore, trt.IPluginV3OneBuild,
+                          trt.IPluginV3OneRuntime):
+        def __init__(self, op: str, layer: str = "", fields: dict | None = None, phase=None, kernel_dir=None):
             trt.IPluginV3.__init__(self)
             trt.IPluginV3OneCore.__init__(self)
             trt.IPluginV3OneBuild.__init__(self)
             trt.IPluginV3OneRuntime.__init__(self)
             self.op, self.layer, self.phase = op, layer or op, phase
+            self.kernel_dir = resolve_kernel_dir(kernel_dir)  # where `_resolve` loads the AOT kernel from
             self.fields = dict(fields) if fields is not None else fields_from_collection(op, None)
             self.num_outputs = 1
             self.plugin_name = op
@@ -151,11 +185,8 @@ def _make_classes(trt):
             self._launch = None  # trt.launch.PreparedLaunch for the current shapes (runtime)
 
         # -- core / build (no CUDA here: TensorRT-RTX calls these on GPU-less machines)
-        def get_capability_interface(self, type):
-            return self
-
         def clone(self):
-            c = AttentionPlugin(self.op, self.layer, self.fields, self.phase)
+            c = AttentionPlugin(self.op, self.layer, self.fields, self.phase, self.kernel_dir)
             c.dtype = self.dtype
             return c
 
@@ -186,30 +217,7 @@ def _make_classes(trt):
         @_reported
         def configure_plugin(self, inp, out):
             # Static dims must match the AOT specialization; reject at build time, naming the layer.
-            dims = [tuple(d.max) for d in inp]  # -1 never appears in max
-            self._check_static(dims)
-
-        def _check_static(self, dims):
-            c_ok = lambda c: 0 < c <= CHANNELS and c % 16 == 0  # noqa: E731  (BLOCK_C, 16-divisible hint)
-            if self.op == LOCAL_OP:
-                c, nh, r = dims[0][3], dims[2][2], self.fields["radius"]
-                ok = c_ok(c) and (nh, r, dims[3]) == (HEADS, RADIUS, (HEADS, 2 * r + 1, 2 * r + 1))
-                ok = ok and dims[0][1] == dims[0][2] and dims[1][2] == 2 and dims[2][3] == c
-            else:
-                c = dims[0][4]
-                ok = dims[0][1] == NUM_SCALES and c_ok(c) and all(d[2] == c for d in dims[1:5])
-            if not ok:
-                raise SmplerError(f"{self.layer} ({self.op}): shapes {dims} do not match the compiled kernels "
-                                  f"(C<={CHANNELS} and a multiple of 16, NH={HEADS}, radius={RADIUS})")
-
-        def get_workspace_size(self, inp, out):
-            return 0
-
-        def get_valid_tactics(self):
-            return []  # one implementation; TensorRT-RTX picks the first listed tactic without timing anyway
-
-        def set_tactic(self, tactic):
-            pass
+            self._check_static([tuple(d.max) for d in inp])  # -1 never appears in max
 
         # -- runtime: resolve the kernel once per context and shape set, launch in enqueue
         def on_shape_change(self, inp, out):
@@ -224,11 +232,8 @@ def _make_classes(trt):
             self._resolve(L.cuda_driver(), dtype, tuple(tuple(d.dims) for d in descs))
 
         def _resolve(self, cu, dtype, shapes):
-            fn = L.resolve_function(cu, SPECS[self.op]["kernel"], dtype, kernel_dir(), self.fields["kernel_abi"])
+            fn = L.resolve_function(cu, SPECS[self.op]["kernel"], dtype, self.kernel_dir, self.fields["kernel_abi"])
             self._launch = L.PreparedLaunch(cu, fn, shapes, self.layer)
-
-        def attach_to_context(self, context):
-            return self.clone()
 
         def get_fields_to_serialize(self):
             return _field_collection(trt, self.fields, self._field_arrays)
@@ -242,10 +247,15 @@ def _make_classes(trt):
                 launch = self._launch
             launch([*inputs, outputs[0]], stream)
 
+    return AttentionPlugin
+
+
+def _creator_class(trt, plugin_cls):
     class AttentionCreator(trt.IPluginCreatorV3One):
-        def __init__(self, op: str):
+        def __init__(self, op: str, kernel_dir: Path | None = None):
             trt.IPluginCreatorV3One.__init__(self)
             self.name = op
+            self.kernel_dir = kernel_dir  # handed to every plugin it creates (`register_plugins` sets it)
             self.plugin_namespace = PLUGIN_NAMESPACE
             self.plugin_version = PLUGIN_VERSION
             # Only ONNX attributes are listed (the parser warns about listed fields a node lacks);
@@ -255,31 +265,29 @@ def _make_classes(trt):
                 [trt.PluginField(k, a, trt.PluginFieldType.INT32) for k, a in zip(SPECS[op]["attrs"], self._name_arrays)])
 
         def create_plugin(self, name, fc, phase):
-            return AttentionPlugin(self.name, name, fields_from_collection(self.name, fc), phase)
+            return plugin_cls(self.name, name, fields_from_collection(self.name, fc), phase, self.kernel_dir)
 
-    _classes[key] = (AttentionPlugin, AttentionCreator)
-    return _classes[key]
-
+    return AttentionCreator
 
 
 def register_smpler_plugins(trt, flavour: str, what: str, needed: list[dict] = (), *,
                             kernel_dir: str | os.PathLike | None = None, sm: int | None = None) -> list[str]:
     """Register our plugin creators with `trt` (build and runtime side); one-line errors when impossible.
 
-    kernel_dir: --kernel-dir for the plugins' AOT kernels (None: $SMPLER_KERNEL_DIR, else the cache).
-    sm: the GPU that will run the plugins (session open, `--trt tensorrt` builds): refuse now, naming the SM
-    and the command that builds its kernels, rather than at the first execute."""
+    kernel_dir: the plugins' AOT kernels (None: the smpler-aot cache directory), handed to every plugin the
+    creators make from now on. sm: the GPU that will run the plugins (session open, `--trt tensorrt` builds):
+    refuse now, naming the SM and the command that builds its kernels, rather than at the first execute.
+    TensorRT-RTX: the wheel's missing soname link is created here (`importer.ensure_rtx_soname`), the one
+    place that needs it, or the graph is refused with the command that creates it."""
     if flavour == "tensorrt-rtx" and not ensure_rtx_soname():
         # The TRT-RTX parser dlopens libtensorrt_rtx.so for plugin nodes and aborts the process without it.
         raise SmplerError(
             f"{what}: has plugin nodes, and TensorRT-RTX cannot import plugins until this link exists: "
             f"{rtx_soname_fix_command()} (or export with --no-plugins)"
         )
-    if kernel_dir is not None:
-        set_kernel_dir(kernel_dir)
     if sm is not None and needed:
-        check_kernels_for(resolve_kernel_dir(_kernel_dir), sm, kernels_needed(needed), what)
-    registered = [str(n).split("::")[-1] for n in register_plugins(trt) or []]
+        check_kernels_for(resolve_kernel_dir(kernel_dir), sm, kernels_needed(needed), what)
+    registered = [str(n).split("::")[-1] for n in register_plugins(trt, kernel_dir) or []]
     missing = sorted({p["name"] for p in needed} - set(registered))
     if registered and missing:
         raise SmplerError(f"{what}: plugin(s) {', '.join(missing)} are not provided by this smpler-deploy ({registered})")
