@@ -282,15 +282,6 @@ def write_ply(path, vertices, faces, colors=None, comment: str | None = None) ->
     return Path(path)
 
 
-def draw_boxes(image, boxes, texts=None, color=BOX_RGB) -> np.ndarray:
-    """Person boxes (x, y, w, h image pixels) with optional captions (track ids) over a uint8 RGB image."""
-    from PIL import Image, ImageDraw
-
-    out = Image.fromarray(np.ascontiguousarray(np.asarray(image)[..., :3], dtype=np.uint8))
-    _draw_boxes(ImageDraw.Draw(out), boxes, texts, color, max(1, round(min(out.size) / 300)))
-    return np.asarray(out)
-
-
 def render_people(image, people, faces, camera: Camera | None, label: str | None = None,
                   alpha: float = 0.75) -> np.ndarray:
     """Several people over one frame in one z-buffer pass (`draw_meshes`), then their joints, boxes and the label.
