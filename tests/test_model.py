@@ -4,6 +4,7 @@ refinement, pre-processing, and the bad inputs of the foundation issue."""
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +22,18 @@ TSV = {"smpler": "smpler_state_dict_w32.tsv", "smpler-l": "smpler_state_dict_w48
 PARAMS = {"smpler": 37_355_950, "smpler-l": 73_615_150}
 
 
+@functools.cache
 def official_layout(variant):
+    """A state dict in the official key layout, all zeros. Each tensor is a view of one zero storage per dtype, which
+    torch.save writes once: a checkpoint of every key, shape and dtype is ~17 MB, not 150 / 300 MB (the layout, not
+    the bytes, is what these tests load). Shared across tests: copy before changing it."""
     path = DATA / TSV[variant]
     rows = [line.split("\t") for line in path.read_text().splitlines() if line.strip()]
     dtypes = {"torch.float32": torch.float32, "torch.int64": torch.int64}
-    return {k: torch.zeros(ast.literal_eval(shape), dtype=dtypes[dt]) for k, shape, dt in rows}
+    shapes = [(k, ast.literal_eval(shape), dtypes[dt]) for k, shape, dt in rows]
+    numel = {k: int(torch.Size(shape).numel()) for k, shape, _ in shapes}
+    storage = {dt: torch.zeros(max(numel[k] for k, _, d in shapes if d == dt), dtype=dt) for dt in dtypes.values()}
+    return {k: storage[dt][: numel[k]].view(shape) for k, shape, dt in shapes}
 
 
 @pytest.mark.parametrize("variant", ["smpler", "smpler-l"])
@@ -97,14 +105,13 @@ def test_model_rejects_wrong_input(default_model, shape):
 
 
 def test_checkpoint_of_other_variant_is_refused(tmp_path):
-    sd = SMPLer("smpler-l").state_dict()
-    torch.save(sd, tmp_path / "l.pt")
+    torch.save(official_layout("smpler-l"), tmp_path / "l.pt")  # = SMPLer("smpler-l")'s layout (test above)
     with pytest.raises(SmplerError, match="weights are for --variant smpler-l, not smpler"):
         load_model("smpler", checkpoint=tmp_path / "l.pt")
 
 
 def test_checkpoint_missing_keys_are_listed(tmp_path):
-    sd = SMPLer("smpler").state_dict()
+    sd = dict(official_layout("smpler"))  # = SMPLer("smpler")'s layout (test above)
     for k in [k for k in sd if k.startswith("transformer.2.")]:
         del sd[k]
     torch.save(sd, tmp_path / "partial.pt")
