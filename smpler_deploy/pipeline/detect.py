@@ -366,6 +366,8 @@ class BoxFileDetector:
     def __init__(self, path):
         self.boxes = read_boxes(path)
         self.label = f"boxes from {Path(path).name}"
+        # every frame's boxes carry their track ids: smpler-run takes them and runs no tracker
+        self.tracked = bool(self.boxes) and all(d.track_ids is not None for d in self.boxes.values())
 
     def __call__(self, image: np.ndarray, frame_index: int = 0) -> Detections:
         d = self.boxes.get(frame_index)

@@ -287,7 +287,8 @@ def run(source, detector, session, *, faces=None, body: Body | None = None, conf
         raise SmplerError(f"--detect-every {cfg.detect_every}: expected a positive integer")
     if cfg.detect_every > 1 and not cfg.track:
         raise SmplerError("--detect-every: carries boxes between detections with the tracker; drop --no-track")
-    tracker = BoxTracker(period=cfg.detect_every) if cfg.track else None
+    # a boxes file with every frame's track ids needs no tracker (nor norfair's import, ~1 s of start-up)
+    tracker = BoxTracker(period=cfg.detect_every) if cfg.track and not getattr(detector, "tracked", False) else None
     smoother = ParamSmoother(cfg.smooth, getattr(source, "fps", None))
     if smoother.enabled and body is None:
         raise SmplerError("--smooth: needs the body model to re-pose smoothed parameters")
