@@ -277,3 +277,31 @@ def test_ultralytics_engine_header_is_stripped_and_its_metadata_used(tmp_path, y
     no_person = _ultralytics_engine(tmp_path / "c.engine", yolo_plan, ULTRALYTICS_META | {"names": {"0": "car"}})
     with pytest.raises(SmplerError, match=r"c.engine: its classes \(car, \.\.\.\) have no 'person'"):
         YoloDetector(no_person, api=_yolo_standin())
+
+
+@pytest.mark.parametrize("onnx_ok", [True, False])
+def test_cli_closes_the_detector_on_success_and_on_error(tmp_path, tiny_yolo, onnx_fp32, monkeypatch, onnx_ok):
+    """smpler-run frees the detector (a YOLO one holds an ONNX Runtime session or a TensorRT engine) when the run
+    ends, and when a later step (here the SMPLer session) fails."""
+    from PIL import Image
+
+    from smpler_deploy.cli.run import main
+    from smpler_deploy.pipeline import detect
+
+    opened, closed = [], []
+    real_open = detect.open_detector
+
+    def recording_open(*a, **k):
+        det = real_open(*a, **k)
+        real_close = det.close
+        det.close = lambda: closed.append(det) or real_close()
+        opened.append(det)
+        return det
+
+    monkeypatch.setattr(detect, "open_detector", recording_open)
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "img.png")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx graph")
+    rc = main([str(tmp_path / "img.png"), "-o", str(tmp_path / "out"), "--detector", str(tiny_yolo), "--no-overlay",
+               "--backend", "onnxruntime", "--onnx", str(onnx_fp32 if onnx_ok else bad), "--threads", "1"])
+    assert (rc == 0) == onnx_ok and len(opened) == 1 and closed == opened

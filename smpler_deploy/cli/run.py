@@ -154,7 +154,7 @@ def main(argv=None) -> int:
     if crops_dir is not None and _inside(crops_dir, out):  # -o is replaced as a whole at the end
         raise SmplerError(f"--save-crops {crops_dir}: is inside -o {out}; choose a folder outside it")
     source = open_source(a.source, a.max_frames, realtime=a.realtime)
-    sess = None
+    sess = detector = None
     try:
         if source.kind == "images":
             _check_images(source)
@@ -198,6 +198,8 @@ def main(argv=None) -> int:
             write_params(result.people, stage / "params.npz", stage / "params.jsonl", meta)
     finally:
         source.close()
+        if detector is not None:  # a YOLO detector holds an ONNX Runtime session or a TensorRT engine
+            detector.close()
         if sess is not None:
             sess.close()
     names = [out / "overlay.mp4"] if result.video else [out / "overlays" / n for n in result.pngs[:3]]
