@@ -183,3 +183,63 @@ def test_crops_one_warp_per_person_give_the_model_inputs_of_the_crop_convention(
     ref = np.moveaxis((many.astype(np.float32) / 255.0 - MEAN) / STD, -1, -3)
     assert keep.tolist() == [0, 1, 2] and x.dtype == np.float32 and x.flags.c_contiguous
     assert np.array_equal(x, ref) and np.array_equal(crop_person(astronaut, BOX)[0], ref[0])
+
+
+def _boxes_file(path, n, track=True):
+    path.write_text(json.dumps([{"frame": i, "bbox": BOX, **({"track": 1} if track else {})} for i in range(n)]))
+    return path
+
+
+def test_cli_realtime_video_drops_stale_frames_and_reports_latency(tmp_path, onnx_fp32, astronaut, capsys):
+    """`smpler-run clip.mp4 --realtime` on a 100 fps file (far faster than the model): the PyAV decoder paces it,
+    stale frames are dropped, every processed frame is drawn by the renderer into overlay.mp4, and the summary
+    gives latency and drops; the same file without --realtime keeps every frame."""
+    import av
+
+    from smpler_deploy.cli.run import main
+    from smpler_deploy.pipeline.params import read_params
+
+    n = 24
+    video = _write_mp4(tmp_path / "fast.mp4", [np.roll(astronaut, 2 * i, axis=1) for i in range(n)], fps=100)
+    boxes = _boxes_file(tmp_path / "boxes.json", n)
+    common = ["--backend", "onnxruntime", "--onnx", str(onnx_fp32), "--threads", "2", "--boxes", str(boxes)]
+    assert main([str(video), "-o", str(tmp_path / "live"), "--realtime", *common]) == 0
+    printed = capsys.readouterr().out
+    arrays, meta = read_params(tmp_path / "live" / "params.npz")
+    s = meta["summary"]
+    assert s["live"] and s["frames_captured"] == n and s["frames_dropped"] > 0
+    assert s["frames"] + s["frames_dropped"] == n and arrays["frame"].tolist()[-1] == n - 1  # the newest is kept
+    assert 0 < s["latency_ms"]["p50"] <= s["latency_ms"]["p99"] < 1000 * s["wall_s"]  # bounds: test_live_source_...
+    assert f"frames dropped: {s['frames_dropped']} of {n} (live source" in printed and "p99" in printed
+    with av.open(str(tmp_path / "live" / "overlay.mp4")) as c:
+        assert sum(1 for _ in c.decode(c.streams.video[0])) == s["frames"]
+    assert main([str(video), "-o", str(tmp_path / "file"), "--no-overlay", *common]) == 0
+    _, meta = read_params(tmp_path / "file" / "params.npz")
+    assert not meta["summary"]["live"] and meta["summary"]["frames"] == n and meta["summary"]["frames_dropped"] == 0
+
+
+def test_tracker_and_norfair_only_when_tracking_is_used(tmp_path, onnx_fp32, astronaut):
+    """A boxes file that carries every frame's track ids needs no tracker: smpler-run does not import norfair
+    (about a second of start-up). Without ids the tracker assigns them."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    (tmp_path / "img").mkdir()
+    Image.fromarray(astronaut).save(tmp_path / "img" / "a.png")
+    tracked, untracked = _boxes_file(tmp_path / "t.json", 1), _boxes_file(tmp_path / "u.json", 1, track=False)
+    script = f"""
+import sys
+from smpler_deploy.cli.run import main
+from smpler_deploy.pipeline.params import read_params
+args = [{str(tmp_path / 'img')!r}, "--backend", "onnxruntime", "--onnx", {str(onnx_fp32)!r}, "--threads", "1",
+        "--no-overlay"]
+assert main([*args, "-o", {str(tmp_path / 'o1')!r}, "--boxes", {str(tracked)!r}]) == 0
+print("after ids from the file:", "norfair" in sys.modules, read_params({str(tmp_path / 'o1' / 'params.npz')!r})[0]["track_id"].tolist())
+assert main([*args, "-o", {str(tmp_path / 'o2')!r}, "--boxes", {str(untracked)!r}]) == 0
+print("after the tracker:", "norfair" in sys.modules, read_params({str(tmp_path / 'o2' / 'params.npz')!r})[0]["track_id"].tolist())
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "after ids from the file: False [1]" in out.stdout and "after the tracker: True [1]" in out.stdout

@@ -1,5 +1,6 @@
 """Overlay rendering and mesh writers (no model needed): the z-buffer rasteriser against analytic cases (a square
-at a known depth, a tilted plane, interpenetrating triangles, a person behind another), the painter's fallback."""
+at a known depth, a tilted plane, two overlapping triangles, interpenetrating planes, a person behind another), the
+painter's fallback."""
 
 import numpy as np
 import pytest
@@ -66,6 +67,35 @@ def test_nearer_triangle_wins_in_any_order_and_interpenetration_is_exact():
     flat, _ = square(2.5, 2.5, 28.5, 20.5, z=3.0)
     m = rasterize([flat, tilt], f, CAM, HW).mesh
     assert (m[5:18, 4:14] == 1).all() and (m[5:18, 18:27] == 0).all()  # painter's order gets one side wrong
+
+
+def _inside(tri_uv, hw):
+    """Pixel centres strictly inside a projected triangle (an independent sign test; no centre lies on an edge of
+    the triangles below)."""
+    ys, xs = np.mgrid[0:hw[0], 0:hw[1]].astype(np.float64)
+    (x0, y0), (x1, y1), (x2, y2) = tri_uv
+    e = [(xb - xa) * (ys - ya) - (yb - ya) * (xs - xa) for (xa, ya), (xb, yb) in
+         (((x0, y0), (x1, y1)), ((x1, y1), (x2, y2)), ((x2, y2), (x0, y0)))]
+    assert min(np.abs(k).min() for k in e) > 1e-3
+    return ((e[0] > 0) & (e[1] > 0) & (e[2] > 0)) | ((e[0] < 0) & (e[1] < 0) & (e[2] < 0))
+
+
+def test_two_overlapping_triangles_nearer_covers_the_overlap():
+    """Two single triangles at depths 2 and 3 whose projections overlap: every pixel centre inside the near one
+    shows it at Z = 2, the rest of the far one shows it at Z = 3, nothing else is drawn, in either list order."""
+    near_uv, far_uv = [(3.2, 2.7), (25.9, 5.1), (8.3, 20.6)], [(12.1, 1.4), (29.6, 18.3), (4.4, 14.9)]
+    near = np.array([backproject(u, v, 2.0) for u, v in near_uv])
+    far = np.array([backproject(u, v, 3.0) for u, v in far_uv])
+    in_near, in_far = _inside(near_uv, HW), _inside(far_uv, HW)
+    assert (in_near & in_far).sum() > 50 and (in_far & ~in_near).sum() > 50  # a real overlap, both visible
+    tri = np.array([[0, 1, 2]])
+    for meshes, near_id in (([near, far], 0), ([far, near], 1)):
+        r = rasterize(meshes, tri, CAM, HW)
+        assert np.array_equal(r.mesh == near_id, in_near)
+        assert np.array_equal(r.mesh == 1 - near_id, in_far & ~in_near)
+        assert np.array_equal(r.mesh >= 0, in_near | in_far)
+        assert np.allclose(r.depth[in_near], 2.0, rtol=1e-6) and np.allclose(r.depth[in_far & ~in_near], 3.0,
+                                                                              rtol=1e-6)
 
 
 @pytest.fixture(scope="module")
