@@ -247,9 +247,20 @@ def build_official_model(repo, variant: str, state_dict: dict, smpl_pkl: Path | 
                                                         ("unexpected", res.unexpected_keys)) if keys]
     if bad:
         raise SmplerError(f"{where} ({'; '.join(bad)})")
-    info = {"repo": str(repo), "entry": ENTRY, "constructor": "SMPLer(args, trans_cfg) as demo.py",
-            "hrnet_type": args.hrnet_type, "staged_files": staged}
+    info = {"repo": str(repo), "commit": _commit(repo), "entry": ENTRY,
+            "constructor": "SMPLer(args, trans_cfg) as demo.py", "hrnet_type": args.hrnet_type, "staged_files": staged}
     return model.eval(), info
+
+
+def _commit(repo) -> str | None:
+    """The checkout's commit, so a report says which official code it timed (None: not a git checkout)."""
+    import subprocess
+
+    try:
+        r = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else None
 
 
 def _first(keys, n: int = 3) -> str:

@@ -155,17 +155,17 @@ def banner(model: dict) -> str:
     return "> **Note:** " + "; ".join(parts) + ".\n" if parts else ""
 
 
-def baseline_lines(cells: list[dict]) -> list[str]:
+def baseline_lines(cells: list[dict], official_repo: dict | None = None) -> list[str]:
     """The Baselines section: which cell every speed-up divides by, and what our transcription costs against the
-    official repository's own forward where both ran."""
+    official repository's own forward where both ran (`official_repo`: the checkout timed, from the model block)."""
     ok = {c["id"]: c for c in cells if c["status"] == "ok"}
     used = sorted({c["speedup_baseline"] for c in ok.values() if c.get("speedup_baseline")})
     L = ["## Baselines", ""]
     if not used:
         return L + ["No baseline cell ran: no speed-ups.", ""]
     L += [f"Speed-ups divide by {', '.join(f'`{u}`' for u in used)} at the same batch "
-          + ("(the official repository's own forward, --official-repo)." if any(u.startswith("official-repo/")
-                                                                            for u in used)
+          + (f"(the official repository's own forward, --official-repo{_checkout(official_repo)})."
+             if any(u.startswith("official-repo/") for u in used)
              else "(our official-style transcription of the official forward; pass --official-repo to time the "
                   "official code itself).")]
     for c in ok.values():
@@ -174,13 +174,20 @@ def baseline_lines(cells: list[dict]) -> list[str]:
         ours = ok.get(f"torch-official/fp32/b{c['batch']}")
         if ours:
             ratio = ours["latency"]["mean_ms"] / c["latency"]["mean_ms"]
+            p50 = ours["latency"]["p50_ms"] / c["latency"]["p50_ms"]  # robust to a few slow iterations
             L.append(f"- batch {c['batch']}: our transcription `{ours['id']}` costs {ratio:.2f}× the official code "
-                     f"(mean {ours['latency']['mean_ms']:.1f} vs {c['latency']['mean_ms']:.1f} ms)")
+                     f"(mean {ours['latency']['mean_ms']:.1f} vs {c['latency']['mean_ms']:.1f} ms; p50 {p50:.2f}×)")
         f = (c.get("fidelity") or {}).get("vertices") or {}
         if f:
             L.append(f"- batch {c['batch']}: the official code's vertices vs our reference: mean "
                      f"{_n(f.get('mean_mm'), '{:.3g}')} / max {_n(f.get('max_mm'), '{:.3g}')} mm")
     return L + [""]
+
+
+def _checkout(info: dict | None) -> str:
+    if not info:
+        return ""
+    return f" `{info.get('repo')}`" + (f" at commit {info['commit'][:12]}" if info.get("commit") else "")
 
 
 def render_markdown(rep: dict, plots: list[str] | None = None) -> str:
@@ -201,14 +208,15 @@ def render_markdown(rep: dict, plots: list[str] | None = None) -> str:
           f"{', '.join(f'{k} {v:.0f}' for k, v in (mach.get('gemm_fp32_gflops_by_library') or {}).items()) or '-'}); "
           f"measured int8 GEMM peak (u8s8, what int8-cpu cells run): {_n(peak8, '{:.1f}')} GOP/s (best of "
           f"{', '.join(f'{k} {v:.0f}' for k, v in (mach.get('gemm_int8_gops_by_library') or {}).items()) or '-'}); "
-          f"model cost {m.get('gflops_per_image')} GFLOPs/image (nominal: the official computation, which our "
+          + (f"peaks: {mach['gemm_method']}; " if mach.get("gemm_method") else "")
+          + f"model cost {m.get('gflops_per_image')} GFLOPs/image (nominal: the official computation, which our "
           "folded attention and joints-only refinement undercut)",
           f"- {s.get('warmup')} warm-up + {s.get('iters')} timed iterations per cell; inputs: {s.get('inputs', {}).get('description', '-')}",
           f"- device: {s.get('device') or 'cpu'} — every cell, baselines included, ran there"
           + (f"; ONNX Runtime providers: {', '.join(s['providers'])}" if s.get("providers") else ""),
           ""]
     ok = [c for c in rep["cells"] if c["status"] == "ok"]
-    L += baseline_lines(rep["cells"])
+    L += baseline_lines(rep["cells"], (rep.get("model") or {}).get("official_repo"))
     L += ["## Latency and fidelity", "",
           "Latency per call (one batch) in ms; throughput in images/s; speed-up = throughput ÷ the baseline's "
           "throughput at the same batch (see Baselines), and ÷ our PyTorch fp32 reference's; GFLOP/s is the nominal "

@@ -393,6 +393,10 @@ def run_benchmark(cfg: BenchConfig) -> Report:
             _run_group(cfg, g, inputs, ref_out, bar, rep.model)
     finally:
         bar.close()
+    if cfg.measure_gemm:
+        from .machine import refresh_gemm_peaks
+
+        refresh_gemm_peaks(rep.machine, cfg.threads)
     rank = {k: i for i, k in enumerate(KINDS)}
     rep.cells.sort(key=lambda c: rank[c.kind])  # stable: baselines first, then the matrix in request order
     return rep
