@@ -106,7 +106,7 @@ def test_batch_outside_the_engine_profile_is_a_failed_cell(files, monkeypatch):
     api = RecordingCudaStandIn(profile=Profile((1, 3, 224, 224), (1, 3, 224, 224), (2, 3, 224, 224)))
     monkeypatch.setattr(R, "_open", lambda cfg, g: TensorRTSession(g.artifact, api=api))
     cfg = R.BenchConfig(backends=["tensorrt"], batches=[1, 4], iters=1, warmup=1)
-    g = R._Group("tensorrt", "fp32", "deployed", [Cell("tensorrt", "fp32", b) for b in (1, 4)],
+    g = R.Group("tensorrt", "fp32", "deployed", [Cell("tensorrt", "fp32", b) for b in (1, 4)],
                  artifact=files["engine"])
     R._run_group(cfg, g, np.zeros((4, 3, 224, 224), np.float32), {}, tqdm(disable=True))
     ok, out = g.cells

@@ -5,9 +5,10 @@ mesh four times, projected keys; `model/official_style.py`) and our torch fp32 r
 the official repository's own forward too (`official_repo.py`: speed-ups then divide by it), all on the report's one
 device (`--device cpu|cuda`): with --device cuda every cell (baselines, torch
 fp16/bf16, torch CUDA graphs, ONNX Runtime CUDA/TensorRT EPs, engines) runs on the same GPU, so speed-ups are
-GPU against GPU; with --device cpu the GPU-only cells are skipped. Each runnable cell: open a session, warm up, time N calls, record peak host RSS, and compare its
-outputs on the same inputs with the reference (`smpler_deploy.fidelity`). Cells that cannot run here are kept in
-the report as `skipped` with the reason; cells that raise are kept as `failed`.
+GPU against GPU; with --device cpu the GPU-only cells are skipped. Each runnable cell: open a session, warm up, time N
+calls, record peak host RSS, and compare its outputs on the same inputs with the reference (`smpler_deploy.fidelity`).
+Cells that cannot run here are kept in the report as `skipped` with the reason; cells that raise are kept as
+`failed`. Which cells there are, and why one is skipped, is `plan.py`; this module runs them.
 """
 
 from __future__ import annotations
@@ -16,68 +17,20 @@ import gc
 import resource
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import SmplerError, one_line
 from ..fidelity import check_gate, fidelity, gate_limits
-from ..precision import NAMES, NOT_BUILDABLE
-from .report import BASELINE_KINDS, KINDS, MODEL_GFLOPS, Cell, Report
+from .plan import (BACKENDS, DEVICES, INT8_CPU_ON_TRT, PRECISIONS, TORCH_PRECISIONS, VARIANTS, BenchConfig, BenchEnv,
+                   Group, gpu_available, parse_artifacts, parse_batches, parse_choices, plan, tensorrt_importable)
+from .report import BASELINE_KINDS, KINDS, MODEL_GFLOPS, Report
 from .stats import latency_stats
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
-# "int8" is the TensorRT layout (symmetric Q/DQ; fake-quantized on ONNX Runtime: its fidelity is the engine's),
-# "int8-cpu" ONNX Runtime's own fused layout (what CPU users run for speed; TensorRT refuses its zero points).
-# "bf16" runs in torch only (the fp16 policy in bfloat16).
-PRECISIONS = (*NAMES, "bf16")  # the graphs' report spellings (precision.NAMES) and torch's bf16
-VARIANTS = tuple(MODEL_GFLOPS)
-
-
-# --- argument parsing (shared with the CLI; one-line errors naming the flag) -----------------------------------
-
-def parse_choices(text: str, allowed, flag: str) -> list[str]:
-    items = [t.strip().lower() for t in str(text).split(",") if t.strip()]
-    if not items:
-        raise SmplerError(f"{flag}: empty list; expected some of {','.join(allowed)}")
-    bad = [t for t in items if t not in allowed]
-    if bad:
-        raise SmplerError(f"{flag}: unknown {', '.join(bad)}; expected some of {','.join(allowed)}")
-    return list(dict.fromkeys(items))
-
-
-def parse_batches(text: str, flag: str = "--batch") -> list[int]:
-    try:
-        vals = [int(t) for t in str(text).split(",") if t.strip()]
-    except ValueError:
-        raise SmplerError(f"{flag} {text}: expected comma-separated positive integers, e.g. 1,8")
-    if not vals or any(v < 1 for v in vals):
-        raise SmplerError(f"{flag} {text}: expected comma-separated positive integers, e.g. 1,8")
-    return sorted(set(vals))
-
-
-def parse_artifacts(text: str | None, flag: str) -> dict[str, Path]:
-    """`PREC=PATH,...` or plain paths whose file name names the precision (fp16/int8; otherwise fp32)."""
-    out: dict[str, Path] = {}
-    for item in [t.strip() for t in (text or "").split(",") if t.strip()]:
-        if "=" in item:
-            prec, path = (s.strip() for s in item.split("=", 1))
-            if prec not in PRECISIONS:
-                raise SmplerError(f"{flag} {item}: unknown precision {prec}; expected {','.join(PRECISIONS)}")
-        else:
-            from ..artifacts import artifact_precision
-
-            path = item
-            prec = artifact_precision(item, flag)  # what the graph's metadata / engine's manifest says
-        p = Path(path)
-        if not p.is_file():
-            raise SmplerError(f"{flag} {p}: file not found")
-        if prec in out:
-            raise SmplerError(f"{flag}: two files for {prec} ({out[prec]}, {p}); write PREC=PATH")
-        out[prec] = p
-    return out
-
+__all__ = ["BACKENDS", "DEVICES", "INT8_CPU_ON_TRT", "PRECISIONS", "TORCH_PRECISIONS", "VARIANTS", "BenchConfig",
+           "BenchEnv", "Group", "bench_inputs", "device_used_mb", "gpu_available", "parse_artifacts", "parse_batches",
+           "parse_choices", "peak_rss_mb", "plan", "reset_peak_rss", "run_benchmark", "tensorrt_importable"]
 
 # --- measurement helpers -----------------------------------------------------------------------------------------
 
@@ -110,19 +63,6 @@ def bench_inputs(n: int, seed: int = 0) -> tuple[np.ndarray, str]:
     return heldout_crops(n, seed)
 
 
-def gpu_available() -> bool:
-    from .machine import gpu_info
-
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return True
-    except ImportError:
-        pass
-    return bool(gpu_info())
-
-
 def device_used_mb(release_cache: bool = True) -> float | None:
     """Device memory in use on the current GPU (cudaMemGetInfo through torch), None without CUDA. Taken before a
     cell's session opens and after its timed loop, the difference is what that session holds (weights,
@@ -139,174 +79,6 @@ def device_used_mb(release_cache: bool = True) -> float | None:
         return (total - free) / 2**20
     except Exception:  # noqa: BLE001 - memory is a column, never a reason to fail a cell
         return None
-
-
-def tensorrt_importable() -> bool:
-    import importlib.util
-
-    return any(importlib.util.find_spec(m) is not None for m in ("tensorrt", "tensorrt_rtx"))
-
-
-# --- the matrix --------------------------------------------------------------------------------------------------
-
-DEVICES = ("cpu", "cuda")
-
-
-@dataclass
-class BenchConfig:
-    backends: list[str] = field(default_factory=lambda: ["torch", "onnxruntime"])
-    precisions: list[str] = field(default_factory=lambda: ["fp32"])
-    batches: list[int] = field(default_factory=lambda: [1])
-    iters: int = 20
-    warmup: int = 3
-    threads: int | None = None
-    variant: str = "smpler"
-    onnx: dict = field(default_factory=dict)  # precision -> Path
-    engines: dict = field(default_factory=dict)  # precision -> Path
-    cache_dir: Path | None = None  # where missing ONNX files are exported
-    seed: int = 0
-    progress: bool = True
-    measure_gemm: bool = True
-    dataset: object | None = None  # dataset.EvalSet
-    images_root: Path | None = None
-    body_fn: object | None = None
-    j_regressor_h36m: object | None = None
-    session_kw: dict = field(default_factory=dict)  # extra open_session kwargs (checkpoint, smpl_model, ...)
-    command: str = ""
-    # Where every cell runs. cuda: baselines, torch, ONNX Runtime (cuda/tensorrt EPs) and engines all on one GPU,
-    # so no GPU cell is ever set against a CPU baseline; cpu: GPU-only cells are skipped.
-    device: str = "cpu"
-    providers: list[str] | None = None  # ONNX Runtime EPs; None = cpu on --device cpu, cuda+tensorrt on cuda
-    cuda_graphs: bool = True  # --device cuda: add torch CUDA-graph cells
-    trt_cache: Path | None = None  # TensorRT EP engine/timing cache (default cache_dir/ort-trt)
-    trt_fp16: bool = False
-    official_repo: Path | None = None  # a checkout of the official repository: its own forward, one more baseline
-    kernel_dir: Path | None = None  # the plugins' AOT kernels for --plugins engines (None: the smpler-aot cache)
-
-
-@dataclass
-class _Group:
-    """One session spec, timed at every batch size. `backend` is the cell label (e.g. onnxruntime-cuda),
-    `runtime` the open_session backend, `kw` its extra options."""
-
-    backend: str
-    precision: str
-    kind: str
-    cells: list[Cell]
-    reason: str | None = None
-    artifact: Path | None = None
-    runtime: str = ""
-    kw: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        self.runtime = self.runtime or self.backend
-
-
-@dataclass
-class BenchEnv:
-    """What this machine can run (probed once; injected in tests)."""
-
-    cuda: str | None  # None: torch can use a CUDA device; else why not
-    ort_providers: list[str]
-    tensorrt: bool
-
-    @classmethod
-    def probe(cls, device: str) -> "BenchEnv":
-        import onnxruntime as ort
-
-        from ..runtime.torch_plan import cuda_unavailable_reason
-
-        return cls(cuda_unavailable_reason() if device == "cuda" else (None if gpu_available() else "no CUDA GPU"),
-                   list(ort.get_available_providers()), tensorrt_importable())
-
-
-TORCH_PRECISIONS = ("fp32", "fp16", "bf16")
-# why the TensorRT EP and engines skip int8-cpu
-INT8_CPU_ON_TRT = f"{NOT_BUILDABLE}; use int8"
-
-
-def plan(cfg: BenchConfig, env: BenchEnv | None = None) -> list[_Group]:
-    """All groups in run order (reference first: its outputs are what the others are compared with).
-
-    Raises SmplerError when the user named artifacts but not one a requested cell needs, or asked for a device
-    or provider this machine lacks in a way that no cell could run (--device cuda without CUDA)."""
-    from ..runtime.ort_providers import check_available, parse_provider
-
-    env = env or BenchEnv.probe(cfg.device)
-    on_gpu = cfg.device == "cuda"
-    if cfg.device not in DEVICES:
-        raise SmplerError(f"--device {cfg.device}: expected one of {', '.join(DEVICES)}")
-    if on_gpu and env.cuda:
-        raise SmplerError(f"--device cuda: {env.cuda}; use --device cpu")
-    providers = [parse_provider(p) for p in (cfg.providers or (["cuda", "tensorrt"] if on_gpu else ["cpu"]))]
-    for p in providers:
-        if (p == "cpu") == on_gpu:
-            raise SmplerError(f"--provider {p}: {'a CPU' if p == 'cpu' else 'a GPU'} provider with --device "
-                              f"{cfg.device}; every cell of one report runs on one device (its baseline's), so "
-                              f"use --device {'cpu' if p == 'cpu' else 'cuda'}")
-    if cfg.trt_fp16 and "tensorrt" not in providers:
-        raise SmplerError("--trt-fp16: applies to the tensorrt provider (--device cuda --provider tensorrt)")
-    tkw = {"device": cfg.device, "cuda_graphs": False} if on_gpu else {}
-    mk = lambda be, pr, kind, **g: _Group(be, pr, kind, [Cell(be, pr, b, kind) for b in cfg.batches], **g)  # noqa: E731
-    groups = [mk("torch", "fp32", "reference", kw=dict(tkw)), mk("torch", "fp32", "official", kw=dict(tkw))]
-    if cfg.official_repo is not None:  # after the reference: its outputs are compared with the reference's
-        groups.append(mk("torch", "fp32", "official-repo", runtime="official-repo", kw={"device": cfg.device}))
-    for be in cfg.backends:
-        for pr in cfg.precisions:
-            if be == "torch":
-                if pr not in TORCH_PRECISIONS:
-                    groups.append(mk(be, pr, "deployed", reason=(
-                        f"the torch backend runs {', '.join(TORCH_PRECISIONS)} ({pr} is a graph precision: the "
-                        "exported ONNX carries it; measure it with onnxruntime or tensorrt)")))
-                    continue
-                if pr != "fp32":  # fp32 eager is the reference cell
-                    groups.append(mk(be, pr, "deployed", kw=dict(tkw, precision=pr)))
-                if on_gpu and cfg.cuda_graphs:
-                    groups.append(mk("torch-cudagraph", pr, "deployed", runtime="torch",
-                                     kw=dict(tkw, precision=pr, cuda_graphs=True)))
-            elif be == "onnxruntime":
-                for prov in providers:
-                    label = "onnxruntime" if prov == "cpu" else f"onnxruntime-{prov}"
-                    g = mk(label, pr, "deployed", runtime="onnxruntime", kw={"provider": prov})
-                    groups.append(g)
-                    if pr == "bf16":
-                        g.reason = "bf16 is a torch precision here (no bf16 ONNX graph is exported)"
-                        continue
-                    if prov == "tensorrt" and pr == "int8-cpu":
-                        g.reason = INT8_CPU_ON_TRT
-                        continue
-                    try:
-                        check_available(prov, env.ort_providers)
-                    except SmplerError as e:
-                        g.reason = str(e).split(": ", 1)[1]
-                        continue
-                    if cfg.onnx and pr not in cfg.onnx:
-                        raise SmplerError(f"cell onnxruntime/{pr}: no ONNX file for {pr} in --onnx "
-                                          f"(have {', '.join(sorted(cfg.onnx))}); add {pr}=PATH")
-                    g.artifact = cfg.onnx.get(pr)
-                    if prov == "tensorrt":
-                        cache = cfg.trt_cache or (cfg.cache_dir or Path("bench-cache")) / "ort-trt"
-                        g.kw |= {"trt_cache": cache, "trt_fp16": cfg.trt_fp16, "batches": tuple(cfg.batches)}
-                    elif prov == "cuda":
-                        g.kw |= {"batches": tuple(cfg.batches)}
-            elif be == "tensorrt":
-                g = mk(be, pr, "deployed")
-                groups.append(g)
-                if pr in ("int8-cpu", "bf16"):
-                    g.reason = (INT8_CPU_ON_TRT if pr == "int8-cpu"
-                                else "bf16 is a torch precision here (no bf16 engine is built)")
-                elif not on_gpu:
-                    g.reason = ("no CUDA GPU on this machine (TensorRT engines run only on a GPU)" if env.cuda else
-                                "runs on the GPU: measure it with --device cuda, where its baseline is the "
-                                "official-style forward on the same GPU")
-                elif not env.tensorrt:
-                    g.reason = "TensorRT Python package not installed (pip install smpler-deploy[trt])"
-                elif pr not in cfg.engines:
-                    raise SmplerError(f"cell tensorrt/{pr}: no engine for {pr}; pass --engine {pr}=PATH "
-                                      "(build one with smpler-export --format engine)")
-                else:
-                    g.artifact = cfg.engines[pr]
-    return groups
 
 
 def _ensure_onnx(cfg: BenchConfig, precision: str) -> Path:
@@ -327,7 +99,7 @@ def _ensure_onnx(cfg: BenchConfig, precision: str) -> Path:
     return path
 
 
-def _open(cfg: BenchConfig, g: _Group):
+def _open(cfg: BenchConfig, g: Group):
     from ..runtime import open_session
 
     kw = dict(cfg.session_kw) if g.runtime in ("torch", "official-repo") else {}  # artifacts carry their weights
@@ -402,7 +174,7 @@ def run_benchmark(cfg: BenchConfig) -> Report:
     return rep
 
 
-def _run_group(cfg, g: _Group, inputs, ref_out, bar, model: dict | None = None) -> None:
+def _run_group(cfg, g: Group, inputs, ref_out, bar, model: dict | None = None) -> None:
     bar.set_description(f"{g.cells[0].id.rsplit('/', 1)[0]}")
     sess = None
     try:
