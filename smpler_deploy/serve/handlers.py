@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import SmplerError
 from ..outputs import CROP_SIZE, OUTPUT_NAMES
 from ..runtime.base import NonFiniteError
-from ..preprocess import CropTransform, crop_person, norm_to_crop_px
+from ..preprocess import CropTransform, crop_person, to_pixels
 
 
 def crop_one(image: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -32,8 +32,7 @@ def crop_one(image: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray
 def uncrop_joints(joints2d: np.ndarray, crop_box: np.ndarray) -> np.ndarray:
     """[24,2] normalized crop coordinates + (cx, cy, side) -> [24,2] image pixels (float32)."""
     cx, cy, side = (float(v) for v in np.asarray(crop_box).reshape(3))
-    t = CropTransform(cx, cy, side, CROP_SIZE)
-    return t.crop_to_image(norm_to_crop_px(joints2d)).astype(np.float32)
+    return to_pixels(joints2d, CropTransform(cx, cy, side, CROP_SIZE)).astype(np.float32)
 
 
 def check_crops(images: np.ndarray) -> np.ndarray:
