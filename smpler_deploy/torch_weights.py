@@ -1,7 +1,8 @@
 """Torch weight files read without running their code: torch.load(weights_only=True), a refusal reduced to one line.
 
-Both readers of a `.pt`/`.pth` use it: `model.checkpoint.read_checkpoint` (the network's weights) and
-`body.loaders` (the SMPL arrays a SMPLer checkpoint carries).
+Both readers of a `.pt`/`.pth` use it, and `state_dict_in` to find the state dict in what was loaded:
+`model.checkpoint.read_checkpoint` (the network's weights) and `body.loaders` (the SMPL arrays a SMPLer checkpoint
+carries).
 """
 
 from __future__ import annotations
@@ -34,3 +35,14 @@ def torch_load_weights(path, where: str):
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError, KeyError,
             ImportError, IndexError, OSError) as e:
         raise SmplerError(f"{where}: not a loadable weights-only checkpoint ({_load_failure(e)})") from None
+
+
+def state_dict_in(obj, wrappers: tuple[str, ...] = ("model",)):
+    """The state dict a loaded checkpoint holds: `obj` itself, or the dict under the first of `wrappers` it has
+    (training scripts save {"model": sd}; `body.loaders` also takes {"state_dict": sd}), with a DDP `module.` prefix
+    stripped from its keys. Anything that is not a dict comes back as is, for the caller to refuse in its words."""
+    if isinstance(obj, dict):
+        obj = next((obj[w] for w in wrappers if isinstance(obj.get(w), dict)), obj)
+    if not isinstance(obj, dict):
+        return obj
+    return {(k[len("module."):] if isinstance(k, str) and k.startswith("module.") else k): v for k, v in obj.items()}

@@ -288,16 +288,11 @@ def _load_pkl(path: Path) -> BodyModelData:
 
 
 def _load_checkpoint(path: Path) -> BodyModelData:
-    from ..torch_weights import torch_load_weights  # imports torch: only for checkpoints
+    from ..torch_weights import state_dict_in, torch_load_weights  # imports torch: only for checkpoints
 
-    obj = torch_load_weights(path, str(path))
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]
-    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise SmplerError(f"{path}: checkpoint holds a {type(obj).__name__}, expected a state dict")
-    sd = {(k[len("module."):] if isinstance(k, str) and k.startswith("module.") else k): v for k, v in obj.items()}
+    sd = state_dict_in(torch_load_weights(path, str(path)), wrappers=("model", "state_dict"))
+    if not isinstance(sd, dict):
+        raise SmplerError(f"{path}: checkpoint holds a {type(sd).__name__}, expected a state dict")
     missing = [name for name in _CKPT_KEYS.values() if name not in sd]
     if missing:
         more = f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""

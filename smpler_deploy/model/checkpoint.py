@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import SmplerError
-from ..torch_weights import torch_load_weights
+from ..torch_weights import state_dict_in, torch_load_weights
 from .smpler import VARIANTS, SMPLer
 
 DEFAULT_SEED = 0
@@ -34,12 +34,9 @@ def read_checkpoint(path) -> dict[str, torch.Tensor]:
     p = Path(path)
     if not p.is_file():
         raise SmplerError(f"--checkpoint {p}: file not found")
-    obj = torch_load_weights(p, f"--checkpoint {p}")
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    sd = state_dict_in(torch_load_weights(p, f"--checkpoint {p}"), wrappers=("model",))
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise SmplerError(f"--checkpoint {p}: expected a state dict of tensors (or {{'model': state_dict}})")
-    sd = {k[7:] if k.startswith("module.") else k: v for k, v in obj.items()}
     bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:  # a NaN weight would otherwise travel on (e.g. to an index of -2^63 in the attention's sampling)
         k = sorted(bad)[0]
