@@ -425,15 +425,18 @@ def test_ptx_when_the_driver_cannot_take_the_cubin(tmp_path, driver, version, cu
         assert images[-1] == b"// PTX local_attention fp16 90\n\0"  # NUL-terminated text for the JIT
 
 
-def test_launch_functions_callable_without_tensorrt(tmp_path, driver):
-    """The plain launch functions a GPU self-check calls with its own buffers (no TensorRT descriptors)."""
+def test_prepared_launch_callable_without_tensorrt(tmp_path, driver):
+    """PreparedLaunch, what the plugins' enqueue and smpler-check-gpu's AOT step launch through, with plain device
+    pointers and shapes (no TensorRT descriptors); an empty batch launches nothing."""
     _fake_kernel_dir(tmp_path)
     fake = driver(param_types=["*fp16", "*fp32", "*fp16", "*fp32", "*fp16", "i32", "i32", "i32", "*i8", "*i8"])
     fn = L.resolve_function(fake, "local_attention", "fp16", tmp_path)
-    assert L.launch_local_attention(fake, fn, 0x100, 0x200, 0x300, 0x400, 0x500, LOCAL_IN, stream=5)
+    ptrs = [0x100, 0x200, 0x300, 0x400, 0x500]
+    assert L.PreparedLaunch(fake, fn, LOCAL_IN, "check local")(ptrs, stream=5)
     assert fake.calls[-1][2] == (24, 1, 1) and fake.calls[-1][6][5:8] == [24, 56, 128]
-    assert not L.launch_local_attention(fake, fn, 0x100, 0x200, 0x300, 0x400, 0x500,
-                                        [(0, *s[1:]) for s in LOCAL_IN[:3]] + LOCAL_IN[3:], stream=5)
+    n = len(fake.calls)
+    empty = L.PreparedLaunch(fake, fn, [(0, *s[1:]) for s in LOCAL_IN[:3]] + LOCAL_IN[3:], "check local")
+    assert not empty(ptrs, stream=5) and len(fake.calls) == n
 
 
 def test_enqueue_missing_sm_names_command(tmp_path, driver, plugin_errors):

@@ -2,10 +2,10 @@
 
 `resolve_function` (index -> module -> CUfunction) runs once per CUDA context and kernel variant — the
 plugins call it from `on_shape_change`, not per enqueue — and picks cubin or PTX for this driver
-(`kernel_store.load_order`, with a PTX fallback when a cubin fails to load). The launch is a plain function
-(`launch_local_attention`, `launch_global_attention`, `launch_kernel`), callable with any object that has
-the driver's functions, a resolved `KernelFunction`, device pointers, shapes and a stream: the TensorRT
-plugins use it, and so can a GPU self-check without TensorRT.
+(`kernel_store.load_order`, with a PTX fallback when a cubin fails to load). The launch is `PreparedLaunch`
+(a resolved `KernelFunction` and fixed shapes, called with device pointers and a stream), callable with any object
+that has the driver's functions: the TensorRT plugins' enqueue uses it, and so does smpler-check-gpu's AOT step
+without TensorRT.
 """
 
 from __future__ import annotations
@@ -169,30 +169,6 @@ def check_alignment(plan: LaunchPlan, entry: dict, what: str) -> None:
     for name, (ty, ptr) in zip(names, plan.args):
         if ty.startswith("*") and name not in HIDDEN_ARGS and ptr % POINTER_ALIGN:
             raise SmplerError(f"{what}: buffer {name} at {ptr:#x} is not {POINTER_ALIGN}-byte aligned")
-
-
-def launch_kernel(cu, fn: KernelFunction, plan: LaunchPlan, stream: int, what: str = "") -> bool:
-    """cuLaunchKernel of a planned launch; False (nothing launched) for an empty grid (batch 0)."""
-    if plan.empty:
-        return False
-    what = what or fn.entry["kernel"]
-    check_alignment(plan, fn.entry, what)
-    vals, ptrs = pack_args(plan)
-    check(cu, cu.cuLaunchKernel(fn.function, *plan.grid, *plan.block, plan.shared, cu.CUstream(int(stream)),
-                                ctypes.addressof(ptrs), 0), f"{what}: cuLaunchKernel")
-    return True
-
-
-def launch_local_attention(cu, fn: KernelFunction, feat: int, joints: int, qk: int, table: int, out: int,
-                           shapes, stream: int, what: str = "") -> bool:
-    """Local attention on device pointers. shapes: feat [B,S,S,C], joints [B,J,2], qk [B,J,NH,C], table [NH,T,T]."""
-    return launch_kernel(cu, fn, plan_launch(fn.entry, list(shapes), [feat, joints, qk, table, out]), stream, what)
-
-
-def launch_global_attention(cu, fn: KernelFunction, qk: int, keys, out: int, shapes, stream: int,
-                            what: str = "") -> bool:
-    """Multi-scale global attention on device pointers. shapes: qk [B,4,Q,NH,C], keys0..3 [B,N_s,C]."""
-    return launch_kernel(cu, fn, plan_launch(fn.entry, list(shapes), [qk, *keys, out]), stream, what)
 
 
 class PreparedLaunch:
