@@ -22,6 +22,7 @@ from ..precision import KINDS, Precision
 from . import layer_summary
 from ..trt.manifest import FLAVOUR_TITLES, SCHEMA, layers_path, manifest_path, write_manifest
 from ..plugins.graph import plugin_summary
+from ..trt.dtypes import dtype_name
 from ..trt.importer import import_trt
 from ..trt.plugins import register_smpler_plugins
 from .options import EngineOptions, parse_mem_pool_size, resolve
@@ -78,15 +79,6 @@ def onnx_facts(onnx_path: str | os.PathLike) -> dict:
 
 def _dims(d) -> list[int]:
     return [int(x) for x in d]
-
-
-def _dtype_name(dt) -> str:
-    names = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": "int32", "INT64": "int64",
-             "BOOL": "bool", "UINT8": "uint8", "BF16": "bfloat16", "FP8": "float8e4m3"}  # fmt: skip
-    n = getattr(dt, "name", str(dt).rsplit(".", 1)[-1])
-    return names.get(n, n.lower())
-
-
 
 
 def _local_sm() -> int | None:
@@ -284,7 +276,7 @@ def _build_plan(onnx_path: Path, facts: dict, shapes: dict, opts: EngineOptions,
             warnings.filterwarnings("ignore", message=".*Timing cache operations are no-ops.*")
             cache = config.get_timing_cache()
             timing = bytes(memoryview(cache.serialize())) if cache is not None else b""
-    io = {kind: [{"name": t.name, "shape": _dims(t.shape), "dtype": _dtype_name(t.dtype)}
+    io = {kind: [{"name": t.name, "shape": _dims(t.shape), "dtype": dtype_name(t.dtype)}
                  for t in (get(i) for i in range(n))]
           for kind, get, n in (("inputs", network.get_input, network.num_inputs),
                                ("outputs", network.get_output, network.num_outputs))}
