@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
+import io
 import os
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -59,9 +62,32 @@ def _export(default_model, onnx_dir, name, precision: str, **kw):
     return path
 
 
+@dataclass(frozen=True)
+class CliExport:
+    rc: int
+    path: Path
+    out: str  # what the command printed on stdout / stderr
+    err: str
+    listing: list[str]  # its output directory right after the command
+
+
 @pytest.fixture(scope="session")
-def onnx_fp32(default_model, onnx_dir):
-    return _export(default_model, onnx_dir, "smpler_fp32.onnx", precision="fp32")
+def cli_fp32_export(tmp_path_factory):
+    """`smpler-export --precision fp32 -o smpler.onnx` (fidelity on), run once in process: the fp32 graph every test
+    reads is the one the command wrote, and test_export_cli checks what it printed and wrote beside it."""
+    from smpler_deploy.cli.export import main
+
+    d = tmp_path_factory.mktemp("cli-fp32")
+    path, out, err = d / "smpler.onnx", io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(["--precision", "fp32", "-o", str(path)])
+    return CliExport(rc, path, out.getvalue(), err.getvalue(), sorted(os.listdir(d)))
+
+
+@pytest.fixture(scope="session")
+def onnx_fp32(cli_fp32_export):
+    assert cli_fp32_export.rc == 0, cli_fp32_export.err
+    return cli_fp32_export.path
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 and the demo on a scikit-image photo. One bench run is shared (module fixture) to stay within the time budget."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -10,17 +11,27 @@ from smpler_deploy.bench.dataset import evaluate, load_dataset, make_synthetic_d
 from smpler_deploy.bench.report import validate_report
 
 
-@pytest.fixture(scope="module")
-def bench_run(tmp_path_factory):
+def _bench(root, *extra):
     from smpler_deploy.cli.bench import main
 
-    root = tmp_path_factory.mktemp("bench")
     ds = make_synthetic_dataset(root / "data", n=2, dataset="h36m")
     out = root / "report"
     rc = main(["--backends", "torch,onnxruntime,tensorrt", "--precisions", "fp32", "--batch", "1", "--iters", "2",
                "--warmup", "1", "--threads", "2", "--no-progress", "--dataset", str(ds), "--images",
-               str(root / "data"), "--out", str(out)])
+               str(root / "data"), "--out", str(out), *extra])
     return rc, out
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory, onnx_fp32):
+    """The bench's ONNX cell reads the graph its cache directory holds, as on a second run: the session's fp32
+    graph (what the bench would export there: same model, batch profile 1:1:8). test_bench_exports_into_its_cache
+    runs the export itself."""
+    root = tmp_path_factory.mktemp("bench")
+    cache = root / "cache"
+    cache.mkdir()
+    shutil.copyfile(onnx_fp32, cache / "smpler_fp32.onnx")
+    return _bench(root, "--cache-dir", str(cache))
 
 
 def test_bench_report(bench_run):
@@ -43,6 +54,17 @@ def test_bench_report(bench_run):
     if cells["tensorrt/fp32/b1"]["status"] == "skipped":
         assert "| tensorrt/fp32/b1 | skipped |" in md
     assert (out / "latency.png").is_file() and (out / "speedup_vs_fidelity.png").is_file()
+
+
+@pytest.mark.slow  # a second fp32 export (~1-2 min on the shared 2-core machine); bench_run reuses the session's
+def test_bench_exports_into_its_cache(tmp_path):
+    """Without --onnx and with an empty cache the bench exports the graph its ONNX cell needs into OUT/cache."""
+    rc, out = _bench(tmp_path)
+    assert rc == 0
+    cells = {c["id"]: c for c in json.loads((out / "report.json").read_text())["cells"]}
+    assert cells["onnxruntime/fp32/b1"]["status"] == "ok", cells["onnxruntime/fp32/b1"]["reason"]
+    assert cells["onnxruntime/fp32/b1"]["fidelity"]["vertices"]["max_mm"] < 0.5
+    assert (out / "cache" / "smpler_fp32.onnx").is_file()
 
 
 def test_dataset_eval_matches_metrics(tmp_path):

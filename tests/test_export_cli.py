@@ -93,20 +93,19 @@ def test_existing_output_without_force_is_untouched(tmp_path, capsys):
     assert out.read_bytes() == b"precious" and out.stat().st_mtime_ns == mtime
 
 
-def test_cli_fp32_export_with_fidelity(tmp_path, capsys):
-    """The one real CLI export: graph + fidelity table on stdout + fidelity JSON beside it, nothing else."""
+def test_cli_fp32_export_with_fidelity(cli_fp32_export):
+    """The one real CLI export (conftest's session fixture: the fp32 graph every other test reads): graph +
+    fidelity table on stdout + fidelity JSON beside it, nothing else."""
     import onnx
 
-    out = tmp_path / "smpler.onnx"
-    rc = main(["--precision", "fp32", "-o", str(out)])
-    cap = capsys.readouterr()
-    assert rc == 0, cap.err
+    cap, out = cli_fp32_export, cli_fp32_export.path
+    assert cap.rc == 0, cap.err
     assert "error:" not in cap.err
     assert f"wrote {out}" in cap.out
     assert "fidelity of smpler.onnx vs PyTorch fp32" in cap.out and "vertices max (mm)" in cap.out
-    fjson = tmp_path / "smpler.onnx.fidelity.json"
+    fjson = out.with_name("smpler.onnx.fidelity.json")
     assert str(fjson) in cap.out
-    assert listing(tmp_path) == ["smpler.onnx", "smpler.onnx.fidelity.json"]  # no temp files left
+    assert cap.listing == ["smpler.onnx", "smpler.onnx.fidelity.json"]  # no temp files left
     fid = json.loads(fjson.read_text())
     assert fid["finite"] and fid["batch"] == 4 and fid["vertices"]["max_mm"] < 0.01
     meta = {p.key: p.value for p in onnx.load(str(out), load_external_data=False).metadata_props}
