@@ -171,25 +171,31 @@ def machine_info(threads: int | None = None, measure_gemm: bool = True) -> dict:
     }
 
 
+_PEAKS = (("gemm_fp32_peak_gflops", "gemm_fp32_gflops_by_library", gemm_rates),
+          ("gemm_int8_peak_gops", "gemm_int8_gops_by_library", gemm_int8_rates))
+
+
+def _measure_peaks(machine: dict, threads, n: int = 2048, seconds: float = 0.6) -> dict:
+    """One measuring window: each library's rate, the best of it and what `machine` already holds."""
+    for key, by, rates_fn in _PEAKS:
+        best = dict(machine.get(by) or {})
+        for lib, rate in rates_fn(threads, n, seconds).items():
+            best[lib] = max(rate, best.get(lib, 0.0))
+        machine[by], machine[key] = best, (max(best.values()) if best else None)
+    return machine
+
+
 def refresh_gemm_peaks(machine: dict, threads: int | None = None, n: int = 2048, seconds: float = 0.6) -> dict:
     """Measure the GEMM rates again (after the cells) and keep each library's best of both windows: a peak taken in
     a slow spell of a shared host would make every cell's share of it read high (over 100%)."""
     if machine.get("gemm_fp32_peak_gflops") is None:
         return machine  # not measured (--no-gemm): nothing to refresh
-    for key, by, rates in (("gemm_fp32_peak_gflops", "gemm_fp32_gflops_by_library", gemm_rates(threads, n, seconds)),
-                           ("gemm_int8_peak_gops", "gemm_int8_gops_by_library", gemm_int8_rates(threads, n, seconds))):
-        best = dict(machine.get(by) or {})
-        for lib, rate in rates.items():
-            best[lib] = max(rate, best.get(lib, 0.0))
-        machine[by], machine[key] = best, (max(best.values()) if best else None)
+    _measure_peaks(machine, threads, n, seconds)
     machine["gemm_method"] = f"best of {seconds} s of {n}^3 GEMMs before and after the cells, per library"
     return machine
 
 
 def _gemm_fields(threads, measure: bool) -> dict:
     if not measure:
-        return {"gemm_fp32_peak_gflops": None, "gemm_fp32_gflops_by_library": {},
-                "gemm_int8_peak_gops": None, "gemm_int8_gops_by_library": {}}
-    rates, rates8 = gemm_rates(threads), gemm_int8_rates(threads)
-    return {"gemm_fp32_peak_gflops": max(rates.values()) if rates else None, "gemm_fp32_gflops_by_library": rates,
-            "gemm_int8_peak_gops": max(rates8.values()) if rates8 else None, "gemm_int8_gops_by_library": rates8}
+        return {key: None for key, _, _ in _PEAKS} | {by: {} for _, by, _ in _PEAKS}
+    return _measure_peaks({}, threads)
