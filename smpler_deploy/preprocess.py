@@ -7,6 +7,7 @@ bilinear filtering, RGB in [0,1] normalized with the ImageNet statistics the off
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,20 +140,35 @@ def crop(image: np.ndarray, t: CropTransform) -> np.ndarray:
 
 
 def crops(image: np.ndarray, transforms) -> np.ndarray:
-    """uint8 [H,W,3] -> uint8 [K,224,224,3]: one affine warp per crop transform (bilinear, black padding), the
-    frame handed to PIL once."""
+    """uint8 [H,W,3] -> uint8 [K,224,224,3]: one affine warp per crop transform (bilinear, black padding).
+
+    PIL's affine warp defines the numbers; `_crop_warp` computes the same bytes in one compiled pass (a fifth of
+    the time or less) when numba is installed, and PIL runs them otherwise."""
+    img = np.ascontiguousarray(image)
+    out = np.empty((len(transforms), CROP_SIZE, CROP_SIZE, 3), np.uint8)
+    # Input pixel-edge coordinate = scale * (output + 0.5) + origin, the map PIL's AFFINE data (s,0,x0,0,s,y0) is.
+    params = np.array([(t.scale, t.cx + 0.5 - t.side / 2, t.cy + 0.5 - t.side / 2) for t in transforms],
+                      np.float64).reshape(-1, 3)
+    warp = _compiled_warp() if img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3 else None
+    if warp is not None:
+        warp(img, params, out)
+        return out
     from PIL import Image
 
-    src = Image.fromarray(np.ascontiguousarray(image))
-    out = np.empty((len(transforms), CROP_SIZE, CROP_SIZE, 3), np.uint8)
-    for k, t in enumerate(transforms):
-        s = t.scale
-        # PIL's affine maps output pixel (u,v) -> input (a u + b v + c, ...), in pixel-edge coordinates.
-        x0 = t.cx + 0.5 - t.side / 2
-        y0 = t.cy + 0.5 - t.side / 2
-        out[k] = np.asarray(src.transform((t.size, t.size), Image.Transform.AFFINE, (s, 0, x0, 0, s, y0),
+    src = Image.fromarray(img)
+    for k, (s, x0, y0) in enumerate(params):
+        out[k] = np.asarray(src.transform((CROP_SIZE, CROP_SIZE), Image.Transform.AFFINE, (s, 0, x0, 0, s, y0),
                                           resample=Image.Resampling.BILINEAR, fillcolor=(0, 0, 0)))
     return out
+
+
+@functools.cache
+def _compiled_warp():
+    try:
+        from ._crop_warp import warp_crops
+    except ImportError:  # numba is in the `run` extra
+        return None
+    return warp_crops
 
 
 # (v / 255 - mean) / std in float32 for every uint8 value v, per channel: a table lookup gives the very numbers the
