@@ -23,39 +23,47 @@ class GraphInfo:
     metadata: dict
 
 
-def onnx_info(path, flag: str = "--onnx") -> GraphInfo:
-    """Refuse anything but a graph smpler-export wrote: readable ONNX, our metadata, our input and outputs."""
+def onnx_info(path, where: str | None = None) -> GraphInfo:
+    """Refuse anything but a graph smpler-export wrote: readable ONNX, our metadata, our input and outputs.
+    `where`: what the errors name (default: the path; a command passes its flag too)."""
     p = Path(path)
+    where = where or str(p)
     if not p.is_file():
-        raise SmplerError(f"{flag} {p}: file not found")
-    model = read_header(p, f"{flag} {p}")
+        raise SmplerError(f"{where}: file not found")
+    model = read_header(p, where)
     meta = metadata(model)
     if not meta.get("producer", "").startswith("smpler-deploy") or meta.get("variant") not in VARIANTS:
-        raise SmplerError(f"{flag} {p}: not an SMPLer graph (no smpler-deploy metadata; export it with smpler-export)")
+        raise SmplerError(f"{where}: not an SMPLer graph (no smpler-deploy metadata; export it with smpler-export)")
     inits = {i.name for i in model.graph.initializer}
     inputs = [i.name for i in model.graph.input if i.name not in inits]
     outputs = [o.name for o in model.graph.output]
     if inputs != [INPUT_NAME] or outputs != list(OUTPUT_NAMES):
-        raise SmplerError(f"{flag} {p}: not an SMPLer graph (inputs {inputs}, outputs {outputs}; expected "
+        raise SmplerError(f"{where}: not an SMPLer graph (inputs {inputs}, outputs {outputs}; expected "
                           f"[{INPUT_NAME}] -> {', '.join(OUTPUT_NAMES)})")
-    precision = Precision.from_metadata(meta, f"{flag} {p}")
+    precision = Precision.from_metadata(meta, where)
     return GraphInfo(p, meta["variant"], precision, meta.get("plugins") == "true", meta)
 
 
-def engine_info(path, flag: str = "--engine") -> dict:
+def engine_info(path, where: str | None = None) -> dict:
     """An engine file with a valid manifest that says it is an SMPLer engine; returns the manifest."""
     from .trt.manifest import read_manifest
 
     p = Path(path)
+    where = where or str(p)
     if not p.is_file():
-        raise SmplerError(f"{flag} {p}: file not found")
+        raise SmplerError(f"{where}: file not found")
     m = read_manifest(p)
     outs = [o["name"] for o in m["outputs"]]
     ins = [i["name"] for i in m["inputs"]]
     if m.get("variant") not in VARIANTS or ins != [INPUT_NAME] or outs != list(OUTPUT_NAMES):
-        raise SmplerError(f"{flag} {p}: not an SMPLer engine (variant {m.get('variant')!r}, inputs {ins}, outputs "
-                          f"{outs}); build it with smpler-export --format engine")
+        raise SmplerError(f"{where}: not an SMPLer engine (variant {m.get('variant')!r}, inputs {ins}, outputs "
+                          f"{outs}); build it with smpler-export (format engine)")
     return m
+
+
+def engine_precision(manifest: dict, where: str) -> Precision:
+    """The precision an engine's manifest records (its graph's; an engine's int8 is TensorRT's layout)."""
+    return Precision.from_metadata({"precision": manifest.get("precision") or "fp32"}, where)
 
 
 def engine_batch_range(manifest: dict) -> tuple[int, int]:
@@ -64,28 +72,27 @@ def engine_batch_range(manifest: dict) -> tuple[int, int]:
     return int(prof["min"][0]), int(prof["max"][0])
 
 
-def _precision_variant(path, flag: str) -> tuple[str, str]:
-    """(report spelling of the precision, variant) a graph (--onnx) or engine (--engine) carries."""
-    if flag == "--engine":
-        m = engine_info(path, flag)
-        return Precision.from_metadata({"precision": m.get("precision")}, f"{flag} {path}").name, m["variant"]
-    info = onnx_info(path, flag)
-    return info.precision.name, info.variant
+def artifact_facts(path, kind: str, where: str | None = None) -> tuple[Precision, str]:
+    """(precision, variant) a graph (kind "onnx") or an engine (kind "engine") carries."""
+    if kind == "engine":
+        m = engine_info(path, where)
+        return engine_precision(m, where or str(path)), m["variant"]
+    info = onnx_info(path, where)
+    return info.precision, info.variant
 
 
-def artifact_precision(path, flag: str) -> str:
-    """The report spelling of the precision a graph (--onnx) or engine (--engine) carries."""
-    return _precision_variant(path, flag)[0]
-
-
-def check_bench_artifacts(onnx: dict, engines: dict, variant: str) -> None:
-    """smpler-bench, before any baseline runs: every --onnx / --engine file exists, is an SMPLer graph / engine
-    of the cell's precision and of the benchmarked variant."""
-    for flag, files in (("--onnx", onnx), ("--engine", engines)):
+def check_bench_artifacts(onnx: dict, engines: dict, variant: str, flags: dict | None = None) -> None:
+    """smpler-bench, before any baseline runs: every graph / engine (`{Precision: path}`) exists, is an SMPLer
+    graph / engine of the cell's precision and of the benchmarked variant. `flags`: what the command calls the
+    files and the variant ({"onnx": "--onnx", "engine": "--engine", "variant": "--variant"}; default the plain
+    words)."""
+    flags = {"onnx": "onnx", "engine": "engine", "variant": "variant"} | (flags or {})
+    for kind, files in (("onnx", onnx), ("engine", engines)):
+        flag = flags[kind]
         for prec, path in files.items():
-            got, got_variant = _precision_variant(path, flag)
+            got, got_variant = artifact_facts(path, kind, f"{flag} {path}")
             if got != prec:
                 raise SmplerError(f"{flag} {prec}={path}: the file carries precision {got}; pass it as {got}={path}")
             if got_variant != variant:
-                raise SmplerError(f"{flag} {prec}={path}: a {got_variant} {'graph' if flag == '--onnx' else 'engine'}, "
-                                  f"but the benchmark is --variant {variant}")
+                raise SmplerError(f"{flag} {prec}={path}: a {got_variant} {'graph' if kind == 'onnx' else 'engine'}, "
+                                  f"but the benchmark is {flags['variant']} {variant}")

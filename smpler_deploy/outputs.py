@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from .errors import SmplerError
+from .errors import OptionError
 
 # Order of the ONNX/engine outputs; the graph's output names are exactly these.
 OUTPUT_NAMES = ("vertices", "joints", "smpl_joints", "smpl_joints2d", "rotmat", "betas", "cam")
@@ -47,7 +47,7 @@ def parse_batch(spec) -> tuple[int, int, int]:
             vals = ()
     vals = tuple(vals)
     if len(vals) != 3 or not all(isinstance(x, int) and x >= 1 for x in vals):
-        raise SmplerError(f"--batch {shown}: expected MIN:OPT:MAX with positive integers, e.g. 1:1:8")
+        raise OptionError("batch", shown, "expected MIN:OPT:MAX with positive integers, e.g. 1:1:8")
     if not vals[0] <= vals[1] <= vals[2]:
-        raise SmplerError(f"--batch {shown}: need MIN <= OPT <= MAX")
+        raise OptionError("batch", shown, "need MIN <= OPT <= MAX")
     return vals

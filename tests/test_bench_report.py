@@ -10,6 +10,7 @@ from smpler_deploy.bench.machine import library_versions, machine_info
 from smpler_deploy.bench.report import SCHEMA_VERSION, Cell, Report, render_markdown, validate_report, write_report
 from smpler_deploy.bench.stats import latency_stats
 from smpler_deploy.errors import SmplerError
+from smpler_deploy.precision import Precision
 
 
 def test_latency_stats():
@@ -82,12 +83,13 @@ def test_parsing_errors(tmp_path):
         with pytest.raises(SmplerError, match="--batch"):
             R.parse_batches(bad)
     with pytest.raises(SmplerError, match="unknown fp64"):
-        R.parse_choices("fp32,fp64", R.PRECISIONS, "--precisions")
+        R.parse_precisions("fp32,fp64", "--precisions")
+    assert R.parse_precisions("int8-cpu,bf16,int8-cpu") == [Precision("int8", "cpu"), Precision("bf16")]
     f16 = tmp_path / "smpler_fp16.onnx"
     f16.write_bytes(b"x")
     with pytest.raises(SmplerError, match="not a readable ONNX model"):  # a plain path: precision from metadata
         R.parse_artifacts(f"{f16}", "--onnx")
-    assert R.parse_artifacts(f"int8={f16}", "--onnx") == {"int8": f16}
+    assert R.parse_artifacts(f"int8={f16}", "--onnx") == {Precision("int8", "trt"): f16}
     with pytest.raises(SmplerError, match="file not found"):
         R.parse_artifacts(str(tmp_path / "missing.onnx"), "--onnx")
 
@@ -95,9 +97,9 @@ def test_parsing_errors(tmp_path):
 def test_plan_skips_and_names_missing_artifacts(tmp_path):
     cfg = R.BenchConfig(backends=["torch", "onnxruntime", "tensorrt"], precisions=["fp32", "int8"], batches=[1, 8])
     groups = R.plan(cfg)
-    kinds = [(g.backend, g.precision, g.kind) for g in groups]
+    kinds = [(g.backend, g.precision.name, g.kind) for g in groups]
     assert kinds[:2] == [("torch", "fp32", "reference"), ("torch", "fp32", "official")]
-    reasons = {(g.backend, g.precision): g.reason for g in groups}
+    reasons = {(g.backend, g.precision.name): g.reason for g in groups}
     assert "runs fp32, fp16, bf16" in reasons[("torch", "int8")]
     if not R.gpu_available():
         assert "no CUDA GPU" in reasons[("tensorrt", "fp32")]

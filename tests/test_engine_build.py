@@ -222,7 +222,7 @@ def test_existing_output_needs_force(graphs, tmp_path):
     assert "file exists (pass --force to overwrite)" in _one_line(e)
     build_engine(graphs / "fp32.onnx", engine, force=True, log=_quiet)
     assert engine.stat().st_size > 1000
-    with pytest.raises(SmplerError, match="--batch"):
+    with pytest.raises(SmplerError, match="^batch 8:1:1: need MIN <= OPT <= MAX"):
         build_engine(graphs / "fp32.onnx", tmp_path / "y.engine", EngineOptions(batch="8:1:1"), log=_quiet)
     with pytest.raises(SmplerError, match="ONNX file not found"):
         build_engine(tmp_path / "missing.onnx", tmp_path / "y.engine", log=_quiet)

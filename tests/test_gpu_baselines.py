@@ -24,8 +24,11 @@ def test_plan_precisions_and_fp32_islands():
     for prec, dt in (("fp16", "float16"), ("bf16", "bfloat16")):
         p = plan_torch("cpu", prec)
         assert p.dtype == dt and p.fp32_parts == FP32_PARTS and "softmax" in p.fp32_parts
+        assert p.precision == Precision(prec) and plan_torch("cpu", Precision(prec)) == p  # typed or spelled
     with pytest.raises(SmplerError, match="int8 is a graph precision"):
         plan_torch("cpu", "int8")
+    with pytest.raises(SmplerError, match="int8-cpu is a graph precision"):
+        plan_torch("cpu", Precision("int8", "cpu"))
 
 
 def test_plan_cuda_defaults_to_graphs_when_a_device_is_there():
@@ -101,7 +104,7 @@ def test_half_precisions_on_cpu_keep_fp32_islands(default_model, crops, ref_out,
     f = fidelity(ref_out, out)["vertices"]
     # the half type really computes (not a silent fp32 run), and stays within the policy's budget
     assert 0.001 < f["mean_mm"] < mean_mm and f["max_mm"] < max_mm, f
-    assert s.precision == precision and s.info.fp32_parts == FP32_PARTS and s.cuda_graphs.mode == "off"
+    assert s.precision == Precision(precision) and s.info.fp32_parts == FP32_PARTS and s.cuda_graphs.mode == "off"
     s.close()
 
 
@@ -216,13 +219,13 @@ def _plan(env=GPU_ENV, **kw):
 def test_cuda_plan_puts_every_cell_on_the_gpu(tmp_path):
     eng = {"fp32": tmp_path / "a.engine", "fp16": tmp_path / "b.engine"}
     groups = _plan(device="cuda", engines=eng, cache_dir=tmp_path)
-    by = {(g.backend, g.precision, g.kind): g for g in groups}
+    by = {(g.backend, g.precision.name, g.kind): g for g in groups}
     assert [k for k in by][:2] == [("torch", "fp32", "reference"), ("torch", "fp32", "official")]
     for key in (("torch", "fp32", "reference"), ("torch", "fp32", "official"), ("torch", "fp16", "deployed")):
         assert by[key].kw["device"] == "cuda" and by[key].kw["cuda_graphs"] is False  # eager
     for pr in ("fp32", "fp16"):
         g = by[("torch-cudagraph", pr, "deployed")]
-        assert g.runtime == "torch" and g.kw == {"device": "cuda", "cuda_graphs": True, "precision": pr}
+        assert g.runtime == "torch" and g.kw == {"device": "cuda", "cuda_graphs": True, "precision": Precision.parse(pr)}
         assert by[("onnxruntime-cuda", pr, "deployed")].kw["provider"] == "cuda"
         trt = by[("onnxruntime-tensorrt", pr, "deployed")]
         assert trt.kw["trt_cache"] == tmp_path / "ort-trt" and trt.kw["batches"] == (1, 8)
@@ -235,7 +238,7 @@ def test_cuda_plan_puts_every_cell_on_the_gpu(tmp_path):
 def test_cuda_plan_skips_what_is_not_installed():
     env = dict(GPU_ENV, ort_providers=["CPUExecutionProvider"], tensorrt=False)
     groups = _plan(env, device="cuda", precisions=["fp32", "int8-cpu", "bf16"])
-    why = {(g.backend, g.precision): g.reason for g in groups}
+    why = {(g.backend, g.precision.name): g.reason for g in groups}
     assert "CUDAExecutionProvider not available" in why[("onnxruntime-cuda", "fp32")]
     assert "available: CPUExecutionProvider" in why[("onnxruntime-cuda", "fp32")]
     assert "TensorRT refuses" in why[("onnxruntime-tensorrt", "int8-cpu")]
@@ -247,7 +250,7 @@ def test_cuda_plan_skips_what_is_not_installed():
 
 def test_cpu_plan_never_runs_gpu_cells():
     groups = _plan(device="cpu", precisions=["fp32", "bf16"])
-    why = {(g.backend, g.precision): g.reason for g in groups}
+    why = {(g.backend, g.precision.name): g.reason for g in groups}
     assert "measure it with --device cuda" in why[("tensorrt", "fp32")]
     assert not any(g.backend.startswith("torch-cudagraph") or g.kw.get("device") == "cuda" for g in groups)
     assert [g.kw for g in groups if g.runtime == "onnxruntime"] == [{"provider": "cpu"}] * 2

@@ -14,6 +14,7 @@ from trt_standin import RecordingCudaStandIn
 
 from smpler_deploy.errors import SmplerError
 from smpler_deploy.outputs import SMPLOutput
+from smpler_deploy.precision import FP32, Precision
 from smpler_deploy.runtime.base import Session, SessionInfo
 from smpler_deploy.runtime.graphs import GraphState
 from smpler_deploy.runtime.tensorrt import TensorRTSession
@@ -62,8 +63,9 @@ def test_info_is_typed_with_one_name_per_fact(engine, default_model, onnx_fp32):
                 ("smpler", True, True, None)
             assert s.info.device == "cpu" and s.max_batch is None and s.cuda_graphs == GraphState("off", 0)
             assert s.last_device_ms is None  # CPU: no device time
-        assert o.info.providers == ("CPUExecutionProvider",) and o.precision == "fp32" and t.precision == "fp32"
-        assert e.info == SessionInfo(variant="smpler", device="cuda") and e.precision == "fp16"
+        assert o.info.providers == ("CPUExecutionProvider",) and o.precision == FP32 and t.precision == FP32
+        assert e.info == SessionInfo(variant="smpler", device="cuda") and e.precision == Precision("fp16")
+        assert all(isinstance(s.precision, Precision) for s in (t, o, e))  # typed, one currency for every backend
         assert e.max_batch == 4  # the stand-in engine's profile: batch 1..4
 
 
@@ -127,7 +129,7 @@ def test_crop_batches_honour_max_batch(engine):
 class Known(Session):
     """A real model's outputs under the facts a graph exported from a checkpoint with SMPL reports."""
 
-    backend, where, precision = "onnxruntime", "known session", "fp16"
+    backend, where, precision = "onnxruntime", "known session", Precision("fp16")
 
     def __init__(self, inner, info: SessionInfo, max_batch=None):
         self.inner, self.info, self.max_batch = inner, info, max_batch

@@ -3,12 +3,14 @@ refusal is one line and comes before any work."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from smpler_deploy.cli.export_flags import export_spec
 from smpler_deploy.engine.targets import parse_sm, parse_sms
 from smpler_deploy.errors import OptionError, SmplerError
-from smpler_deploy.precision import Precision
+from smpler_deploy.precision import GRAPH_NAMES, NO_GRAPH, NOT_BUILDABLE, Precision
 
 
 @pytest.mark.parametrize("text,kind,target,name", [
@@ -23,14 +25,37 @@ def test_precision_parse_and_report_spelling(text, kind, target, name):
 
 
 def test_precision_refusals():
-    with pytest.raises(SmplerError, match=r"^--precisions int4: expected one of fp32, fp16, int8, int8-cpu$"):
+    with pytest.raises(SmplerError, match=r"^--precisions int4: expected one of fp32, fp16, int8, int8-cpu, bf16$"):
         Precision.parse("int4", "--precisions")
+    with pytest.raises(SmplerError, match=r"^--onnx bf16: expected one of fp32, fp16, int8, int8-cpu$"):
+        Precision.parse("bf16", "--onnx", GRAPH_NAMES)  # a caller takes only the names it can run
     with pytest.raises(SmplerError, match=r"^--target cpu: applies to --precision int8 only \(got --precision fp16\)$"):
         Precision.from_flags("fp16", "cpu")
     assert Precision.from_flags("int8", None) == Precision("int8", "trt")
     assert Precision.from_flags(None, None) == Precision("fp32")
     with pytest.raises(SmplerError):
         Precision("fp16", "cpu")
+
+
+def test_bf16_is_a_torch_only_precision():
+    """bf16 is one more value of the type: torch runs it; no graph carries it, so nothing builds it."""
+    bf16 = Precision.parse("BF16")
+    assert (bf16.kind, bf16.name, bf16.runs_in_torch, bf16.in_graph, bf16.buildable) == ("bf16", "bf16", True, False,
+                                                                                          False)
+    assert bf16.not_buildable_reason == NO_GRAPH and Precision.parse("int8-cpu").not_buildable_reason.startswith(
+        NOT_BUILDABLE)
+    with pytest.raises(SmplerError, match=f"^x.onnx: {re.escape(NO_GRAPH)}$"):
+        bf16.require_buildable("x.onnx")
+    int8 = Precision.parse("int8")
+    assert not int8.runs_in_torch and Precision.parse("fp16").runs_in_torch
+    with pytest.raises(SmplerError, match=r"^--precision int8: the torch backend runs fp32, fp16, bf16 \(int8 is a "
+                                          r"graph precision"):
+        int8.require_torch("--precision")
+    with pytest.raises(SmplerError, match="metadata precision 'bf16'"):  # no exported graph says bf16
+        Precision.from_metadata({"precision": "bf16"}, "x.onnx")
+    with pytest.raises(SmplerError, match=r"^--precision bf16: expected one of fp32, fp16, int8$"):
+        Precision.from_flags("bf16", None)  # smpler-export writes graphs only
+    assert Precision.parse(bf16) is bf16  # typed values pass through the parser unchanged
 
 
 def test_precision_from_metadata():

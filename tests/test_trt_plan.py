@@ -13,7 +13,7 @@ from smpler_deploy.engine.layer_summary import (
     precision_warning,
     summarize,
 )
-from smpler_deploy.errors import SmplerError
+from smpler_deploy.errors import OptionError, SmplerError
 from smpler_deploy.runtime.graphs import GraphState
 from smpler_deploy.runtime.torch_plan import torch_graph_policy
 from smpler_deploy.runtime.trt_plan import (
@@ -107,8 +107,9 @@ def test_option_parsing():
         parse_mem_pool_size("gpu:2G")
     assert parse_batch("1:4:8") == (1, 4, 8) and parse_batch(4) == (4, 4, 4) and parse_batch((1, 1, 8)) == (1, 1, 8)
     for bad in ("8:1:1", "0:1:1", "a:b:c", "1:2"):
-        with pytest.raises(SmplerError, match="--batch"):
+        with pytest.raises(OptionError, match=f"^batch {bad}: ") as e:  # the library names the field, not a flag
             parse_batch(bad)
+        assert e.value.field == "batch" and e.value.named("--batch").startswith(f"--batch {bad}: ")
     valid = [75, 80, 86, 89, 120, 121]
     assert check_sms(["89", 8.6, "sm_120", 89], valid) == [89, 86, 120]
     with pytest.raises(SmplerError, match=r"^sms 90: not a TensorRT-RTX target; valid: 75, 80, 86, 89, 120, 121"):

@@ -15,6 +15,7 @@ from trt_standin import OUT_SHAPES, RecordingCudaStandIn, smpler_plan, standin_e
 
 from smpler_deploy.errors import SmplerError
 from smpler_deploy.outputs import OUTPUT_NAMES, SMPLOutput
+from smpler_deploy.precision import Precision
 from smpler_deploy.runtime.base import Session
 from smpler_deploy.runtime.tensorrt import TensorRTSession
 from smpler_deploy.trt.manifest import write_manifest
@@ -29,7 +30,7 @@ def images(b):
 def test_session_protocol_and_call_order(engine):
     api = RecordingCudaStandIn()
     s = TensorRTSession(engine, api=api)
-    assert isinstance(s, Session) and s.backend == "tensorrt" and s.precision == "fp16"
+    assert isinstance(s, Session) and s.backend == "tensorrt" and s.precision == Precision("fp16")
     assert api.names()[:3] == ["deserialize", "create_context", "stream_create"] and api.names().count("event_create") == 2
     api.calls.clear()
     out = s.infer(images(2))

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import SmplerError, one_line
 from ..outputs import SMPLOutput
+from ..precision import FP32
 from ..runtime.base import Session, SessionInfo
 
 FLAG = "--official-repo"
@@ -285,7 +286,7 @@ class OfficialRepoSession(Session):
 
     backend = "official-repo"
     where = "official-repo session"
-    precision = "fp32"
+    precision = FP32
 
     def __init__(self, repo, *, variant="smpler", checkpoint=None, smpl_model=None, threads=None, device="cpu",
                  model=None):

@@ -9,14 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SmplerError
-from ..precision import NAMES, NOT_BUILDABLE
+from ..precision import FP32, NAMES, Precision
 from .report import MODEL_GFLOPS, Cell
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
-# "int8" is the TensorRT layout (symmetric Q/DQ; fake-quantized on ONNX Runtime: its fidelity is the engine's),
-# "int8-cpu" ONNX Runtime's own fused layout (what CPU users run for speed; TensorRT refuses its zero points).
-# "bf16" runs in torch only (the fp16 policy in bfloat16).
-PRECISIONS = (*NAMES, "bf16")  # the graphs' report spellings (precision.NAMES) and torch's bf16
+# Precisions (precision.NAMES): "int8" is the TensorRT layout (symmetric Q/DQ; fake-quantized on ONNX Runtime: its
+# fidelity is the engine's), "int8-cpu" ONNX Runtime's own fused layout (what CPU users run for speed; TensorRT
+# refuses its zero points), "bf16" runs in torch only (the fp16 policy in bfloat16).
 VARIANTS = tuple(MODEL_GFLOPS)
 
 
@@ -32,6 +31,11 @@ def parse_choices(text: str, allowed, flag: str) -> list[str]:
     return list(dict.fromkeys(items))
 
 
+def parse_precisions(text: str, flag: str = "precisions") -> list[Precision]:
+    """A comma list of report spellings (precision.NAMES) -> Precisions, in order, each once."""
+    return list(dict.fromkeys(Precision.parse(t, flag) for t in parse_choices(text, NAMES, flag)))
+
+
 def parse_batches(text: str, flag: str = "--batch") -> list[int]:
     try:
         vals = [int(t) for t in str(text).split(",") if t.strip()]
@@ -42,19 +46,22 @@ def parse_batches(text: str, flag: str = "--batch") -> list[int]:
     return sorted(set(vals))
 
 
-def parse_artifacts(text: str | None, flag: str) -> dict[str, Path]:
-    """`PREC=PATH,...` or plain paths whose file name names the precision (fp16/int8; otherwise fp32)."""
-    out: dict[str, Path] = {}
+def parse_artifacts(text: str | None, flag: str, kind: str | None = None) -> dict[Precision, Path]:
+    """`PREC=PATH,...` or plain paths whose metadata (graph) or manifest (engine) names the precision.
+    kind: "onnx" or "engine" (default: "engine" when `flag` names one)."""
+    kind = kind or ("engine" if flag.endswith("engine") else "onnx")
+    out: dict[Precision, Path] = {}
     for item in [t.strip() for t in (text or "").split(",") if t.strip()]:
         if "=" in item:
-            prec, path = (s.strip() for s in item.split("=", 1))
-            if prec not in PRECISIONS:
-                raise SmplerError(f"{flag} {item}: unknown precision {prec}; expected {','.join(PRECISIONS)}")
+            name, path = (s.strip() for s in item.split("=", 1))
+            if name.lower() not in NAMES:
+                raise SmplerError(f"{flag} {item}: unknown precision {name}; expected {','.join(NAMES)}")
+            prec = Precision.parse(name, flag)
         else:
-            from ..artifacts import artifact_precision
+            from ..artifacts import artifact_facts
 
             path = item
-            prec = artifact_precision(item, flag)  # what the graph's metadata / engine's manifest says
+            prec = artifact_facts(item, kind, f"{flag} {item}")[0]  # what the graph's metadata / manifest says
         p = Path(path)
         if not p.is_file():
             raise SmplerError(f"{flag} {p}: file not found")
@@ -89,14 +96,14 @@ DEVICES = ("cpu", "cuda")
 @dataclass
 class BenchConfig:
     backends: list[str] = field(default_factory=lambda: ["torch", "onnxruntime"])
-    precisions: list[str] = field(default_factory=lambda: ["fp32"])
+    precisions: list[Precision] = field(default_factory=lambda: [FP32])
     batches: list[int] = field(default_factory=lambda: [1])
     iters: int = 20
     warmup: int = 3
     threads: int | None = None
     variant: str = "smpler"
-    onnx: dict = field(default_factory=dict)  # precision -> Path
-    engines: dict = field(default_factory=dict)  # precision -> Path
+    onnx: dict = field(default_factory=dict)  # Precision -> Path
+    engines: dict = field(default_factory=dict)  # Precision -> Path
     cache_dir: Path | None = None  # where missing ONNX files are exported
     seed: int = 0
     progress: bool = True
@@ -117,6 +124,11 @@ class BenchConfig:
     official_repo: Path | None = None  # a checkout of the official repository: its own forward, one more baseline
     kernel_dir: Path | None = None  # the plugins' AOT kernels for --plugins engines (None: the smpler-aot cache)
 
+    def __post_init__(self):  # report spellings parsed once, here: typed from now on
+        self.precisions = list(dict.fromkeys(Precision.parse(p, "precisions") for p in self.precisions))
+        self.onnx = {Precision.parse(k, "onnx"): Path(v) for k, v in self.onnx.items()}
+        self.engines = {Precision.parse(k, "engines"): Path(v) for k, v in self.engines.items()}
+
 
 @dataclass
 class Group:
@@ -124,7 +136,7 @@ class Group:
     `runtime` the open_session backend, `kw` its extra options."""
 
     backend: str
-    precision: str
+    precision: Precision
     kind: str
     cells: list[Cell]
     reason: str | None = None
@@ -134,6 +146,7 @@ class Group:
 
     def __post_init__(self):
         self.runtime = self.runtime or self.backend
+        self.precision = Precision.parse(self.precision)
 
 
 @dataclass
@@ -152,11 +165,6 @@ class BenchEnv:
 
         return cls(cuda_unavailable_reason() if device == "cuda" else (None if gpu_available() else "no CUDA GPU"),
                    list(ort.get_available_providers()), tensorrt_importable())
-
-
-TORCH_PRECISIONS = ("fp32", "fp16", "bf16")
-# why the TensorRT EP and engines skip int8-cpu
-INT8_CPU_ON_TRT = f"{NOT_BUILDABLE}; use int8"
 
 
 def plan(cfg: BenchConfig, env: BenchEnv | None = None) -> list[Group]:
@@ -182,18 +190,16 @@ def plan(cfg: BenchConfig, env: BenchEnv | None = None) -> list[Group]:
         raise SmplerError("--trt-fp16: applies to the tensorrt provider (--device cuda --provider tensorrt)")
     tkw = {"device": cfg.device, "cuda_graphs": False} if on_gpu else {}
     mk = lambda be, pr, kind, **g: Group(be, pr, kind, [Cell(be, pr, b, kind) for b in cfg.batches], **g)  # noqa: E731
-    groups = [mk("torch", "fp32", "reference", kw=dict(tkw)), mk("torch", "fp32", "official", kw=dict(tkw))]
+    groups = [mk("torch", FP32, "reference", kw=dict(tkw)), mk("torch", FP32, "official", kw=dict(tkw))]
     if cfg.official_repo is not None:  # after the reference: its outputs are compared with the reference's
-        groups.append(mk("torch", "fp32", "official-repo", runtime="official-repo", kw={"device": cfg.device}))
+        groups.append(mk("torch", FP32, "official-repo", runtime="official-repo", kw={"device": cfg.device}))
     for be in cfg.backends:
         for pr in cfg.precisions:
             if be == "torch":
-                if pr not in TORCH_PRECISIONS:
-                    groups.append(mk(be, pr, "deployed", reason=(
-                        f"the torch backend runs {', '.join(TORCH_PRECISIONS)} ({pr} is a graph precision: the "
-                        "exported ONNX carries it; measure it with onnxruntime or tensorrt)")))
+                if not pr.runs_in_torch:
+                    groups.append(mk(be, pr, "deployed", reason=pr.not_in_torch_reason))
                     continue
-                if pr != "fp32":  # fp32 eager is the reference cell
+                if pr != FP32:  # fp32 eager is the reference cell
                     groups.append(mk(be, pr, "deployed", kw=dict(tkw, precision=pr)))
                 if on_gpu and cfg.cuda_graphs:
                     groups.append(mk("torch-cudagraph", pr, "deployed", runtime="torch",
@@ -203,11 +209,8 @@ def plan(cfg: BenchConfig, env: BenchEnv | None = None) -> list[Group]:
                     label = "onnxruntime" if prov == "cpu" else f"onnxruntime-{prov}"
                     g = mk(label, pr, "deployed", runtime="onnxruntime", kw={"provider": prov})
                     groups.append(g)
-                    if pr == "bf16":
-                        g.reason = "bf16 is a torch precision here (no bf16 ONNX graph is exported)"
-                        continue
-                    if prov == "tensorrt" and pr == "int8-cpu":
-                        g.reason = INT8_CPU_ON_TRT
+                    if not pr.in_graph or (prov == "tensorrt" and not pr.buildable):
+                        g.reason = pr.not_buildable_reason
                         continue
                     try:
                         check_available(prov, env.ort_providers)
@@ -216,7 +219,7 @@ def plan(cfg: BenchConfig, env: BenchEnv | None = None) -> list[Group]:
                         continue
                     if cfg.onnx and pr not in cfg.onnx:
                         raise SmplerError(f"cell onnxruntime/{pr}: no ONNX file for {pr} in --onnx "
-                                          f"(have {', '.join(sorted(cfg.onnx))}); add {pr}=PATH")
+                                          f"(have {', '.join(sorted(map(str, cfg.onnx)))}); add {pr}=PATH")
                     g.artifact = cfg.onnx.get(pr)
                     if prov == "tensorrt":
                         cache = cfg.trt_cache or (cfg.cache_dir or Path("bench-cache")) / "ort-trt"
@@ -226,9 +229,8 @@ def plan(cfg: BenchConfig, env: BenchEnv | None = None) -> list[Group]:
             elif be == "tensorrt":
                 g = mk(be, pr, "deployed")
                 groups.append(g)
-                if pr in ("int8-cpu", "bf16"):
-                    g.reason = (INT8_CPU_ON_TRT if pr == "int8-cpu"
-                                else "bf16 is a torch precision here (no bf16 engine is built)")
+                if not pr.buildable:
+                    g.reason = pr.not_buildable_reason
                 elif not on_gpu:
                     g.reason = ("no CUDA GPU on this machine (TensorRT engines run only on a GPU)" if env.cuda else
                                 "runs on the GPU: measure it with --device cuda, where its baseline is the "

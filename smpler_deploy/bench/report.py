@@ -10,6 +10,7 @@ from pathlib import Path
 from ..errors import SmplerError
 from ..fidelity import jsonable
 from ..fileio import write_text_atomic
+from ..precision import Precision
 
 SCHEMA = "smpler-deploy/bench-report"
 SCHEMA_VERSION = 1
@@ -33,7 +34,7 @@ class Cell:
     """One (backend, precision, batch) measurement. `kind` separates the two baselines from deployed cells."""
 
     backend: str
-    precision: str
+    precision: Precision  # a report spelling given here is parsed once (Precision.parse); written as its name
     batch: int
     kind: str = "deployed"
     status: str = "ok"
@@ -52,6 +53,9 @@ class Cell:
     achieved_gflops: float | None = None  # nominal model GFLOPs × images/s
     dataset_metrics: dict | None = None
 
+    def __post_init__(self):
+        self.precision = Precision.parse(self.precision)
+
     @property
     def id(self) -> str:
         name = {"official-repo": "official-repo", "official": "torch-official",
@@ -59,7 +63,7 @@ class Cell:
         return f"{name}/{self.precision}/b{self.batch}"
 
     def to_dict(self) -> dict:
-        return {"id": self.id, **asdict(self)}
+        return {"id": self.id, **asdict(self), "precision": self.precision.name}
 
 
 @dataclass

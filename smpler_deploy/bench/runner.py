@@ -23,14 +23,15 @@ import numpy as np
 
 from ..errors import SmplerError, one_line
 from ..fidelity import check_gate, fidelity, gate_limits
-from .plan import (BACKENDS, DEVICES, INT8_CPU_ON_TRT, PRECISIONS, TORCH_PRECISIONS, VARIANTS, BenchConfig, BenchEnv,
-                   Group, gpu_available, parse_artifacts, parse_batches, parse_choices, plan, tensorrt_importable)
+from ..precision import Precision
+from .plan import (BACKENDS, DEVICES, VARIANTS, BenchConfig, BenchEnv, Group, gpu_available, parse_artifacts,
+                   parse_batches, parse_choices, parse_precisions, plan, tensorrt_importable)
 from .report import BASELINE_KINDS, KINDS, MODEL_GFLOPS, Report
 from .stats import latency_stats
 
-__all__ = ["BACKENDS", "DEVICES", "INT8_CPU_ON_TRT", "PRECISIONS", "TORCH_PRECISIONS", "VARIANTS", "BenchConfig",
-           "BenchEnv", "Group", "bench_inputs", "device_used_mb", "gpu_available", "parse_artifacts", "parse_batches",
-           "parse_choices", "peak_rss_mb", "plan", "reset_peak_rss", "run_benchmark", "tensorrt_importable"]
+__all__ = ["BACKENDS", "DEVICES", "VARIANTS", "BenchConfig", "BenchEnv", "Group", "bench_inputs", "device_used_mb",
+           "gpu_available", "parse_artifacts", "parse_batches", "parse_choices", "parse_precisions", "peak_rss_mb",
+           "plan", "reset_peak_rss", "run_benchmark", "tensorrt_importable"]
 
 # --- measurement helpers -----------------------------------------------------------------------------------------
 
@@ -81,7 +82,7 @@ def device_used_mb(release_cache: bool = True) -> float | None:
         return None
 
 
-def _ensure_onnx(cfg: BenchConfig, precision: str) -> Path:
+def _ensure_onnx(cfg: BenchConfig, precision: Precision) -> Path:
     """Export the ONNX file a cell needs into the cache dir (once per precision; reused across runs)."""
     if cfg.cache_dir is None:
         raise SmplerError(f"cell onnxruntime/{precision}: no --onnx file and no cache directory to export into")
@@ -90,9 +91,7 @@ def _ensure_onnx(cfg: BenchConfig, precision: str) -> Path:
     if not path.is_file():
         from ..export import onnx_export as E
 
-        from ..precision import Precision
-
-        E.export_onnx(path, precision=Precision.parse(precision), variant=cfg.variant,
+        E.export_onnx(path, precision=precision, variant=cfg.variant,
                       checkpoint=cfg.session_kw.get("checkpoint"), smpl_model=cfg.session_kw.get("smpl_model"),
                       batch=(1, max(cfg.batches), max(8, *cfg.batches)), progress=cfg.progress)
     cfg.onnx[precision] = path
@@ -104,7 +103,7 @@ def _open(cfg: BenchConfig, g: Group):
 
     kw = dict(cfg.session_kw) if g.runtime in ("torch", "official-repo") else {}  # artifacts carry their weights
     kw |= g.kw
-    kw.pop("precision", None)
+    kw.pop("precision", None)  # the group's own (typed) precision is the one passed
     if g.runtime == "official-repo":
         from .official_repo import OfficialRepoSession
 
@@ -133,7 +132,8 @@ def run_benchmark(cfg: BenchConfig) -> Report:
              "standin_body": bool(info.get("standin_body", True)), "gflops_per_image": MODEL_GFLOPS[cfg.variant],
              "info": info}
     settings = {"iters": cfg.iters, "warmup": cfg.warmup, "threads": cfg.threads, "backends": cfg.backends,
-                "precisions": cfg.precisions, "batches": cfg.batches, "seed": cfg.seed, "device": cfg.device,
+                "precisions": [p.name for p in cfg.precisions], "batches": cfg.batches, "seed": cfg.seed,
+                "device": cfg.device,
                 "providers": sorted({g.kw["provider"] for g in groups if "provider" in g.kw}),
                 "device_memory_method": ("cudaMemGetInfo in use after the cell minus before its session opened"
                                          if cfg.device == "cuda" else None),
@@ -189,7 +189,7 @@ def _run_group(cfg, g: Group, inputs, ref_out, bar, model: dict | None = None) -
         got = sess.precision
         if got != g.precision:
             raise SmplerError(f"{g.artifact} carries precision {got}, but the cell is {g.precision}; "
-                              f"pass it as --onnx {got}=PATH")
+                              f"pass it as {got}=PATH")
     except Exception as e:  # noqa: BLE001 - keep the matrix going; the cell records why
         if sess is not None:
             sess.close()

@@ -75,7 +75,7 @@ def _config(a, argv):
         check_output_path(out / name, a.force, "--out")
     cfg = R.BenchConfig(
         backends=R.parse_choices(a.backends, R.BACKENDS, "--backends"),
-        precisions=R.parse_choices(a.precisions, R.PRECISIONS, "--precisions"),
+        precisions=R.parse_precisions(a.precisions, "--precisions"),
         batches=R.parse_batches(a.batch), iters=a.iters, warmup=a.warmup, threads=a.threads, variant=a.variant,
         onnx=R.parse_artifacts(a.onnx, "--onnx"), engines=R.parse_artifacts(a.engine, "--engine"),
         cache_dir=Path(a.cache_dir) if a.cache_dir else out / "cache", seed=a.seed, progress=not a.no_progress,
@@ -85,7 +85,8 @@ def _config(a, argv):
         cuda_graphs=a.cuda_graphs, trt_cache=Path(a.trt_cache) if a.trt_cache else None, trt_fp16=a.trt_fp16,
         kernel_dir=kernel_dir_arg(a))
     R.plan(cfg)  # device/provider/artifact problems: one line now, before the baselines run
-    check_bench_artifacts(cfg.onnx, cfg.engines, cfg.variant)  # before any baseline runs
+    check_bench_artifacts(cfg.onnx, cfg.engines, cfg.variant,  # before any baseline runs
+                          {"onnx": "--onnx", "engine": "--engine", "variant": "--variant"})
     for flag, val, key in (("--checkpoint", a.checkpoint, "checkpoint"), ("--smpl-model", a.smpl_model, "smpl_model")):
         if val:
             if not Path(val).is_file():

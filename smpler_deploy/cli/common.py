@@ -12,7 +12,8 @@ from ..errors import OptionError, SmplerError
 FIELD_FLAGS = {"sms": "--sm", "flavour": "--trt", "timing_cache": "--timing-cache",
                "builder_optimization_level": "--builder-optimization-level", "mem_pool_size": "--mem-pool-size",
                "hardware_compatibility_level": "--hardware-compatibility-level", "kernel_dir": "--kernel-dir",
-               "calib": "--calib", "target": "--target", "precision": "--precision", "batch": "--batch"}
+               "calib": "--calib", "target": "--target", "precision": "--precision", "batch": "--batch",
+               "onnx": "--onnx", "engine": "--engine", "backend": "--backend"}
 
 
 def flag_message(e: SmplerError) -> str:

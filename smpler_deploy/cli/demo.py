@@ -78,9 +78,12 @@ def session_options(a) -> dict:
         if given and a.backend != backend:
             raise SmplerError(f"{given[0]}: applies to --backend {backend} (got --backend {a.backend})")
     if a.backend == "torch":
+        from ..precision import Precision
         from ..runtime.torch_plan import plan_torch
 
-        kw = {"device": a.device or "cpu", "precision": a.precision or "fp32", "cuda_graphs": a.cuda_graphs,
+        precision = Precision.parse(a.precision or "fp32", "--precision")  # parsed once, typed from here
+        precision.require_torch("--precision")
+        kw = {"device": a.device or "cpu", "precision": precision, "cuda_graphs": a.cuda_graphs,
               "compile": a.compile}
         plan_torch(**kw)  # --device cuda without CUDA: one line now, not after loading the model
         return kw | {"checkpoint": a.checkpoint, "smpl_model": a.smpl_model}
@@ -95,7 +98,7 @@ def session_options(a) -> dict:
         if a.trt_fp16 and provider != "tensorrt":
             raise SmplerError(f"--trt-fp16: applies to --provider tensorrt (got --provider {provider})")
         check_available(provider, ort.get_available_providers())
-        kw = {"provider": provider}
+        kw = {"provider": provider, "where": f"--onnx {a.onnx}"}
         if provider == "tensorrt":
             kw |= {"trt_cache": a.trt_cache or default_trt_cache(), "trt_fp16": a.trt_fp16, "batches": (1,)}
         return kw

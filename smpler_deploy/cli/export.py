@@ -76,7 +76,8 @@ def main(argv=None) -> int:
     if spec.format == "triton":  # a model repository (smpler_deploy.serve), written all at once
         from ..serve.export_triton import export_triton
 
-        return export_triton(spec, say, _load_model)
+        return export_triton(spec, say, _load_model, onnx_where=spec.onnx and f"--onnx {spec.onnx}",
+                             engine_where=spec.engine_file and f"--engine {spec.engine_file}")
     calib_images = None
     if spec.calib:  # read the images now: a bad directory fails before the model is built
         from ..export.int8 import load_calibration_dir

@@ -91,13 +91,12 @@ def _given_artifact(a) -> tuple[Precision | None, str | None]:
     if a.onnx:
         from ..artifacts import onnx_info
 
-        info = onnx_info(a.onnx, "--onnx")
+        info = onnx_info(a.onnx, f"--onnx {a.onnx}")
         have, variant = info.precision, info.variant
     elif getattr(a, "engine", None):
-        from ..artifacts import engine_info
+        from ..artifacts import engine_info, engine_precision
 
-        kind = engine_info(a.engine, "--engine").get("precision") or "fp32"
-        have = Precision.parse(kind)
+        have = engine_precision(engine_info(a.engine, f"--engine {a.engine}"), f"--engine {a.engine}")
     else:
         return None, None
     if a.precision is not None and a.precision != have.kind:

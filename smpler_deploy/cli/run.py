@@ -162,7 +162,7 @@ def main(argv=None) -> int:
                                  provider=a.provider)
         path = {"onnxruntime": a.onnx, "tensorrt": a.engine}.get(a.backend)
         kw = ({"checkpoint": a.checkpoint, "smpl_model": a.smpl_model} if a.backend == "torch"
-              else {"provider": a.provider} if a.backend == "onnxruntime"
+              else {"provider": a.provider, "where": f"--onnx {path}"} if a.backend == "onnxruntime"
               else {"kernel_dir": kernel_dir_arg(a)})  # tensorrt: $SMPLER_KERNEL_DIR, else the smpler-aot cache
         sess = open_session(a.backend, path=path, variant=a.variant, threads=a.threads, **kw)
         need_body = not a.no_overlay or a.smooth != "none"
@@ -187,7 +187,8 @@ def main(argv=None) -> int:
             stage = stack.enter_context(staged_dir(out, force=a.force, flag="-o", owns=_owns_out))
             result = _run(a, source, detector, sess, faces, handler, label, cfg, stage, crops_stage)
             meta = {"source": str(a.source), "source_kind": source.kind, "fps": source.fps,
-                    "detector": detector.label, "backend": a.backend, "precision": sess.precision,
+                    "detector": detector.label, "backend": a.backend,
+                    "precision": sess.precision.name if sess.precision else None,
                     "untrained": untrained, "standin_body": standin, "smoothing": a.smooth,
                     "crop": "preprocess.box_transform (margin 1.2, 224x224)",
                     "camera": "transl: Tz = 2 f / (s b), Tx = tx + 2 (cx - px) / (s b), Ty = ty + 2 (cy - py) / "

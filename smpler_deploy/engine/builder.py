@@ -18,7 +18,7 @@ from pathlib import Path
 from ..errors import OptionError, SmplerError
 from ..fileio import atomic_path, outputs, sha256_file, stage_dir, write_bytes_atomic, write_text_atomic
 from ..outputs import INPUT_NAME
-from ..precision import KINDS, Precision
+from ..precision import GRAPH_KINDS, Precision
 from . import layer_summary
 from ..trt.manifest import FLAVOUR_TITLES, SCHEMA, layers_path, manifest_path, write_manifest
 from ..plugins.graph import plugin_summary
@@ -48,14 +48,10 @@ def profile_shapes(onnx_shape: list, batch: tuple[int, int, int], name: str) -> 
 
 def onnx_facts(onnx_path: str | os.PathLike) -> dict:
     """What the build and the manifest need from the ONNX file, without loading external weights."""
-    import onnx
-
     from ..containment import onnx_external_files
+    from ..export.metadata import metadata, read_header
 
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as e:
-        raise SmplerError(f"{onnx_path}: not a readable ONNX model ({e.__class__.__name__})")
+    model = read_header(onnx_path)
     inits = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     if not inputs:
@@ -65,7 +61,7 @@ def onnx_facts(onnx_path: str | os.PathLike) -> dict:
     dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in inputs[0].type.tensor_type.shape.dim]
     # TensorRT's parser opens every external-data file the graph names: each must lie inside the graph's folder
     ext = onnx_external_files(model, onnx_path, str(onnx_path))
-    meta = {p.key: p.value for p in model.metadata_props}
+    meta = metadata(model)
     return {
         "path": str(onnx_path),
         "input": inputs[0].name,
@@ -125,7 +121,7 @@ def build_engine(onnx_path, engine_path, options: EngineOptions = EngineOptions(
     opts = resolve(options, trt, flavour, _local_sm() if flavour == "tensorrt" else None)
     facts = onnx_facts(onnx_path)
     meta = facts["metadata"]
-    if meta.get("precision") in KINDS:
+    if meta.get("precision") in GRAPH_KINDS:
         Precision.from_metadata(meta).require_buildable(str(onnx_path))
     shapes = profile_shapes(facts["shape"], tuple(opts.batch), facts["input"])
     destinations = (engine_path, manifest_path(engine_path), layers_path(engine_path))

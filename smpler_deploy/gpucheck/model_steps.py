@@ -4,6 +4,7 @@ TorchSession on CUDA, ONNX Runtime's CUDA and TensorRT execution providers, and 
 from __future__ import annotations
 
 from ..errors import SmplerError
+from ..precision import FP32, Precision
 from .core import CheckContext, StepResult, judged, skipped
 from .reference import FP32_MM, HALF_MM, cpu_reference, exported, images, judge_mm, no_cuda, timed_ms, vertex_error
 from .session_steps import trt_for_this_gpu
@@ -24,9 +25,10 @@ def step_model_cuda(ctx: CheckContext) -> StepResult:
     prev = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
-        for label, kw, limits in (("fp32 eager", {"precision": "fp32", "cuda_graphs": False}, FP32_MM),
-                                  ("fp32 cuda-graph", {"precision": "fp32", "cuda_graphs": True}, FP32_MM),
-                                  ("fp16 cuda-graph", {"precision": "fp16", "cuda_graphs": True}, HALF_MM)):
+        fp16 = Precision("fp16")
+        for label, kw, limits in (("fp32 eager", {"precision": FP32, "cuda_graphs": False}, FP32_MM),
+                                  ("fp32 cuda-graph", {"precision": FP32, "cuda_graphs": True}, FP32_MM),
+                                  ("fp16 cuda-graph", {"precision": fp16, "cuda_graphs": True}, HALF_MM)):
             s = TorchSession(ctx.cache["model"], device="cuda", **kw)
             try:
                 err = vertex_error(ref, s.infer(x))
@@ -41,7 +43,7 @@ def step_model_cuda(ctx: CheckContext) -> StepResult:
     return judged(name, nums, fails)
 
 
-def ort_step(name: str, provider: str, precision: str, limits):
+def ort_step(name: str, provider: str, precision: Precision, limits):
     def step(ctx: CheckContext) -> StepResult:
         if not ctx.cuda:
             return skipped(name, no_cuda(ctx))
@@ -59,7 +61,7 @@ def ort_step(name: str, provider: str, precision: str, limits):
                                trt_cache=ctx.work_dir / "ort-trt")
         try:
             err = vertex_error(ref, s.infer(x))
-            nums = {"graph": precision, **err, "device_ms_p50": timed_ms(s, x, ctx.iters),
+            nums = {"graph": precision.name, **err, "device_ms_p50": timed_ms(s, x, ctx.iters),
                     "providers": list(s.info.providers)}
             fails = []
             judge_mm(fails, f"{provider} {precision}", err, limits)
@@ -88,11 +90,11 @@ def step_engines(ctx: CheckContext) -> StepResult:
     from ..trt.plugins import SPECS
 
     x, ref = images(ctx), cpu_reference(ctx)
-    variants = [("fp16", False)]
+    variants = [(Precision("fp16"), False)]
     kernels = [spec["kernel"] for spec in SPECS.values()]  # what step_aot checks too
     try:
         check_kernels_for(resolve_kernel_dir(ctx.kernel_dir), sm, kernels, "check")
-        variants.append(("fp16", True))
+        variants.append((Precision("fp16"), True))
         plugin_note = None
     except SmplerError as e:
         plugin_note = f"plugin engine not built: {e}"
@@ -100,7 +102,7 @@ def step_engines(ctx: CheckContext) -> StepResult:
     if plugin_note:
         nums["plugins"] = plugin_note
     for precision, plugins in variants:
-        label = precision + (" plugins" if plugins else "")
+        label = precision.name + (" plugins" if plugins else "")
         if ctx.remaining() < (150 if plugins else 100):
             nums[label] = "not built: time budget spent"
             continue

@@ -7,6 +7,7 @@ import statistics
 
 import numpy as np
 
+from ..precision import Precision
 from .core import CheckContext, within
 
 # Tolerances (vertices, mm) against the PyTorch fp32 forward on the CPU. fp32 on CUDA runs with TF32 off (the
@@ -78,16 +79,15 @@ def cuda_ms(fn, iters: int) -> float:
     return median(EventTimer(TorchEvents()).time_ms(fn, iters))
 
 
-def exported(ctx: CheckContext, precision: str, plugins: bool = False):
+def exported(ctx: CheckContext, precision: Precision, plugins: bool = False):
     key = f"onnx-{precision}{'-plugins' if plugins else ''}"
     if key not in ctx.cache:
         from ..export.onnx_export import export_onnx
-        from ..precision import Precision
 
         cpu_reference(ctx)
         path = ctx.work_dir / f"smpler_{precision}{'_plugins' if plugins else ''}.onnx"
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
-        export_onnx(path, precision=Precision.parse(precision), model=ctx.cache["model"], plugins=plugins,
+        export_onnx(path, precision=precision, model=ctx.cache["model"], plugins=plugins,
                     batch=(1, 2, 2))
         ctx.cache[key] = path
     return ctx.cache[key]

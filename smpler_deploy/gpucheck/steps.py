@@ -10,6 +10,7 @@ so a short time budget still covers the paths most likely to break. The steps li
 
 from __future__ import annotations
 
+from ..precision import FP32, Precision
 from .kernel_steps import aot_cases, step_aot, step_triton
 from .model_steps import ort_step, step_engines, step_model_cuda
 from .reference import HALF_MM
@@ -24,8 +25,8 @@ STEPS = [
     ("triton-jit-vs-torch", step_triton, 20),
     ("aot-kernels-via-plugin-launch", step_aot, 10),
     ("trt-session-cuda-mem", step_trt_session, 20),
-    ("ort-cuda-ep", ort_step("ort-cuda-ep", "cuda", "fp32", HALF_MM), 40),
+    ("ort-cuda-ep", ort_step("ort-cuda-ep", "cuda", FP32, HALF_MM), 40),
     ("smpler-engines", step_engines, 120),
-    ("ort-tensorrt-ep", ort_step("ort-tensorrt-ep", "tensorrt", "fp16", HALF_MM), 100),
+    ("ort-tensorrt-ep", ort_step("ort-tensorrt-ep", "tensorrt", Precision("fp16"), HALF_MM), 100),
 ]
 STEP_NAMES = tuple(n for n, _, _ in STEPS)

@@ -84,17 +84,15 @@ class SMPLer(nn.Module):
         for block in self.transformer:
             block.trans_block.refresh()
 
-    def set_precision(self, precision: str) -> "SMPLer":
-        """Mixed precision in the graph. 'fp16' (or 'bf16', the same policy in bfloat16): backbone, projections,
+    def set_precision(self, precision) -> "SMPLer":
+        """Mixed precision in the graph. fp16 (or bf16, the same policy in bfloat16): backbone, projections,
         attention and MLP matmuls in the half type; LayerNorm statistics, softmax, the HMR regressor, SMPL,
         rotation/camera math and the joints -> sampling-coordinate path stay float32 (a window that moves by a
-        pixel changes the result)."""
-        dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-        if precision not in dtypes:
-            from ..errors import SmplerError
+        pixel changes the result). `precision`: a `Precision` the torch backend runs, or its report spelling."""
+        from ..precision import TORCH_NAMES, Precision
 
-            raise SmplerError(f"precision {precision!r}: the PyTorch model runs fp32, fp16 or bf16")
-        dt = dtypes[precision]
+        p = Precision.parse(precision, "precision", TORCH_NAMES)
+        dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[p.name]
         self.backbone.to(dt)
         for block in self.transformer:
             for m in block.modules():

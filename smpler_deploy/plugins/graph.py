@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from ..errors import SmplerError
+from ..export.metadata import read_header
 
 DOMAIN = "smpler"
 PLUGIN_NAMESPACE = "smpler"
@@ -32,10 +33,8 @@ def _all_nodes(graph):
 
 def plugin_nodes(model) -> list[tuple[str, str]]:
     """(node name, op_type) of every TensorRT plugin node in an ONNX model (ModelProto or path), functions too."""
-    import onnx
-
     if isinstance(model, (str, os.PathLike)):
-        model = onnx.load(str(model), load_external_data=False)
+        model = read_header(model)
     found = []
     graphs = [model.graph] + [f for f in model.functions]
     for g in graphs:
@@ -50,16 +49,9 @@ def assert_no_plugins(onnx_path, where=None) -> None:
     """For the ONNX Runtime backend: refuse graphs that only TensorRT (with our plugins registered) can run.
 
     `onnx_path`: a path or an already loaded ModelProto (`where` then names it in the message)."""
-    if where is not None:
-        path = Path(where)
-    else:
-        path = "ONNX model" if hasattr(onnx_path, "graph") else Path(onnx_path)
-    try:
-        nodes = plugin_nodes(onnx_path)
-    except FileNotFoundError:
-        raise SmplerError(f"{path}: file not found") from None
-    except Exception as e:  # onnx's DecodeError and friends
-        raise SmplerError(f"{path}: not a readable ONNX model ({e.__class__.__name__})") from None
+    loaded = hasattr(onnx_path, "graph")
+    path = str(where) if where is not None else "ONNX model" if loaded else str(Path(onnx_path))
+    nodes = plugin_nodes(onnx_path if loaded else read_header(onnx_path, path))
     if nodes:
         ops = {op for _, op in nodes}
         kinds = [op for op in PLUGIN_OPS if op in ops] + sorted(ops - set(PLUGIN_OPS))

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import SmplerError
 from ..outputs import CROP_SIZE, OUTPUT_NAMES, SMPLOutput
+from ..precision import FP32, Precision
 from .graphs import GRAPHS_OFF, GraphState
 
 if TYPE_CHECKING:
@@ -46,7 +47,9 @@ class Session:
 
     backend: str = ""  # torch | onnxruntime | tensorrt (`factory.BACKENDS`) | official-repo (bench baseline)
     where: str = "session"  # what its errors name: "torch session", "onnxruntime session", the engine file
-    precision: str = "fp32"  # a graph's report spelling (precision.NAMES: fp32 fp16 int8 int8-cpu), or torch's bf16
+    # What it computes in (a graph's, or torch's fp32/fp16/bf16; reports write `.name`); None: a graph whose
+    # metadata names a precision smpler-deploy does not know
+    precision: Precision | None = FP32
     info: SessionInfo = SessionInfo()
     last_device_ms: float | None = None  # CUDA-event time of the last infer's compute alone (no copies); None on CPU
     max_batch: int | None = None  # most images one infer takes (TensorRT: its profile's maximum); None = unbounded

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import SmplerError
+from ..errors import OptionError, SmplerError
 from ..precision import Precision
 from ..outputs import CROP_SIZE, INPUT_NAME
 
@@ -45,7 +45,7 @@ def trt_profile_shapes(batches) -> dict[str, str]:
     covers every size asked for; opt at the largest, where the time goes)."""
     bs = sorted({int(b) for b in batches})
     if not bs or bs[0] < 1:
-        raise SmplerError(f"--batch {','.join(map(str, batches))}: expected positive batch sizes")
+        raise OptionError("batch", ",".join(map(str, batches)), "expected positive batch sizes")
     shape = lambda b: f"{INPUT_NAME}:{b}x3x{CROP_SIZE}x{CROP_SIZE}"  # noqa: E731
     return {"trt_profile_min_shapes": shape(bs[0]), "trt_profile_opt_shapes": shape(bs[-1]),
             "trt_profile_max_shapes": shape(bs[-1])}

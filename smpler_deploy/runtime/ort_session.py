@@ -9,7 +9,7 @@ import numpy as np
 from ..errors import SmplerError
 from ..export.metadata import meta_bool, metadata, read_header
 from ..outputs import CROP_SIZE, INPUT_NAME, OUTPUT_NAMES, SMPLOutput
-from ..precision import KINDS, Precision
+from ..precision import GRAPH_KINDS, Precision
 from .base import Session, SessionInfo
 from .ort_providers import PROVIDERS, check_available, parse_provider, provider_list
 from .timing import EventTimer, TorchEvents
@@ -67,27 +67,28 @@ class OnnxRuntimeSession(Session):
 
     def __init__(self, path, *, provider: str = "cpu", threads: int | None = None, io_binding: bool | None = None,
                  optimization: str | None = None, batches=(1,), trt_cache: str | Path | None = None,
-                 trt_fp16: bool = False, device_id: int = 0):
+                 trt_fp16: bool = False, device_id: int = 0, where: str | None = None):
+        """where: what the errors about the file name (default: the path; a command passes its flag too)."""
         import onnxruntime as ort
 
         provider = parse_provider(provider)
         check_available(provider, ort.get_available_providers())  # before reading the graph: fails fast
         path = Path(path)
+        label = where or str(path)
         if not path.is_file():
-            raise SmplerError(f"--onnx {path}: file not found")
-        header = read_header(path, f"--onnx {path}")
+            raise SmplerError(f"{label}: file not found")
+        header = read_header(path, label)
         from ..containment import onnx_external_files
         from ..plugins.graph import assert_no_plugins
 
-        assert_no_plugins(header, where=path)
-        onnx_external_files(header, path, f"--onnx {path}")  # ONNX Runtime refuses escaping ones too, less clearly
+        assert_no_plugins(header, where=label)
+        onnx_external_files(header, path, label)  # ONNX Runtime refuses escaping ones too, less clearly
         traits = graph_traits(header)
         meta = traits["meta"]
-        # report spelling: "int8-cpu" is ONNX Runtime's int8 layout, "int8" TensorRT's; a graph without smpler
-        # metadata runs as fp32
-        prec = meta.get("precision", "fp32")
-        precision = (Precision.from_metadata({"precision": "fp32", **meta}, f"--onnx {path}")
-                     if prec in KINDS else None)
+        # "int8-cpu" is ONNX Runtime's int8 layout, "int8" TensorRT's; a graph without smpler metadata runs as
+        # fp32, one whose metadata names no precision we know has none (None)
+        precision = (Precision.from_metadata({"precision": "fp32", **meta}, label)
+                     if meta.get("precision", "fp32") in GRAPH_KINDS else None)
         self._timer = _stream_timer(device_id) if provider != "cpu" else None
         providers = provider_list(provider, precision=precision, qdq=traits["qdq"],
                                   batches=batches,
@@ -111,13 +112,13 @@ class OnnxRuntimeSession(Session):
         try:
             self.sess = ort.InferenceSession(str(path), so, providers=providers)
         except Exception as e:
-            raise SmplerError(f"--onnx {path}: onnxruntime cannot load it ({str(e).splitlines()[0][:200]})")
+            raise SmplerError(f"{label}: onnxruntime cannot load it ({str(e).splitlines()[0][:200]})")
         used = self.sess.get_providers()
         if not used or used[0] != PROVIDERS[provider]:  # ORT falls back silently when an EP fails to start
             raise SmplerError(f"--provider {provider}: onnxruntime could not start {PROVIDERS[provider]} and fell "
                               f"back to {', '.join(used)} (CUDA/cuDNN/TensorRT libraries not loadable?)")
         check_graph_io(path, self.sess.get_inputs(), self.sess.get_outputs())
-        self.precision = precision.name if precision else prec
+        self.precision = precision
         self.path = path
         self.provider = provider
         self.device_id = device_id

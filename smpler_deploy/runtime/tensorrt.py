@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import SmplerError
 from ..outputs import OUTPUT_NAMES, SMPLOutput
+from ..precision import GRAPH_KINDS, Precision
 from ..trt.dtypes import np_dtype
 from ..trt.manifest import check_manifest, read_manifest
 from .base import Session, SessionInfo
@@ -301,7 +302,8 @@ class TensorRTSession(Session):
         # Manifest first: a wrong engine gets a precise message instead of a None from TensorRT.
         manifest = read_manifest(path)
         self.manifest = manifest
-        self.precision = manifest.get("precision") or "fp32"
+        prec = manifest.get("precision") or "fp32"  # the graph's; None when it names no precision we know
+        self.precision = Precision.from_metadata({"precision": prec}, str(path)) if prec in GRAPH_KINDS else None
         self.info = SessionInfo(variant=manifest.get("variant"), device="cuda")
         flavour = flavour or manifest["trt"]["flavour"]
         self.api = api = api if api is not None else TrtCudaApi(flavour)

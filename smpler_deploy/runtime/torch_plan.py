@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import SmplerError
+from ..precision import FP32, TORCH_NAMES, Precision
 from .graphs import GraphPolicy
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+# torch dtype name of the half-precision parts, per torch precision (precision.TORCH_NAMES)
+DTYPES = dict(zip(TORCH_NAMES, ("float32", "float16", "bfloat16")))
 # What stays float32 under fp16/bf16: the same islands the fp16 ONNX export keeps (`SMPLer.set_precision`).
 FP32_PARTS = ("LayerNorm statistics", "softmax", "HMR regressor", "SMPL layer", "rotation/camera math",
               "joints -> sampling-window path", "transformer predictors (theta/beta/cam)")
@@ -21,7 +23,7 @@ FP32_PARTS = ("LayerNorm statistics", "softmax", "HMR regressor", "SMPL layer", 
 @dataclass(frozen=True)
 class TorchPlan:
     device: str  # "cpu" | "cuda" | "cuda:N"
-    precision: str  # fp32 | fp16 | bf16
+    precision: Precision  # fp32 | fp16 | bf16 (`Precision.runs_in_torch`)
     dtype: str  # torch dtype name of the half-precision parts ("float32" for fp32)
     fp32_parts: tuple[str, ...]  # empty for fp32
     cuda_graphs: bool
@@ -58,17 +60,17 @@ def cuda_unavailable_reason() -> str | None:
     return None
 
 
-def plan_torch(device: str = "cpu", precision: str = "fp32", *, cuda_graphs: bool | None = None,
+def plan_torch(device: str = "cpu", precision: Precision | str = FP32, *, cuda_graphs: bool | None = None,
                compile: bool = False, attention: str = "torch", cuda_check: Callable[[], str | None] | None = None,
                flag: str = "--device") -> TorchPlan:
     """Validate a TorchSession request; raise a one-line SmplerError naming the flag when it cannot run.
 
+    precision: a Precision (or its report spelling, parsed here once).
     cuda_graphs: None = on for CUDA (capture per batch size, replay), off on CPU (nothing to capture).
     """
     device = parse_device(device, flag)
-    if precision not in PRECISIONS:
-        raise SmplerError(f"precision {precision}: the torch backend runs {', '.join(PRECISIONS)} "
-                          "(int8 is a graph precision: use onnxruntime or tensorrt)")
+    precision = Precision.parse(precision)
+    precision.require_torch()
     is_cuda = device.startswith("cuda")
     if is_cuda:
         why = (cuda_check or cuda_unavailable_reason)()
@@ -78,13 +80,12 @@ def plan_torch(device: str = "cpu", precision: str = "fp32", *, cuda_graphs: boo
         cuda_graphs = is_cuda
     if cuda_graphs and not is_cuda:
         raise SmplerError(f"--cuda-graphs: CUDA graphs need {flag} cuda (got {device})")
-    if attention == "triton" and precision == "bf16":
+    if attention == "triton" and precision.kind == "bf16":
         raise SmplerError("attention triton: the Triton kernels store fp32 or fp16 (bf16 runs with attention torch)")
     if attention not in ("torch", "triton"):
         raise SmplerError(f"attention {attention}: expected torch or triton")
-    dtype = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[precision]
-    return TorchPlan(device, precision, dtype, () if precision == "fp32" else FP32_PARTS, bool(cuda_graphs),
-                     bool(compile), attention)
+    return TorchPlan(device, precision, DTYPES[precision.name], () if precision == FP32 else FP32_PARTS,
+                     bool(cuda_graphs), bool(compile), attention)
 
 
 def torch_graph_policy(enabled: bool, max_graphs: int = 8) -> GraphPolicy:

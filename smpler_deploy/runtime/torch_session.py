@@ -16,6 +16,7 @@ import torch
 
 from ..errors import one_line
 from ..outputs import SMPLOutput
+from ..precision import FP32
 from .base import Session, SessionInfo
 from .graphs import GraphState
 from .timing import EventTimer, TorchEvents
@@ -26,10 +27,11 @@ class TorchSession(Session):
     backend = "torch"
     where = "torch session"
 
-    def __init__(self, model=None, *, variant="smpler", checkpoint=None, smpl_model=None, precision="fp32",
+    def __init__(self, model=None, *, variant="smpler", checkpoint=None, smpl_model=None, precision=FP32,
                  official=False, threads=None, attention="torch", device="cpu", cuda_graphs=None, compile=False,
                  graph_warmup: int = 3, max_graphs: int = 8, cuda_check=None):
-        """graph_warmup: forwards on a side stream before each capture (torch's CUDA-graph docs require it);
+        """precision: a `Precision` the torch backend runs (fp32, fp16, bf16), or its report spelling;
+        graph_warmup: forwards on a side stream before each capture (torch's CUDA-graph docs require it);
         max_graphs: batch sizes captured at most (each graph pins its static buffers), others run eagerly."""
         self.plan = plan = plan_torch(device, precision, cuda_graphs=cuda_graphs, compile=compile,
                                       attention=attention, cuda_check=cuda_check)
@@ -38,11 +40,11 @@ class TorchSession(Session):
                 from ..model.checkpoint import load_model
 
                 model = load_model(variant, checkpoint, smpl_model, attention=attention, official_style=official)
-            elif plan.precision != "fp32" or plan.device != "cpu":
+            elif plan.precision != FP32 or plan.device != "cpu":
                 model = copy.deepcopy(model)  # casting/moving must not change the caller's model
             self.device = torch.device(plan.device)
             model = model.eval().to(self.device)
-            if plan.precision != "fp32":
+            if plan.precision != FP32:
                 model.set_precision(plan.precision)
             self.model = model
             self.precision = plan.precision

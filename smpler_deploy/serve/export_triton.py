@@ -11,9 +11,10 @@ from pathlib import Path
 from .repository import write_repository
 
 
-def export_triton(spec, say, load_model) -> int:
+def export_triton(spec, say, load_model, onnx_where: str | None = None, engine_where: str | None = None) -> int:
     """Export (unless the spec holds an --onnx/--engine) and write the repository; `load_model(spec)` builds
-    the model to export."""
+    the model to export. onnx_where / engine_where: what errors about the given graph / engine name (the command
+    passes its flags)."""
     out = spec.output
     # the graph is exported beside -o (named like fileio's scratch files, so a killed run's is reclaimed)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.{os.getpid()}.", suffix=".stage",
@@ -33,7 +34,8 @@ def export_triton(spec, say, load_model) -> int:
                               calib_images=calib_images, batch=spec.batch, log=say)
             say(f"exported {spec.precision} graph in {res['seconds']:.1f} s (fidelity: run smpler-export -o NAME.onnx "
                 "for the table)")
-        cfgs = write_repository(out, onnx=onnx, engine=spec.engine_file, opts=spec.repo, force=spec.force, log=say)
+        cfgs = write_repository(out, onnx=onnx, engine=spec.engine_file, opts=spec.repo, force=spec.force, log=say,
+                                onnx_where=onnx_where if onnx == spec.onnx else None, engine_where=engine_where)
     step = cfgs["smpler"]["ensemble_scheduling"]["step"][1]["model_name"]
     print(f"wrote {out}: {', '.join(cfgs)} (ensemble 'smpler' runs {step}; max_batch_size "
           f"{cfgs[step]['max_batch_size']})")

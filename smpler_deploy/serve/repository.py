@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..containment import contained, onnx_external_files
 from ..errors import SmplerError
+from ..export.metadata import read_header
 from ..fileio import check_output_tree, staged_dir
 from ..outputs import CROP_SIZE, INPUT_NAME, OUTPUT_NAMES
 from .model_config import config_text, parse_config, tensor
@@ -57,16 +58,13 @@ class Graph:
     outputs: list[dict]
 
 
-def onnx_graph(path: Path, flag: str = "--onnx") -> tuple[Graph, dict[str, Path]]:
-    """SMPLer's I/O from an ONNX file (weights not loaded), and its external data files ({location: path})."""
+def onnx_graph(path: Path, where: str | None = None) -> tuple[Graph, dict[str, Path]]:
+    """SMPLer's I/O from an ONNX file (weights not loaded), and its external data files ({location: path}).
+    `where`: what the errors name (default: the path; the command passes its flag too)."""
     import onnx
 
-    try:
-        m = onnx.load(str(path), load_external_data=False)
-    except FileNotFoundError:
-        raise SmplerError(f"{flag} {path}: file not found") from None
-    except Exception as e:  # noqa: BLE001 - any parse failure is the same user error
-        raise SmplerError(f"{flag} {path}: not an ONNX model ({e.__class__.__name__})") from None
+    where = where or str(path)
+    m = read_header(path, where)
     init_names = {i.name for i in m.graph.initializer}
 
     def io(vals):
@@ -80,16 +78,16 @@ def onnx_graph(path: Path, flag: str = "--onnx") -> tuple[Graph, dict[str, Path]
             out.append({"name": v.name, "dtype": dtype, "shape": dims})
         return out
 
-    external = onnx_external_files(m, path, f"{flag} {path}")  # each inside the graph's folder, or refused
+    external = onnx_external_files(m, path, where)  # each inside the graph's folder, or refused
     if clash := sorted(set(external) & {"model.onnx", "model.py"}):  # what the repository writes beside them
-        raise SmplerError(f"{flag} {path}: external data location {clash[0]!r} is a name the repository's model "
+        raise SmplerError(f"{where}: external data location {clash[0]!r} is a name the repository's model "
                           "folder uses itself; save the graph's weights under another name")
-    return _graph(io(m.graph.input), io(m.graph.output), f"{flag} {path}"), external
+    return _graph(io(m.graph.input), io(m.graph.output), where), external
 
 
-def engine_graph(engine: Path, manifest: dict) -> tuple[Graph, tuple[int, int, int]]:
+def engine_graph(engine: Path, manifest: dict, where: str | None = None) -> tuple[Graph, tuple[int, int, int]]:
     """SMPLer's I/O and the (min, opt, max) batch of an engine, from its manifest."""
-    where = f"--engine {engine}"
+    where = where or str(engine)
     if manifest.get("plugins"):
         names = ", ".join(p.get("name", "?") for p in manifest["plugins"])
         raise SmplerError(f"{where}: built with --plugins ({names}); those are Python TensorRT plugins that Triton's "
@@ -192,38 +190,42 @@ def model_configs(graph: Graph, opts: RepoOptions, engine_batch: tuple[int, int,
     return cfgs
 
 
-def _copy_onnx(src: Path, external: dict[str, Path], dst_dir: Path) -> None:
+def _copy_onnx(src: Path, external: dict[str, Path], dst_dir: Path, where: str) -> None:
     """The graph and its external weights (same relative names, checked by `onnx_graph` to stay inside the graph's
     folder, so inside `dst_dir` too)."""
     shutil.copyfile(src, dst_dir / "model.onnx")
     for rel, source in external.items():
-        target = contained(dst_dir, rel, what=f"--onnx {src}: external data location")
+        target = contained(dst_dir, rel, what=f"{where}: external data location")
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
 
 
 def write_repository(out, *, onnx=None, engine=None, opts: RepoOptions | None = None, force: bool = False,
-                     log=lambda msg: None) -> dict[str, dict]:
-    """Write the repository to `out` (a directory); returns the configs written. Checked before any copying."""
+                     log=lambda msg: None, onnx_where: str | None = None,
+                     engine_where: str | None = None) -> dict[str, dict]:
+    """Write the repository to `out` (a directory); returns the configs written. Checked before any copying.
+    onnx_where / engine_where: what errors about the graph / the engine name (default: the path)."""
     opts = opts or RepoOptions()
     out = Path(out)
+    onnx_where = onnx_where or (str(onnx) if onnx is not None else None)
+    engine_where = engine_where or (str(engine) if engine is not None else None)
     check_output_tree(out, force, "-o", owns_repo_entry)  # a non-empty directory is replaced only with --force
     if onnx is None and engine is None:
         raise SmplerError("--format triton: needs a graph (--onnx, or let smpler-export export one) or --engine")
     graph = external = engine_batch = None
     if onnx is not None:
-        graph, external = onnx_graph(Path(onnx))
+        graph, external = onnx_graph(Path(onnx), onnx_where)
     if engine is not None:
         from ..trt.manifest import check_engine_file, read_manifest
 
         engine = Path(engine)
         if not engine.is_file():
-            raise SmplerError(f"--engine {engine}: file not found")
+            raise SmplerError(f"{engine_where}: file not found")
         manifest = read_manifest(engine)
-        check_engine_file(manifest, engine, f"--engine {engine}")  # a truncated or replaced engine is not served
-        egraph, engine_batch = engine_graph(engine, manifest)
+        check_engine_file(manifest, engine, engine_where)  # a truncated or replaced engine is not served
+        egraph, engine_batch = engine_graph(engine, manifest, engine_where)
         if graph is not None and [t["dims"] for t in egraph.outputs] != [t["dims"] for t in graph.outputs]:
-            raise SmplerError(f"--engine {engine}: its outputs' shapes differ from --onnx {onnx}'s")
+            raise SmplerError(f"{engine_where}: its outputs' shapes differ from {onnx_where}'s")
         graph = graph or egraph
     cfgs = model_configs(graph, opts, engine_batch, onnx_present=onnx is not None)
 
@@ -239,7 +241,7 @@ def write_repository(out, *, onnx=None, engine=None, opts: RepoOptions | None = 
                 shutil.copyfile(engine, vdir / "model.plan")
             elif name in ("smpler_onnx", "smpler_python"):
                 log(f"copying {onnx} -> {name}/1/model.onnx")
-                _copy_onnx(Path(onnx), external, vdir)
+                _copy_onnx(Path(onnx), external, vdir, onnx_where)
             if cfg.get("backend") == "python":
                 (vdir / "model.py").write_text(MODEL_PY)
     return cfgs
