@@ -101,18 +101,6 @@ class Precision:
         return p
 
     @classmethod
-    def from_flags(cls, precision: str | None, target: str | None) -> "Precision":
-        """smpler-export's --precision and --target: --target only with int8 (default trt)."""
-        kind = precision or "fp32"
-        if kind not in GRAPH_KINDS:
-            raise SmplerError(f"--precision {kind}: expected one of {', '.join(GRAPH_KINDS)}")
-        if target is not None and kind != "int8":
-            raise SmplerError(f"--target {target}: applies to --precision int8 only (got --precision {kind})")
-        if target is not None and target not in INT8_TARGETS:
-            raise SmplerError(f"--target {target}: expected one of {', '.join(INT8_TARGETS)}")
-        return cls(kind, (target or "trt") if kind == "int8" else None)
-
-    @classmethod
     def from_metadata(cls, meta: dict, where: str = "graph") -> "Precision":
         """From an exported graph's metadata (`precision`, and `int8_target` for int8)."""
         kind = meta.get("precision")

@@ -196,3 +196,26 @@ def test_run_reads_the_typed_facts_and_max_batch(tmp_path, known, capsys):
     assert "model: onnxruntime fp16, up to 1 crops per call" in out and "note:" not in out
     _, meta = read_params(tmp_path / "b" / "params.npz")
     assert meta["untrained"] is False and meta["standin_body"] is False and meta["precision"] == "fp16"
+
+
+def test_library_names_the_file_and_the_commands_add_their_flag(tmp_path, capsys):
+    """Sessions name what they were given (the file, the option); smpler-demo's message names its flag too."""
+    from smpler_deploy.cli.common import flag_message
+    from smpler_deploy.cli.demo import main
+    from smpler_deploy.errors import OptionError
+    from smpler_deploy.runtime import open_session
+    from smpler_deploy.runtime.ort_session import OnnxRuntimeSession
+
+    with pytest.raises(OptionError) as e:
+        open_session("onnxruntime", path=None)
+    assert e.value.field == "onnx" and not str(e.value).startswith("--")
+    assert flag_message(e.value).startswith("--onnx: the onnxruntime backend needs an ONNX file")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00not onnx")
+    with pytest.raises(SmplerError, match=rf"^{junk}: not a readable ONNX model"):
+        OnnxRuntimeSession(junk)
+    with pytest.raises(SmplerError, match=rf"^--onnx {junk}: not a readable ONNX model"):
+        OnnxRuntimeSession(junk, where=f"--onnx {junk}")
+    assert main([str(_image(tmp_path)), "--backend", "onnxruntime", "--onnx", str(junk),
+                 "--out", str(tmp_path / "a.png")]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"error: --onnx {junk}: not a readable ONNX model")

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from smpler_deploy.cli.export_flags import export_spec
+from smpler_deploy.cli.export_flags import export_spec, precision_from_flags
 from smpler_deploy.engine.targets import parse_sm, parse_sms
 from smpler_deploy.errors import OptionError, SmplerError
 from smpler_deploy.precision import GRAPH_NAMES, NO_GRAPH, NOT_BUILDABLE, Precision
@@ -30,9 +30,9 @@ def test_precision_refusals():
     with pytest.raises(SmplerError, match=r"^--onnx bf16: expected one of fp32, fp16, int8, int8-cpu$"):
         Precision.parse("bf16", "--onnx", GRAPH_NAMES)  # a caller takes only the names it can run
     with pytest.raises(SmplerError, match=r"^--target cpu: applies to --precision int8 only \(got --precision fp16\)$"):
-        Precision.from_flags("fp16", "cpu")
-    assert Precision.from_flags("int8", None) == Precision("int8", "trt")
-    assert Precision.from_flags(None, None) == Precision("fp32")
+        precision_from_flags("fp16", "cpu")
+    assert precision_from_flags("int8", None) == Precision("int8", "trt")
+    assert precision_from_flags(None, None) == Precision("fp32")
     with pytest.raises(SmplerError):
         Precision("fp16", "cpu")
 
@@ -54,7 +54,7 @@ def test_bf16_is_a_torch_only_precision():
     with pytest.raises(SmplerError, match="metadata precision 'bf16'"):  # no exported graph says bf16
         Precision.from_metadata({"precision": "bf16"}, "x.onnx")
     with pytest.raises(SmplerError, match=r"^--precision bf16: expected one of fp32, fp16, int8$"):
-        Precision.from_flags("bf16", None)  # smpler-export writes graphs only
+        precision_from_flags("bf16", None)  # smpler-export writes graphs only
     assert Precision.parse(bf16) is bf16  # typed values pass through the parser unchanged
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import OptionError, SmplerError
-from ..precision import Precision
+from ..precision import GRAPH_KINDS, INT8_TARGETS, Precision
 from ..spec import EngineOptions, ExportSpec
 from .common import flag_message, kernel_dir_arg
 
@@ -85,6 +85,18 @@ def refuse_misplaced(a) -> None:
             raise SmplerError(f"{f.flag}: applies when exporting; {src} is already {done}")
 
 
+def precision_from_flags(precision: str | None, target: str | None) -> Precision:
+    """smpler-export's --precision and --target: --target only with int8 (default trt)."""
+    kind = precision or "fp32"
+    if kind not in GRAPH_KINDS:
+        raise SmplerError(f"--precision {kind}: expected one of {', '.join(GRAPH_KINDS)}")
+    if target is not None and kind != "int8":
+        raise SmplerError(f"--target {target}: applies to --precision int8 only (got --precision {kind})")
+    if target is not None and target not in INT8_TARGETS:
+        raise SmplerError(f"--target {target}: expected one of {', '.join(INT8_TARGETS)}")
+    return Precision(kind, (target or "trt") if kind == "int8" else None)
+
+
 def _given_artifact(a) -> tuple[Precision | None, str | None]:
     """(precision, variant) of what --onnx / --engine hold (a different --precision is refused), else (None, None)."""
     variant = None
@@ -135,7 +147,7 @@ def _export_spec(a) -> ExportSpec:
 
     opts = check_values(opts)  # before the graph is read: a bad value is refused first
     have, variant = _given_artifact(a)
-    precision = have or Precision.from_flags(a.precision, a.target)
+    precision = have or precision_from_flags(a.precision, a.target)
     variant = variant or a.variant or "smpler"
     _check_precision_flags(a, precision)
     from ..fidelity import gate_limits
@@ -186,7 +198,7 @@ def _triton_spec(a, out: Path, batch) -> ExportSpec:
             _given_artifact(a)  # a --precision other than the graph's (the engine's) is refused
         precision = None  # nothing to export
     else:
-        precision = Precision.from_flags(a.precision, a.target)
+        precision = precision_from_flags(a.precision, a.target)
     _check_precision_flags(a, precision)
     lo, opt, hi = batch
     repo = RepoOptions(max_batch=hi, preferred=(opt, hi), instances=a.instances or 1,
