@@ -5,6 +5,8 @@ with the onnxruntime backend."""
 from __future__ import annotations
 
 import json
+import os
+import threading
 from fractions import Fraction
 
 import numpy as np
@@ -186,6 +188,34 @@ def test_frame_without_people_gives_no_mesh(session, faces):
     assert np.array_equal(frames[0][1], blank) and not np.array_equal(frames[1][1], astro)
     assert [p.frame for p in people] == [1] and people[0].track_id == 1
     assert times.frames == 3 and times.people == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="per-thread priorities are a Linux feature")
+def test_helper_threads_yield_to_inference(session, faces):
+    """Decode, prepare and output threads run at a lower priority than the thread that calls the session."""
+    from smpler_deploy.pipeline.detect import Detections
+    from smpler_deploy.pipeline.runner import RunConfig, run
+
+    seen = {}
+
+    class Src(ListSource):
+        def __iter__(self):
+            seen["decode"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+            yield from super().__iter__()
+
+    def detector(image, index):
+        seen["prepare"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        return Detections(np.zeros((0, 4)), np.zeros(0), None)
+
+    def on_frame(f, ov, pp):
+        seen["output"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    main_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    run(Src([np.zeros((64, 64, 3), np.uint8)]), detector, CountingSession(session), faces=faces,
+        config=RunConfig(max_batch=4), on_frame=on_frame, log=lambda *a: None)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_nice  # the caller's stays
+    want = min(19, main_nice + 10)
+    assert seen == {"decode": want, "prepare": want, "output": want}
 
 
 # ------------------------------------------------------------------------------------------------------------------

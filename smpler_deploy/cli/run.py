@@ -162,7 +162,7 @@ def main(argv=None) -> int:
                                  provider=a.provider)
         path = {"onnxruntime": a.onnx, "tensorrt": a.engine}.get(a.backend)
         kw = ({"checkpoint": a.checkpoint, "smpl_model": a.smpl_model} if a.backend == "torch"
-              else {"provider": a.provider, "where": f"--onnx {path}"} if a.backend == "onnxruntime"
+              else {"provider": a.provider, "where": f"--onnx {path}", "spin_wait": False} if a.backend == "onnxruntime"
               else {"kernel_dir": kernel_dir_arg(a)})  # tensorrt: $SMPLER_KERNEL_DIR, else the smpler-aot cache
         sess = open_session(a.backend, path=path, variant=a.variant, threads=a.threads, **kw)
         need_body = not a.no_overlay or a.smooth != "none"

@@ -144,6 +144,7 @@ class _OrtRunner:
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads, so.inter_op_num_threads = int(threads), 1
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # it shares the cores with the model
         try:
             self.sess = ort.InferenceSession(str(path), so, providers=[PROVIDERS[provider]])
         except Exception as e:

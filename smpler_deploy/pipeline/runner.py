@@ -152,8 +152,26 @@ class _Bounded(queue.Queue):
         _put_queue(super().put, item, stop)
 
 
+# Niceness of the decode, prepare and output threads. Inference is the loop's bottleneck and ONNX Runtime's
+# intra-op threads wait for their slowest member at every operator, so a helper thread that preempts one of them
+# stalls all of them; at a lower priority the helpers take the cores when inference leaves them (measured in
+# benchmarks/pipeline.py). Linux applies it per thread; elsewhere it is a no-op.
+HELPER_NICE = 10
+
+
+def _lower_priority() -> None:
+    import os
+
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, os.getpriority(os.PRIO_PROCESS, 0)
+                                                                         + HELPER_NICE))
+    except (AttributeError, OSError):  # no per-thread priorities here (or not permitted): run as is
+        pass
+
+
 def _decode(source, times: StageTimes, out, stop: threading.Event) -> None:
     """Read frames, stamping each with its delivery time, and hand them on."""
+    _lower_priority()
     try:
         it = iter(source)
         while not stop.is_set():
@@ -176,6 +194,7 @@ def _prepare(frames, detector, tracker, every: int, times: StageTimes, q, stop: 
     frames do not count), the tracker's predicted boxes in between; track ids from the tracker (or the boxes
     file)."""
     n = 0
+    _lower_priority()
     try:
         while not stop.is_set():
             try:
@@ -248,6 +267,7 @@ def _output(q: queue.Queue, faces, label, on_frame, times: StageTimes, stop: thr
     from ..camera import Camera
     from ..render import render_people
 
+    _lower_priority()
     try:
         while True:
             try:

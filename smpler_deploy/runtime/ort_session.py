@@ -67,8 +67,11 @@ class OnnxRuntimeSession(Session):
 
     def __init__(self, path, *, provider: str = "cpu", threads: int | None = None, io_binding: bool | None = None,
                  optimization: str | None = None, batches=(1,), trt_cache: str | Path | None = None,
-                 trt_fp16: bool = False, device_id: int = 0, where: str | None = None):
-        """where: what the errors about the file name (default: the path; a command passes its flag too)."""
+                 trt_fp16: bool = False, device_id: int = 0, where: str | None = None, spin_wait: bool = True):
+        """where: what the errors about the file name (default: the path; a command passes its flag too).
+        spin_wait: ONNX Runtime's intra-op threads busy-wait between operators (its default, the fastest when
+        the session has the cores to itself); False lets them sleep, for a process whose other threads need
+        the cores (smpler-run's decode/crop/overlay threads: benchmarks/reports/pipeline)."""
         import onnxruntime as ort
 
         provider = parse_provider(provider)
@@ -100,6 +103,8 @@ class OnnxRuntimeSession(Session):
         if threads:
             so.intra_op_num_threads = int(threads)
             so.inter_op_num_threads = 1
+        if not spin_wait:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # ORT 1.32's CPU QDQ optimizer corrupts int8 graphs whose other layers are fp16 (measured: 46% relative
         # error at any optimization level, 0.4% with none, on a graph onnx.reference computes correctly); run such
         # graphs unoptimized rather than ship wrong numbers.
