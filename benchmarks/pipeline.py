@@ -270,7 +270,7 @@ def render_md(r: dict) -> str:
     ]
     alone = r.get("stages_alone")
     if alone:
-        lines[-3:-3] = ["Timed alone (nothing else running): decode " + ", ".join(
+        lines[-2:-2] = ["Timed alone (nothing else running): decode " + ", ".join(
             f"{v['decode_ms_per_frame']:.1f} ms per frame ({k} {'person' if k == '1' else 'people'})"
             for k, v in alone.items()) + "; crop + normalize " + ", ".join(
             f"{v['crop_ms_per_person']:.2f} ms per person ({k} per frame)" for k, v in alone.items())
