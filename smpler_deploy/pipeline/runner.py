@@ -14,6 +14,7 @@ latency is bounded by a few frames' processing time instead of growing with the 
 from __future__ import annotations
 
 import collections
+import os
 import queue
 import threading
 import time
@@ -152,19 +153,15 @@ class _Bounded(queue.Queue):
         _put_queue(super().put, item, stop)
 
 
-# Niceness of the decode, prepare and output threads. Inference is the loop's bottleneck and ONNX Runtime's
-# intra-op threads wait for their slowest member at every operator, so a helper thread that preempts one of them
-# stalls all of them; at a lower priority the helpers take the cores when inference leaves them (measured in
-# benchmarks/pipeline.py). Linux applies it per thread; elsewhere it is a no-op.
+# Niceness of the decode, prepare and output threads: ONNX Runtime's intra-op threads wait for their slowest at
+# every operator, so a helper preempting one stalls all; lower, the helpers take the cores inference leaves.
 HELPER_NICE = 10
 
 
 def _lower_priority() -> None:
-    import os
-
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, os.getpriority(os.PRIO_PROCESS, 0)
-                                                                         + HELPER_NICE))
+    try:  # per thread on Linux
+        nice = min(19, os.getpriority(os.PRIO_PROCESS, 0) + HELPER_NICE)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
     except (AttributeError, OSError):  # no per-thread priorities here (or not permitted): run as is
         pass
 
