@@ -96,13 +96,14 @@ def onnx_fp16(default_model, onnx_dir):
 
 
 @pytest.fixture(scope="session")
-def onnx_int8_trt(default_model, onnx_dir):
-    return _export(default_model, onnx_dir, "smpler_int8_trt.onnx", precision="int8")
+def onnx_int8_trt(default_model, onnx_dir, onnx_fp32):
+    # quantizes the session's fp32 graph (what smpler-export wrote) instead of tracing another one
+    return _export(default_model, onnx_dir, "smpler_int8_trt.onnx", precision="int8", fp32_graph=onnx_fp32)
 
 
 @pytest.fixture(scope="session")
-def onnx_int8_cpu(default_model, onnx_dir):
-    return _export(default_model, onnx_dir, "smpler_int8_cpu.onnx", precision="int8-cpu")
+def onnx_int8_cpu(default_model, onnx_dir, onnx_fp32):
+    return _export(default_model, onnx_dir, "smpler_int8_cpu.onnx", precision="int8-cpu", fp32_graph=onnx_fp32)
 
 
 @pytest.fixture(scope="session")

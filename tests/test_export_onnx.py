@@ -366,3 +366,17 @@ def test_session_disables_optimizer_for_int8_plus_fp16(tmp_path):
     for qdq, fp16 in ((True, False), (False, True)):
         p = _smpler_like(tmp_path / f"q{int(qdq)}_h{int(fp16)}.onnx", qdq=qdq, fp16=fp16)
         assert OnnxRuntimeSession(p).optimization == "all"
+
+
+@pytest.mark.parametrize("precision,smpler", [("fp16", True), ("fp32", False)])
+def test_int8_from_existing_graph_refuses_non_fp32_or_foreign(tmp_path, precision, smpler):
+    from smpler_deploy.export.onnx_export import export_onnx
+    from smpler_deploy.precision import Precision
+    from tiny_smpler import tiny_smpler_onnx
+
+    src = tmp_path / "g.onnx"
+    tiny_smpler_onnx(src, precision=precision, smpler=smpler)
+    with pytest.raises(SmplerError) as e:
+        export_onnx(tmp_path / "q.onnx", precision=Precision.parse("int8"), fp32_graph=src, progress=False)
+    assert str(src) in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "q.onnx").exists()

@@ -116,11 +116,24 @@ def measure_fidelity(smpler, onnx_path, images=None) -> dict:
         sess.close()
 
 
+def check_fp32_graph(path) -> dict[str, str]:
+    """The metadata of `path` when it is an fp32 graph written by this package without plugins (what int8
+    quantizes); one-line SmplerError otherwise."""
+    meta = read_metadata(path)
+    if not meta.get("producer", "").startswith("smpler-deploy ") or meta.get("precision") != "fp32" \
+            or meta.get("plugins") == "true":
+        raise SmplerError(f"{path}: expected an fp32 graph exported by smpler-deploy without plugins (found producer "
+                          f"{meta.get('producer', 'none')!r}, precision {meta.get('precision', 'none')!r}, "
+                          f"plugins {meta.get('plugins', 'none')!r})")
+    return meta
+
+
 def export_onnx(path, *, precision: Precision = FP32, variant: str = "smpler", checkpoint=None, smpl_model=None,
                 h36m_regressor=None, model=None, calib=None, calib_images=None,
-                plugins: bool = False, batch=(1, 1, 8), log=None, progress: bool = True) -> dict:
+                plugins: bool = False, batch=(1, 1, 8), log=None, progress: bool = True, fp32_graph=None) -> dict:
     """Write the ONNX graph of one precision (int8 in its layout, `precision.target`); int8 is calibrated on
-    `calib` (a directory; or `calib_images`, already loaded) or the built-in set.
+    `calib` (a directory; or `calib_images`, already loaded) or the built-in set. For int8, `fp32_graph` (an fp32
+    graph this package wrote, without plugins) is quantized as it is instead of tracing the model again.
 
     Returns a summary: path, graph report, seconds, quantized nodes (int8).
     """
@@ -128,6 +141,10 @@ def export_onnx(path, *, precision: Precision = FP32, variant: str = "smpler", c
 
     log = log or (lambda msg: None)
     target = precision.target
+    if fp32_graph is not None:
+        if precision.kind != "int8":
+            raise SmplerError(f"precision {precision}: an existing fp32 graph is only quantized (int8), not re-exported")
+        fp32_meta = check_fp32_graph(fp32_graph)
     if precision.kind == "int8":
         from .int8 import load_calibration_dir
 
@@ -136,7 +153,7 @@ def export_onnx(path, *, precision: Precision = FP32, variant: str = "smpler", c
                               "which cannot run plugin nodes; export plugin graphs at fp32 or fp16")
         if calib_images is None and calib:
             calib_images = load_calibration_dir(calib)
-    if model is None:
+    if model is None and fp32_graph is None:
         model = load_model(variant, checkpoint, smpl_model, h36m_regressor=h36m_regressor)
     t0 = time.perf_counter()
     path = Path(path)
@@ -161,10 +178,13 @@ def export_onnx(path, *, precision: Precision = FP32, variant: str = "smpler", c
     if warning:
         log(warning)
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = Path(tmp) / "fp32.onnx"
-        log(f"exporting fp32 graph to calibrate from ...")
-        rep = export_torch_graph(model, fp32, precision=FP32, batch=batch)
-        meta = read_metadata(fp32)
+        if fp32_graph is None:
+            fp32 = Path(tmp) / "fp32.onnx"
+            log(f"exporting fp32 graph to calibrate from ...")
+            export_torch_graph(model, fp32, precision=FP32, batch=batch)
+            meta = read_metadata(fp32)
+        else:
+            fp32, meta = Path(fp32_graph), fp32_meta
         meta["calibration_set"] = source
         log(f"calibrating int8 (--target {target}) on {source} ...")
         from tqdm import tqdm
