@@ -293,8 +293,8 @@ class TensorRTSession(Session):
 
     def __init__(self, engine_path, *, flavour: str | None = None, cuda_graphs: bool = True, warmup: int = 2,
                  kernel_dir=None, api=None):
-        """kernel_dir: where the attention plugins' AOT kernels are (--kernel-dir; default $SMPLER_KERNEL_DIR,
-        else the cache directory `smpler-aot` writes to); only engines with plugins need it."""
+        """kernel_dir: where the attention plugins' AOT kernels are (None: the cache directory `smpler-aot`
+        writes to; the commands pass their flag or environment default); only engines with plugins need it."""
         path = Path(engine_path)
         self.where = path.name
         if not path.is_file():
