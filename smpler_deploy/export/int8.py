@@ -154,7 +154,7 @@ def quantize(fp32_path, out_path, images: np.ndarray, *, target: str = "trt", me
                             op_types_to_quantize=["Conv"], nodes_to_quantize=nodes, per_channel=True,
                             activation_type=act, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                             reduce_range=reduce_range, extra_options=extra)
-            model = onnx.load(str(tmp))
+            model = onnx.load(str(tmp))  # the whole graph, to check it and write its metadata
             if target == "trt":
                 check_trt_compatible(model)
             elif reduce_range:

@@ -82,7 +82,7 @@ def export_torch_graph(smpler, path, *, precision: Precision = FP32, plugins: bo
             torch.onnx.export(_Flat(m), (example,), str(tmp), dynamo=False, opset_version=OPSET,
                               input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), dynamic_axes=dyn,
                               do_constant_folding=True)
-        model = onnx.load(str(tmp))
+        model = onnx.load(str(tmp))  # the whole graph, to write its metadata (read_header only reads)
         rep = graph_report(model)
         if rep["forbidden"]:
             raise SmplerError(f"export produced unsupported nodes {rep['forbidden']} (internal error)")
