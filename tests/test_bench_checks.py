@@ -108,7 +108,7 @@ def test_batch_outside_the_engine_profile_is_a_failed_cell(files, monkeypatch):
     cfg = R.BenchConfig(backends=["tensorrt"], batches=[1, 4], iters=1, warmup=1)
     g = R.Group("tensorrt", "fp32", "deployed", [Cell("tensorrt", "fp32", b) for b in (1, 4)],
                  artifact=files["engine"])
-    R._run_group(cfg, g, np.zeros((4, 3, 224, 224), np.float32), {}, tqdm(disable=True))
+    R._run_groups(cfg, [g], np.zeros((4, 3, 224, 224), np.float32), {}, tqdm(disable=True))
     ok, out = g.cells
     assert ok.status == "ok" and ok.latency["iters"] == 1
     assert out.status == "failed" and out.reason == "batch 4 is outside the engine's profile 1..2 (rebuild with --batch)"

@@ -21,6 +21,8 @@ MODEL_GFLOPS = {"smpler": 18.785, "smpler-l": 35.508}
 # reference, the rest. Speed-ups divide by the first of the two official kinds that ran at the cell's batch.
 KINDS = ("official-repo", "official", "reference", "deployed")
 BASELINE_KINDS = ("official-repo", "official")
+# The cells timed together, one call of each per round (bench/runner.py), so their ratios hold on a noisy host.
+TIMED_TOGETHER = ("reference", *BASELINE_KINDS)
 # The GEMM ceiling each precision's arithmetic is held against (machine.py): ONNX Runtime's int8-cpu layout runs
 # its u8s8 integer kernels; everything else (the TensorRT-layout int8 graph included, fake-quantized on ONNX
 # Runtime CPU) runs float arithmetic.
@@ -274,6 +276,8 @@ def render_markdown(rep: dict, plots: list[str] | None = None) -> str:
     if plots:
         L += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
     L += ["", "Percentiles over per-call wall time (host latency: inputs already in host memory, outputs copied back). "
+          "The baselines and our reference (torch fp32) are timed together at each batch, one call of each per round, "
+          "so a load that comes and goes slows them alike; their peak RSS is their sessions' together. "
           "Peak RSS is the process high-water mark during the cell (reset per cell where Linux allows). "
           f"Schema: `{rep['schema']}` v{rep['schema_version']}.", ""]
     return "\n".join(L)

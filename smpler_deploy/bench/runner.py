@@ -7,6 +7,8 @@ device (`--device cpu|cuda`): with --device cuda every cell (baselines, torch
 fp16/bf16, torch CUDA graphs, ONNX Runtime CUDA/TensorRT EPs, engines) runs on the same GPU, so speed-ups are
 GPU against GPU; with --device cpu the GPU-only cells are skipped. Each runnable cell: open a session, warm up, time N
 calls, record peak host RSS, and compare its outputs on the same inputs with the reference (`smpler_deploy.fidelity`).
+The baselines and the reference are timed together, one call of each per round: run one after another, a noisy
+host moved their ratios by 20% between runs; interleaved, the machine's drift slows them alike.
 Cells that cannot run here are kept in the report as `skipped` with the reason; cells that raise are kept as
 `failed`. Which cells there are, and why one is skipped, is `plan.py`; this module runs them.
 """
@@ -17,6 +19,7 @@ import gc
 import resource
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +29,7 @@ from ..fidelity import check_gate, fidelity, gate_limits
 from ..precision import Precision
 from .plan import (BACKENDS, DEVICES, VARIANTS, BenchConfig, BenchEnv, Group, gpu_available, parse_artifacts,
                    parse_batches, parse_choices, parse_precisions, plan, tensorrt_importable)
-from .report import BASELINE_KINDS, KINDS, MODEL_GFLOPS, Report
+from .report import BASELINE_KINDS, KINDS, MODEL_GFLOPS, TIMED_TOGETHER, Cell, Report
 from .stats import latency_stats
 
 __all__ = ["BACKENDS", "DEVICES", "VARIANTS", "BenchConfig", "BenchEnv", "Group", "bench_inputs", "device_used_mb",
@@ -155,14 +158,18 @@ def run_benchmark(cfg: BenchConfig) -> Report:
     total = len(cfg.batches) * (cfg.iters + cfg.warmup) * len(runnable)
     bar = tqdm(total=total, disable=not cfg.progress, unit="it", file=sys.stderr, dynamic_ncols=True)
     ref_out: dict[int, object] = {}
+    for g in groups:
+        rep.cells.extend(g.cells)
+        if g.reason is not None:
+            for c in g.cells:
+                c.status, c.reason = "skipped", g.reason
+    baselines = [g for g in runnable if g.kind in TIMED_TOGETHER]
     try:
-        for g in groups:
-            rep.cells.extend(g.cells)
-            if g.reason is not None:
-                for c in g.cells:
-                    c.status, c.reason = "skipped", g.reason
-                continue
-            _run_group(cfg, g, inputs, ref_out, bar, rep.model)
+        if baselines:
+            _run_groups(cfg, baselines, inputs, ref_out, bar, rep.model)
+        for g in runnable:
+            if g not in baselines:
+                _run_groups(cfg, [g], inputs, ref_out, bar, rep.model)
     finally:
         bar.close()
     if cfg.measure_gemm:
@@ -174,82 +181,144 @@ def run_benchmark(cfg: BenchConfig) -> Report:
     return rep
 
 
-def _run_group(cfg, g: Group, inputs, ref_out, bar, model: dict | None = None) -> None:
-    bar.set_description(f"{g.cells[0].id.rsplit('/', 1)[0]}")
+@dataclass
+class _Timing:
+    """One cell in a timing round: its session, input and what its calls measured."""
+
+    group: Group
+    cell: Cell
+    sess: object
+    x: np.ndarray
+    out: object = None
+    times: list = field(default_factory=list)
+    device: list = field(default_factory=list)
+    error: str | None = None
+
+    def call(self, timed: bool) -> None:
+        if self.error is not None:
+            return
+        try:
+            t0 = time.perf_counter()
+            out = self.sess.infer(self.x)
+            if not timed:
+                self.out = out if self.out is None else self.out  # the first call's outputs, for fidelity
+                return
+            self.times.append(time.perf_counter() - t0)
+            if self.sess.last_device_ms is not None:  # GPU sessions time the engine alone
+                self.device.append(self.sess.last_device_ms / 1000)
+        except SmplerError:
+            raise  # user input problem: stop with the one-line message
+        except Exception as e:  # noqa: BLE001 - this cell fails, the others go on
+            self.error = one_line(e)
+
+
+def _time_round_robin(cfg, runs: list[_Timing], bar) -> None:
+    """Warm up, then time cfg.iters calls of each run, one call of each per round: runs timed together see the
+    same machine (a load that comes and goes slows them alike), so their ratios hold on a noisy host."""
+    for _ in range(max(cfg.warmup, 1)):  # the first call's outputs are kept; it is part of the warm-up
+        for r in runs:
+            r.call(timed=False)
+    bar.update(len(runs) * cfg.warmup)
+    for _ in range(cfg.iters):
+        for r in runs:
+            r.call(timed=True)
+        bar.update(len(runs))
+
+
+def _open_group(cfg, g: Group, model: dict | None, bar):
+    """The group's session (its cells get the setup time), or None with every cell failed: the matrix goes on."""
     sess = None
     try:
-        gc.collect()
-        reset_peak_rss()
-        mem0 = device_used_mb() if cfg.device == "cuda" else None
         t0 = time.perf_counter()
         sess = _open(cfg, g)
-        setup = time.perf_counter() - t0
+        for c in g.cells:
+            c.setup_s, c.artifact = time.perf_counter() - t0, str(g.artifact) if g.artifact else None
         if g.kind == "official-repo" and model is not None:
             model["official_repo"] = sess.repo_info
         got = sess.precision
         if got != g.precision:
             raise SmplerError(f"{g.artifact} carries precision {got}, but the cell is {g.precision}; "
                               f"pass it as {got}=PATH")
+        return sess
     except Exception as e:  # noqa: BLE001 - keep the matrix going; the cell records why
         if sess is not None:
             sess.close()
         for c in g.cells:
             c.status, c.reason = "failed", f"session: {one_line(e)}"
         bar.update(len(g.cells) * (cfg.iters + cfg.warmup))
+        return None
+
+
+def _batch_refusal(g: Group, c: Cell) -> str | None:
+    """Why an engine cannot run the cell's batch (outside its profile: a failed cell, not an aborted benchmark)."""
+    if g.runtime != "tensorrt" or not g.artifact:
+        return None
+    from ..artifacts import engine_batch_range
+    from ..trt.manifest import read_manifest
+
+    lo, hi = engine_batch_range(read_manifest(g.artifact))
+    return None if lo <= c.batch <= hi else f"batch {c.batch} is outside the engine's profile {lo}..{hi} (rebuild with --batch)"
+
+
+def _run_groups(cfg, groups: list[Group], inputs, ref_out, bar, model: dict | None = None) -> None:
+    """Open the groups' sessions and time each batch's cells together, round robin (one group: alone). The
+    baselines run as one such set, so the ratios between them do not depend on when each ran."""
+    bar.set_description(", ".join(g.cells[0].id.rsplit("/", 1)[0] for g in groups))
+    gc.collect()
+    reset_peak_rss()
+    mem0 = device_used_mb() if cfg.device == "cuda" else None
+    opened = []
+    try:
+        for g in groups:
+            sess = _open_group(cfg, g, model, bar)
+            if sess is not None:
+                opened.append((g, sess))
+        for b in cfg.batches:
+            runs = []
+            for g, sess in opened:
+                for c in (c for c in g.cells if c.batch == b):
+                    if (why := _batch_refusal(g, c)) is not None:
+                        c.status, c.reason = "failed", why
+                        bar.update(cfg.iters + cfg.warmup)
+                    else:
+                        runs.append(_Timing(g, c, sess, np.ascontiguousarray(inputs[:b])))
+            reset_peak_rss()
+            _time_round_robin(cfg, runs, bar)
+            for r in runs:  # the reference first (plan order): the others' fidelity compares with its outputs
+                _finish_cell(cfg, r, ref_out, model, mem0)
+    finally:
+        for _, sess in opened:
+            sess.close()
+
+
+def _finish_cell(cfg, r: _Timing, ref_out, model: dict | None, mem0: float | None) -> None:
+    c, g = r.cell, r.group
+    if r.error is not None:
+        c.status, c.reason = "failed", r.error
         return
     try:
-        span = None
-        if g.runtime == "tensorrt" and g.artifact:
-            from ..artifacts import engine_batch_range
-            from ..trt.manifest import read_manifest
+        c.latency = latency_stats(r.times, c.batch).to_dict()
+        if r.device:
+            c.device_latency = latency_stats(r.device, c.batch).to_dict()
+        if mem0 is not None:  # one method for every GPU cell: what the cell's sessions hold
+            c.device_memory_mb = device_used_mb(release_cache=False) - mem0
+        c.peak_rss_mb = peak_rss_mb()
+        if g.kind == "reference":
+            ref_out[c.batch] = r.out
+            if model is not None:  # what was actually loaded wins (the reference is a torch session)
+                i = r.sess.info
+                model |= {"untrained": i.untrained, "standin_body": i.standin_body, "checkpoint": i.checkpoint}
+                if i.body_model is not None:
+                    model["body_model"] = i.body_model
+        if c.batch in ref_out:
+            c.fidelity = fidelity(ref_out[c.batch], r.out)
+            c.fidelity_gate = check_gate(c.fidelity, gate_limits(None, c.precision))  # int8 default
+        if cfg.dataset is not None and g.kind not in BASELINE_KINDS and c.batch == max(cfg.batches):
+            from .dataset import evaluate
 
-            span = engine_batch_range(read_manifest(g.artifact))
-        for c in g.cells:
-            c.setup_s, c.artifact = setup, str(g.artifact) if g.artifact else None
-            if span and not span[0] <= c.batch <= span[1]:  # a failed cell, not an aborted benchmark
-                c.status, c.reason = "failed", (f"batch {c.batch} is outside the engine's profile "
-                                                f"{span[0]}..{span[1]} (rebuild with --batch)")
-                bar.update(cfg.iters + cfg.warmup)
-                continue
-            x = np.ascontiguousarray(inputs[: c.batch])
-            try:
-                reset_peak_rss()
-                out = sess.infer(x)  # first call: outputs for fidelity, also part of warm-up
-                for _ in range(max(cfg.warmup - 1, 0)):
-                    sess.infer(x)
-                bar.update(cfg.warmup)
-                times, device = [], []
-                for _ in range(cfg.iters):
-                    t0 = time.perf_counter()
-                    sess.infer(x)
-                    times.append(time.perf_counter() - t0)
-                    if sess.last_device_ms is not None:  # GPU sessions time the engine alone
-                        device.append(sess.last_device_ms / 1000)
-                    bar.update(1)
-                c.latency = latency_stats(times, c.batch).to_dict()
-                if device:
-                    c.device_latency = latency_stats(device, c.batch).to_dict()
-                if mem0 is not None:  # one method for every GPU cell: what this cell's session holds
-                    c.device_memory_mb = device_used_mb(release_cache=False) - mem0
-                c.peak_rss_mb = peak_rss_mb()
-                if g.kind == "reference":
-                    ref_out[c.batch] = out
-                    if model is not None:  # what was actually loaded wins (the reference is a torch session)
-                        i = sess.info
-                        model |= {"untrained": i.untrained, "standin_body": i.standin_body, "checkpoint": i.checkpoint}
-                        if i.body_model is not None:
-                            model["body_model"] = i.body_model
-                if c.batch in ref_out:
-                    c.fidelity = fidelity(ref_out[c.batch], out)
-                    c.fidelity_gate = check_gate(c.fidelity, gate_limits(None, c.precision))  # int8 default
-                if cfg.dataset is not None and g.kind not in BASELINE_KINDS and c.batch == max(cfg.batches):
-                    from .dataset import evaluate
-
-                    c.dataset_metrics = evaluate(sess, cfg.dataset, cfg.images_root, batch=c.batch,
-                                                 body_fn=cfg.body_fn, j_regressor_h36m=cfg.j_regressor_h36m)
-            except SmplerError:
-                raise  # user input problem (e.g. dataset): stop with the one-line message
-            except Exception as e:  # noqa: BLE001
-                c.status, c.reason = "failed", one_line(e)
-    finally:
-        sess.close()
+            c.dataset_metrics = evaluate(r.sess, cfg.dataset, cfg.images_root, batch=c.batch,
+                                         body_fn=cfg.body_fn, j_regressor_h36m=cfg.j_regressor_h36m)
+    except SmplerError:
+        raise  # user input problem (e.g. dataset): stop with the one-line message
+    except Exception as e:  # noqa: BLE001
+        c.status, c.reason = "failed", one_line(e)
