@@ -15,6 +15,12 @@ def one_line(e: BaseException) -> str:
     return f"{e.__class__.__name__}: {msg[0] if msg else ''}"[:300]
 
 
+def opt(name: str) -> str:
+    """An option cited in a message by the library's own name for it (the keyword argument or field: `batch`,
+    `force`); a command shows its flag there instead (`cli/common.flag_message`), so flags stay in `cli/`."""
+    return f"`{name}`"
+
+
 class OptionError(SmplerError):
     """A bad option value, named by its field (e.g. `EngineOptions.sms`); a command names its own flag instead
     (`named`), so the library carries no flag spellings and the message a user sees keeps the flag."""

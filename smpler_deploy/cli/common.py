@@ -4,21 +4,35 @@ from __future__ import annotations
 
 import argparse
 import functools
+import re
 import sys
 
 from ..errors import OptionError, SmplerError
 
-# The flag each option field is given by: library errors name the field (`OptionError`), commands the flag.
-FIELD_FLAGS = {"sms": "--sm", "flavour": "--trt", "timing_cache": "--timing-cache",
-               "builder_optimization_level": "--builder-optimization-level", "mem_pool_size": "--mem-pool-size",
-               "hardware_compatibility_level": "--hardware-compatibility-level", "kernel_dir": "--kernel-dir",
-               "calib": "--calib", "target": "--target", "precision": "--precision", "batch": "--batch",
-               "onnx": "--onnx", "engine": "--engine", "backend": "--backend"}
+# The library names an option by its field or keyword (OptionError's field; `errors.opt(name)` in a message's text);
+# the commands show the flag. Every flag of the smpler-* commands, by that name (argparse's dest), then the
+# options whose library name differs from the flag's.
+_FLAGS = ("--backend", "--backends", "--batch", "--bbox", "--boxes", "--budget-s", "--builder-optimization-level",
+          "--cache-dir", "--calib", "--checkpoint", "--compile", "--conf", "--cuda-graphs", "--dataset",
+          "--detect-every", "--detector", "--device", "--dtype", "--engine", "--ensemble", "--focal-length",
+          "--force", "--format", "--h36m-regressor", "--hardware-compatibility-level", "--images", "--instances",
+          "--interpret", "--iou", "--iters", "--kernel", "--kernel-dir", "--max-error-mm", "--max-frames",
+          "--mem-pool-size", "--name", "--no-fidelity", "--no-joints", "--no-overlay", "--no-plots",
+          "--no-progress", "--no-track", "--official-repo", "--onnx", "--plugins", "--precision", "--precisions",
+          "--provider", "--queue", "--realtime", "--save-crops", "--save-vertices", "--seed", "--sm", "--smooth",
+          "--smpl-model", "--steps", "--target", "--tf32", "--threads", "--timing-cache", "--triton-device",
+          "--trt", "--trt-cache", "--trt-fp16", "--variant", "--version-compatible", "--warmup", "--work-dir")
+FIELD_FLAGS = {f[2:].replace("-", "_"): f for f in _FLAGS} | {
+    "sms": "--sm", "flavour": "--trt", "onnx_device": "--triton-device", "out": "-o", "output": "-o",
+    "kernels": "--kernel-dir", "no_plugins": "--no-plugins"}
+_CITED = re.compile(r"`([a-z][a-z0-9_]*)`")
 
 
 def flag_message(e: SmplerError) -> str:
-    """The message a user sees: an option error names the flag of its field."""
-    return e.named(FIELD_FLAGS.get(e.field, e.field)) if isinstance(e, OptionError) else str(e)
+    """The message a user sees: an option error names the flag of its field, and every option the text cites
+    (`errors.opt`) is shown as its flag."""
+    msg = e.named(FIELD_FLAGS.get(e.field, e.field)) if isinstance(e, OptionError) else str(e)
+    return _CITED.sub(lambda m: FIELD_FLAGS.get(m.group(1), m.group(0)), msg)
 
 
 class ArgumentParser(argparse.ArgumentParser):
