@@ -219,7 +219,7 @@ def test_existing_output_needs_force(graphs, tmp_path):
     engine.write_bytes(b"old")
     with pytest.raises(SmplerError) as e:
         build_engine(graphs / "fp32.onnx", engine, log=_quiet)
-    assert "file exists (pass --force to overwrite)" in _one_line(e)
+    assert "file exists (pass `force` to overwrite)" in _one_line(e)
     build_engine(graphs / "fp32.onnx", engine, force=True, log=_quiet)
     assert engine.stat().st_size > 1000
     with pytest.raises(SmplerError, match="^batch 8:1:1: need MIN <= OPT <= MAX"):

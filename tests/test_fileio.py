@@ -25,7 +25,7 @@ def listing(d):
 
 
 def test_directory_as_target(tmp_path):
-    with pytest.raises(SmplerError, match=r"^-o .*: is a directory; expected a file name$"):
+    with pytest.raises(SmplerError, match=r"^`out` .*: is a directory; expected a file name$"):
         check_output_path(tmp_path)
 
 
@@ -59,7 +59,7 @@ def test_not_writable_directory(tmp_path, monkeypatch):
 
 def test_existing_file_needs_force(tmp_path):
     (tmp_path / "x.onnx").write_text("old")
-    with pytest.raises(SmplerError, match=r"file exists \(pass --force to overwrite\)"):
+    with pytest.raises(SmplerError, match=r"file exists \(pass `force` to overwrite\)"):
         with outputs(tmp_path / "x.onnx"):
             raise AssertionError("the block must not run")
     with outputs(tmp_path / "x.onnx", force=True):

@@ -31,7 +31,7 @@ def test_lock_file_never_written_through_a_planted_file(tmp_path, victim, plant)
     before = victim.read_bytes()
     {"symlink": lambda: lock.symlink_to(victim), "hardlink": lambda: os.link(victim, lock),
      "fifo": lambda: os.mkfifo(lock)}[plant]()
-    with pytest.raises(SmplerError, match=rf"^-o {out}: {lock} is .*, not a lock file; refused"):
+    with pytest.raises(SmplerError, match=rf"^`out` {out}: {lock} is .*, not a lock file; refused"):
         with fileio.outputs(out):
             fileio.write_bytes_atomic(out, b"png")
     assert victim.read_bytes() == before and not out.exists()

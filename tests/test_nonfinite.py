@@ -213,7 +213,7 @@ def test_run_boxes_nonfinite(tmp_path):
     for f, frame in (("b.json", 1), ("b.csv", 3)):
         with pytest.raises(SmplerError) as e:
             read_boxes(tmp_path / f)
-        assert one_line(e).startswith(f"--boxes {tmp_path / f}: frame {frame} box ") and "finite" in str(e.value)
+        assert one_line(e).startswith(f"boxes {tmp_path / f}: frame {frame} box ") and "finite" in str(e.value)
     # a detector's NaN box carries no person: dropped like a degenerate one, the others are cropped
     crops, transforms, keep = person_crops(np.zeros((60, 80, 3), np.uint8),
                                            [[1, 2, 30, 40], [np.nan, 2, 30, 40], [1, 2, 30, np.inf]])

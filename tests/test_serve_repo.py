@@ -92,7 +92,7 @@ def test_default_ensemble_runs_onnxruntime_without_engine_and_python_session_on_
     py = _configs(tmp_path / "b")["smpler_python"]
     assert py.parameters["stage"].string_value == "session" and py.parameters["threads"].string_value == "2"
     assert (tmp_path / "b/smpler_python/1/model.onnx").is_file()
-    with pytest.raises(SmplerError, match="--ensemble tensorrt: needs --engine"):
+    with pytest.raises(SmplerError, match="^ensemble tensorrt: needs `engine`"):
         write_repository(tmp_path / "c", onnx=graph, opts=RepoOptions(ensemble="tensorrt"))
     assert not (tmp_path / "c").exists()
 
@@ -104,7 +104,7 @@ def test_plugin_engine_and_foreign_graph_refused_before_writing(graph, engine, t
     shutil.copyfile(engine, plug)
     man = read_manifest(engine)
     write_manifest(plug, man | {"plugins": [{"name": "SmplerGlobalAttention"}]})
-    with pytest.raises(SmplerError, match="--no-plugins"):
+    with pytest.raises(SmplerError, match="`no_plugins`"):
         write_repository(tmp_path / "r", engine=plug)
     write_manifest(plug, man | {"profiles": [{"images": {k: [2, 3, 224, 224] for k in ("min", "opt", "max")}}]})
     with pytest.raises(SmplerError, match="profile batch min is 2"):

@@ -1,5 +1,5 @@
 """Atomic files: each file is written to an exclusive temp file beside it and renamed into place only when complete;
-without --force the final name is taken with link(2), which refuses to replace a file that appeared meanwhile.
+without `force` the final name is taken with link(2), which refuses to replace a file that appeared meanwhile.
 
 `atomic_path` commits into the innermost `outputs` transaction open in this thread, without being handed it.
 Why not explicitly: the writers that run inside a command's `outputs` block are library functions several calls
@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import SmplerError
+from ..errors import SmplerError, opt
 from .claims import claimed
 from .transaction import open_transactions
 
@@ -45,7 +45,7 @@ def _commit(tmp: Path, final: Path, overwrite: bool) -> None:
         if not _try_link(tmp, final, replace=False):
             if final.exists():
                 raise SmplerError(f"{final}: a file of that name appeared while it was being written; "
-                                  "pass --force to overwrite")
+                                  f"pass {opt('force')} to overwrite")
             os.replace(tmp, final)
         tmp.unlink(missing_ok=True)
     if tx is not None:
@@ -71,7 +71,7 @@ def _try_link(src: Path, dst: Path, *, replace: bool) -> bool:
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temp path beside `path`; it becomes `path` only if the block succeeds (else it is removed).
 
-    Claims `path` for the block unless this thread already holds it (through `outputs`, whose --force decides
+    Claims `path` for the block unless this thread already holds it (through `outputs`, whose `force` decides
     whether an existing file may be replaced; outside `outputs`, library calls replace it). The commit joins the
     innermost `outputs` transaction open in this thread, if any (why implicitly: the module docstring).
     """

@@ -1,26 +1,28 @@
 """Output destinations checked before any work (no side effects): parent exists and is a writable directory, the
-target is not a directory, an existing file needs --force. One-line SmplerError naming the flag and the path."""
+target is not a directory, an existing file needs `force`. One-line SmplerError naming the destination (`flag`:
+a command passes its flag; the library's default is the option's own name, `out`, which a command shows as its flag)
+and the path."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from ..errors import SmplerError
+from ..errors import SmplerError, opt
 
 
-def check_output_path(path: str | os.PathLike, force: bool = False, flag: str = "-o") -> Path:
+def check_output_path(path: str | os.PathLike, force: bool = False, flag: str = opt("out")) -> Path:
     """Validate an output file path before any work; one-line SmplerError naming `flag` and the path."""
     p = Path(path)
     if p.is_dir():
         raise SmplerError(f"{flag} {p}: is a directory; expected a file name")
     _check_writable_dir(p.parent, p, flag)
     if (p.exists() or p.is_symlink()) and not force:
-        raise SmplerError(f"{flag} {p}: file exists (pass --force to overwrite)")
+        raise SmplerError(f"{flag} {p}: file exists (pass {opt('force')} to overwrite)")
     return p
 
 
-def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+def check_output_dir(path: str | os.PathLike, flag: str = opt("out")) -> Path:
     """Validate an output directory (it may not exist yet; its parent must) before any work."""
     p = Path(path)
     if p.exists() and not p.is_dir():

@@ -1,5 +1,5 @@
 """Directory outputs written as a whole (`staged_dir`): into a private staging directory beside the destination,
-renamed into place only when complete; a previous output is replaced only under --force and only when it holds
+renamed into place only when complete; a previous output is replaced only under `force` and only when it holds
 nothing but what the command writes (`check_output_tree`)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import SmplerError
+from ..errors import SmplerError, opt
 from .atomic import current_umask
 from .checks import check_output_dir
 from .claims import claimed
@@ -29,15 +29,15 @@ class _StageTx(Transaction):
     """What is written inside a `staged_dir` block: it moves (or is removed) with the staging directory."""
 
 
-def check_output_tree(path: str | os.PathLike, force: bool = False, flag: str = "-o", owns=None) -> Path:
-    """`check_output_dir` for a directory written as a whole (`staged_dir`): a non-empty one needs --force, and
-    (given `owns(name)`, which names this command writes) holds nothing else, so --force never deletes a folder
-    of other files (`-o .`, a folder holding the input)."""
+def check_output_tree(path: str | os.PathLike, force: bool = False, flag: str = opt("out"), owns=None) -> Path:
+    """`check_output_dir` for a directory written as a whole (`staged_dir`): a non-empty one needs `force`, and
+    (given `owns(name)`, which names this command writes) holds nothing else, so `force` never deletes a folder
+    of other files (the current directory, a folder holding the input)."""
     p = check_output_dir(path, flag)
     if not _nonempty(p):
         return p
     if not force:
-        raise SmplerError(f"{flag} {p}: exists and is not empty (pass --force to replace it)")
+        raise SmplerError(f"{flag} {p}: exists and is not empty (pass {opt('force')} to replace it)")
     if owns is not None and p.is_dir():
         foreign = sorted(n for n in os.listdir(p) if not owns(n))
         if foreign:
@@ -59,10 +59,10 @@ def _nonempty(p: Path) -> bool:
 
 
 @contextlib.contextmanager
-def staged_dir(path: str | os.PathLike, *, force: bool = False, flag: str = "-o", owns=None) -> Iterator[Path]:
+def staged_dir(path: str | os.PathLike, *, force: bool = False, flag: str = opt("out"), owns=None) -> Iterator[Path]:
     """A directory output as one transaction: checked and claimed before any work, written into a private staging
     directory beside it (yielded), renamed into place only when the block succeeds. A non-empty `path` needs
-    --force and is then replaced as a whole (the previous one kept aside until the new one is in; inside an
+    `force` and is then replaced as a whole (the previous one kept aside until the new one is in; inside an
     `outputs` block it is put back if that block fails). On an error or Ctrl-C nothing of the block stays."""
     out = check_output_tree(path, force, flag, owns)
     with claimed(out, force=force, label=f"{flag} {out}"):  # a concurrent writer of `path` fails here
@@ -81,7 +81,7 @@ def staged_dir(path: str | os.PathLike, *, force: bool = False, flag: str = "-o"
 
 
 def _commit_dir(stage: Path, out: Path, force: bool) -> None:
-    """Rename a finished staging directory onto `out` (missing or empty; under --force the previous one is moved
+    """Rename a finished staging directory onto `out` (missing or empty; under `force` the previous one is moved
     aside first, and removed once the new one is in, or by the enclosing transaction's end)."""
     backup = None
     if force and _nonempty(out):
@@ -96,7 +96,7 @@ def _commit_dir(stage: Path, out: Path, force: bool) -> None:
             os.rename(backup, out)
         if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
             raise SmplerError(f"{out}: another run's output of that name appeared while this one was written; "
-                              "pass --force to replace it") from None
+                              f"pass {opt('force')} to replace it") from None
         raise
     outer = next((t for t in reversed(open_transactions()) if not isinstance(t, _StageTx)), None)
     if outer is not None:

@@ -1,5 +1,5 @@
 """One command's outputs as one transaction (`outputs(...)`): every destination checked and claimed before any work;
-every file committed inside the block (by `atomic.atomic_path`, in this thread) is removed again, or under --force
+every file committed inside the block (by `atomic.atomic_path`, in this thread) is removed again, or under `force`
 the previous file put back, if the block fails, so multi-file outputs (ONNX + fidelity, engine + manifest +
 layers, PNG + OBJ + PLY) are kept together or not at all. Plus the one-line messages about what stayed."""
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import SmplerError
+from ..errors import SmplerError, opt
 from .checks import check_output_dir, check_output_path
 from .claims import claimed, destination_key
 
@@ -71,10 +71,11 @@ def _names(paths) -> str:
 
 
 @contextlib.contextmanager
-def outputs(*paths, force: bool = False, flag: str = "-o", dirs=()) -> Iterator[Transaction]:
+def outputs(*paths, force: bool = False, flag: str = opt("out"), dirs=()) -> Iterator[Transaction]:
     """Check and claim every output file (and output directory in `dirs`) before any work; run the block as one
     transaction: on any exception (Ctrl-C included) what it wrote is removed and the previous files restored.
-    Items are paths or (path, flag) pairs; the flag names the destination in errors (default `flag`).
+    Items are paths or (path, flag) pairs; the flag names the destination in errors (default `flag`: a command
+    passes its flag, the library's default is the option's name, `out`, which a command shows as its flag).
 
     The exception leaving the block carries `.kept` (files this block wrote that stay on disk) and `.removed`.
     """

@@ -48,7 +48,8 @@ def infer_batched(session, crops_per_frame: list[np.ndarray], max_batch: int) ->
 
 
 def session_max_batch(session: Session, requested: int | None) -> int:
-    """The batch cap: the user's --batch, bounded by the session's `max_batch` (a TensorRT engine's profile)."""
+    """The batch cap: the user's `batch` (`requested`), bounded by the session's `max_batch` (a TensorRT engine's
+    profile)."""
     cap = requested or 8
     if session.max_batch is not None:
         cap = min(cap, session.max_batch)

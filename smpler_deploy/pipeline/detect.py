@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SmplerError
+from ..errors import OptionError, SmplerError, opt
 
 PERSON_CLASS = 0  # COCO "person", as ultralytics models number it
 YOLO_LAYOUT = ("one input [1,3,H,W] (RGB in [0,1], letterboxed) and one output [1,4+classes,N] "
@@ -148,7 +148,7 @@ class _OrtRunner:
         try:
             self.sess = ort.InferenceSession(str(path), so, providers=[PROVIDERS[provider]])
         except Exception as e:
-            raise SmplerError(f"--detector {path}: onnxruntime cannot load it ({str(e).splitlines()[0][:200]})")
+            raise OptionError("detector", path, f"onnxruntime cannot load it ({str(e).splitlines()[0][:200]})")
         dims = lambda t: [d if isinstance(d, int) else None for d in t.shape]
         self.inputs = [dims(t) for t in self.sess.get_inputs()]
         self.outputs = [dims(t) for t in self.sess.get_outputs()]
@@ -192,7 +192,7 @@ def _person_class(meta: dict | None, path: Path) -> int:
         if str(v).strip().lower() == "person":
             return int(k)
     shown = ", ".join(str(v) for v in list(names.values())[:5])
-    raise SmplerError(f"--detector {path}: its classes ({shown}, ...) have no 'person'; expected a person detector")
+    raise OptionError("detector", path, f"its classes ({shown}, ...) have no 'person'; expected a person detector")
 
 
 class _TrtRunner:
@@ -204,7 +204,7 @@ class _TrtRunner:
 
         plan, self.metadata = read_engine_file(path)
         api = api if api is not None else TrtCudaApi(flavour or "tensorrt")
-        self.exe = TrtExecutor(api, plan, f"--detector {path}", flavour=api.flavour, cuda_graphs=False)
+        self.exe = TrtExecutor(api, plan, f"{opt('detector')} {path}", flavour=api.flavour, cuda_graphs=False)
         dims = lambda s: [d if d >= 0 else None for d in s.shape]
         self.inputs, self.outputs = [dims(s) for s in self.exe.inputs], [dims(s) for s in self.exe.outputs]
 
@@ -225,7 +225,7 @@ class YoloDetector:
                  provider: str = "cpu", trt_flavour: str | None = None, api=None):
         path = Path(path)
         if not path.is_file():
-            raise SmplerError(f"--detector {path}: file not found (expected a YOLO .onnx or TensorRT engine)")
+            raise OptionError("detector", path, "file not found (expected a YOLO .onnx or TensorRT engine)")
         meta = None
         if path.suffix.lower() in ENGINE_SUFFIXES:
             self.runner = _TrtRunner(path, trt_flavour, api)
@@ -251,7 +251,7 @@ class YoloDetector:
     def __call__(self, image: np.ndarray, frame_index: int = 0) -> Detections:
         x, lb = letterbox(image, self.size)
         return decode_yolo(self.runner(x), lb, image.shape[:2], self.conf, self.iou, person_class=self.person_class,
-                           where=f"--detector {self.path}")
+                           where=f"{opt('detector')} {self.path}")
 
     def close(self) -> None:
         """Frees the engine's stream and buffers (TensorRT) or the ONNX Runtime session."""
@@ -326,7 +326,7 @@ def read_boxes(path) -> dict[int, Detections]:
     """Boxes per frame index (0-based, in the order smpler-run reads frames) from a JSON or CSV file."""
     path = Path(path)
     if not path.is_file():
-        raise SmplerError(f"--boxes {path}: file not found")
+        raise OptionError("boxes", path, "file not found")
     rows = []
     try:
         if path.suffix.lower() == ".json":
@@ -346,11 +346,11 @@ def read_boxes(path) -> dict[int, Detections]:
                         raise ValueError(f"line {i + 1} has {len(rec)} fields")
                     rows.append((int(rec[0]), *map(float, rec[1:5]), int(rec[5]) if len(rec) == 6 else None, 1.0))
     except (ValueError, KeyError, TypeError, IndexError, json.JSONDecodeError) as e:
-        raise SmplerError(f"--boxes {path}: cannot read boxes ({e}); expected {BOXES_FORMAT}")
+        raise OptionError("boxes", path, f"cannot read boxes ({e}); expected {BOXES_FORMAT}")
     out: dict[int, list] = {}
     for frame, x, y, w, h, track, score in rows:
         if not np.isfinite([x, y, w, h, score]).all() or w <= 0 or h <= 0 or frame < 0:
-            raise SmplerError(f"--boxes {path}: frame {frame} box {x:g},{y:g},{w:g},{h:g}: need frame >= 0, "
+            raise OptionError("boxes", path, f"frame {frame} box {x:g},{y:g},{w:g},{h:g}: need frame >= 0, "
                               "finite numbers and positive width and height")
         out.setdefault(frame, []).append((x, y, w, h, -1 if track is None else int(track), score))
     dets = {}
@@ -382,7 +382,8 @@ class BoxFileDetector:
 
 def open_detector(spec: str | None, *, boxes=None, conf: float = 0.25, iou: float = 0.45, threads=None,
                   provider: str = "cpu", trt_flavour: str | None = None):
-    """--boxes FILE, else --detector PATH (YOLO .onnx / engine), else 'opencv' (the built-in fallback)."""
+    """`boxes` (a JSON/CSV file), else `spec` (a YOLO .onnx / engine path), else 'opencv' (the built-in
+    fallback)."""
     if boxes is not None:
         return BoxFileDetector(boxes)
     if spec in (None, "", "opencv", "builtin"):

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..camera import weak_camera
-from ..errors import SmplerError
+from ..errors import OptionError, SmplerError, opt
 from ..preprocess import to_pixels
 from ..runtime.base import NonFiniteError
 from .crops import infer_batched, person_crops
@@ -178,7 +178,7 @@ def _decode(source, times: StageTimes, out, stop: threading.Event) -> None:
             except StopIteration:
                 break
             frame.captured = t1 = time.perf_counter()
-            times.add("decode", t1 - t0)  # a --realtime file's waits for the frame's time count here too
+            times.add("decode", t1 - t0)  # a `realtime` file's waits for the frame's time count here too
             times.captured += 1
             out.put(frame, stop)
         out.put(_DONE, stop)
@@ -301,14 +301,15 @@ def run(source, detector, session, *, faces=None, body: Body | None = None, conf
     times."""
     cfg = config or RunConfig()
     if cfg.detect_every < 1:
-        raise SmplerError(f"--detect-every {cfg.detect_every}: expected a positive integer")
+        raise OptionError("detect_every", cfg.detect_every, "expected a positive integer")
     if cfg.detect_every > 1 and not cfg.track:
-        raise SmplerError("--detect-every: carries boxes between detections with the tracker; drop --no-track")
+        raise OptionError("detect_every", None,
+                          f"carries boxes between detections with the tracker; drop {opt('no_track')}")
     # a boxes file with every frame's track ids needs no tracker (nor norfair's import, ~1 s of start-up)
     tracker = BoxTracker(period=cfg.detect_every) if cfg.track and not getattr(detector, "tracked", False) else None
     smoother = ParamSmoother(cfg.smooth, getattr(source, "fps", None))
     if smoother.enabled and body is None:
-        raise SmplerError("--smooth: needs the body model to re-pose smoothed parameters")
+        raise OptionError("smooth", None, "needs the body model to re-pose smoothed parameters")
     if cfg.overlay and faces is None:
         raise SmplerError("overlay: needs the mesh faces")
     live = bool(getattr(source, "live", False))

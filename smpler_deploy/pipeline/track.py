@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from ..errors import SmplerError
+from ..errors import OptionError
 
 SMOOTHERS = ("none", "ema", "one-euro")
 
@@ -103,7 +103,7 @@ class ParamSmoother:
 
     def __init__(self, kind: str, fps: float | None = None, forget_after: int = 30):
         if kind not in SMOOTHERS:
-            raise SmplerError(f"--smooth {kind}: expected one of {', '.join(SMOOTHERS)}")
+            raise OptionError("smooth", kind, f"expected one of {', '.join(SMOOTHERS)}")
         self.kind, self.dt = kind, 1.0 / (fps or 30.0)
         self.filters: dict[int, object] = {}
         self.last_seen: dict[int, int] = {}

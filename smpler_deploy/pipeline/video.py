@@ -21,7 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..errors import SmplerError
+from ..errors import OptionError, SmplerError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 _CAMERA = re.compile(r"^(?:cam:)?(\d+)$|^(/dev/video\d+)$")
@@ -40,7 +40,7 @@ class Frame:
 class Source:
     kind = "images"  # "images" | "video" | "camera" | "stream"
     fps: float | None = None
-    live = False  # frames arrive on their own clock (a camera, a --realtime stream): stale ones may be dropped
+    live = False  # frames arrive on their own clock (a camera, a `realtime` stream): stale ones may be dropped
 
     def __iter__(self) -> Iterator[Frame]:
         raise NotImplementedError
@@ -138,8 +138,8 @@ def open_source(spec: str, max_frames: int | None = None, realtime: bool = False
         return AVSource(str(spec), camera=False, max_frames=max_frames, realtime=realtime, stream=True)
     p = Path(spec)
     if realtime and (p.is_dir() or p.suffix.lower() in IMAGE_SUFFIXES):
-        raise SmplerError(f"--realtime: {p} is an image or a folder of images, which has no frame rate (expected a "
-                          "video file, a stream or a camera)")
+        raise OptionError("realtime", None, f"{p} is an image or a folder of images, which has no frame rate "
+                          "(expected a video file, a stream or a camera)")
     if p.is_dir():
         paths = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())
         if not paths:

@@ -1,4 +1,4 @@
-"""`smpler-export --format triton -o REPO`: the graph exported (or the given --onnx / --engine taken) and the
+"""`smpler-export --format triton -o REPO`: the graph exported (or the given `onnx` / `engine` taken) and the
 repository written all at once (see `repository.py`). The flags were checked into an `ExportSpec` by the
 command (cli/export_flags.py) before any work."""
 
@@ -12,11 +12,11 @@ from .repository import write_repository
 
 
 def export_triton(spec, say, load_model, onnx_where: str | None = None, engine_where: str | None = None) -> int:
-    """Export (unless the spec holds an --onnx/--engine) and write the repository; `load_model(spec)` builds
+    """Export (unless the spec holds an `onnx`/`engine`) and write the repository; `load_model(spec)` builds
     the model to export. onnx_where / engine_where: what errors about the given graph / engine name (the command
     passes its flags)."""
     out = spec.output
-    # the graph is exported beside -o (named like fileio's scratch files, so a killed run's is reclaimed)
+    # the graph is exported beside the output (named like fileio's scratch files, so a killed run's is reclaimed)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.{os.getpid()}.", suffix=".stage",
                                      dir=out.parent) as tmp:
         onnx = spec.onnx

@@ -3,7 +3,7 @@ parsing the text back: a typo in a field name or enum is an error here, not when
 
 from __future__ import annotations
 
-from ..errors import SmplerError
+from ..errors import SmplerError, opt
 
 # numpy / manifest dtype names -> Triton data types
 DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8", "int8": "TYPE_INT8",
@@ -14,7 +14,7 @@ def _pb():
     try:
         from tritonclient.grpc import model_config_pb2
     except ImportError:
-        raise SmplerError("--format triton needs tritonclient (pip install 'smpler-deploy[serve]')") from None
+        raise SmplerError(f"{opt('format')} triton needs tritonclient (pip install 'smpler-deploy[serve]')") from None
     return model_config_pb2
 
 

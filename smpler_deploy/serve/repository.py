@@ -1,7 +1,7 @@
-"""Write a Triton model repository for SMPLer, all at once: staged in a temp directory beside `-o`, renamed into
+"""Write a Triton model repository for SMPLer, all at once: staged in a temp directory beside `out`, renamed into
 place only when every model and config is written and parsed; on any error nothing is left.
 
-    REPO/smpler_trt/      tensorrt_plan: the engine; max_batch_size from its profile (with --engine)
+    REPO/smpler_trt/      tensorrt_plan: the engine; max_batch_size from its profile (given an `engine`)
     REPO/smpler_onnx/     onnxruntime: the ONNX graph on CPU or GPU instances
     REPO/smpler_python/   python: the project's ONNX Runtime session (for servers without the onnxruntime backend)
     REPO/smpler_crop/     python: image uint8 [H,W,3] + box [4] -> crop [3,224,224] (smpler_deploy.preprocess)
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..containment import contained, onnx_external_files
-from ..errors import SmplerError
+from ..errors import OptionError, SmplerError, opt
 from ..export.metadata import read_header
 from ..fileio import check_output_tree, staged_dir
 from ..outputs import CROP_SIZE, INPUT_NAME, OUTPUT_NAMES
@@ -31,7 +31,8 @@ MODEL_NAMES = (*INFER_MODELS.values(), "smpler_crop", "smpler_uncrop", ENSEMBLE)
 
 
 def owns_repo_entry(name: str) -> bool:
-    """--force replaces a previous repository of ours, never a folder holding anything else (`-o .`)."""
+    """`force` replaces a previous repository of ours, never a folder holding anything else (the current
+    directory as `out`)."""
     return name in MODEL_NAMES
 OUTPUT_DIMS = {"vertices": [6890, 3], "joints": [14, 3], "smpl_joints": [24, 3], "smpl_joints2d": [24, 2],
                "rotmat": [24, 3, 3], "betas": [10], "cam": [3]}  # per item (see outputs.SMPLOutput)
@@ -90,19 +91,19 @@ def engine_graph(engine: Path, manifest: dict, where: str | None = None) -> tupl
     where = where or str(engine)
     if manifest.get("plugins"):
         names = ", ".join(p.get("name", "?") for p in manifest["plugins"])
-        raise SmplerError(f"{where}: built with --plugins ({names}); those are Python TensorRT plugins that Triton's "
-                          "tensorrt_plan backend cannot load. Build the engine with --no-plugins, or serve "
-                          "through the python or onnxruntime model")
+        raise SmplerError(f"{where}: built with {opt('plugins')} ({names}); those are Python TensorRT plugins that "
+                          "Triton's tensorrt_plan backend cannot load. Build the engine with "
+                          f"{opt('no_plugins')}, or serve through the python or onnxruntime model")
     prof = (manifest.get("profiles") or [{}])[0].get(INPUT_NAME)
     if not prof:
         raise SmplerError(f"{where}: the manifest has no optimization profile for input {INPUT_NAME}")
-    lo, opt, hi = (prof[k][0] for k in ("min", "opt", "max"))
+    lo, mid, hi = (prof[k][0] for k in ("min", "opt", "max"))
     if lo != 1:
         raise SmplerError(f"{where}: profile batch min is {lo}; Triton sends batches from 1 to max_batch_size, "
-                          "so build the engine with --batch 1:OPT:MAX")
+                          f"so build the engine with {opt('batch')} 1:OPT:MAX")
     g = _graph([{**t, "shape": prof["max"]} if t["name"] == INPUT_NAME else t for t in manifest["inputs"]],
                manifest["outputs"], where)
-    return g, (lo, opt, hi)
+    return g, (lo, mid, hi)
 
 
 def _graph(inputs, outputs, where) -> Graph:
@@ -133,13 +134,13 @@ def model_configs(graph: Graph, opts: RepoOptions, engine_batch: tuple[int, int,
     """Every model's config (dicts in ModelConfig's JSON field names), keyed by model name."""
     ensemble = opts.ensemble or ("tensorrt" if engine_batch else "onnxruntime")
     if ensemble == "tensorrt" and not engine_batch:
-        raise SmplerError("--ensemble tensorrt: needs --engine (an engine built with --no-plugins)")
+        raise OptionError("ensemble", "tensorrt", f"needs {opt('engine')} (an engine built with {opt('no_plugins')})")
     if ensemble not in INFER_MODELS:
-        raise SmplerError(f"--ensemble {ensemble}: expected one of {', '.join(INFER_MODELS)}")
+        raise OptionError("ensemble", ensemble, f"expected one of {', '.join(INFER_MODELS)}")
     if opts.onnx_device not in ("cpu", "gpu"):
-        raise SmplerError(f"--triton-device {opts.onnx_device}: expected cpu or gpu")
+        raise OptionError("onnx_device", opts.onnx_device, "expected cpu or gpu")
     if opts.instances < 1 or opts.max_batch < 1 or opts.queue_delay_us < 0:
-        raise SmplerError("--instances and the max batch must be >= 1, the queue delay >= 0")
+        raise SmplerError(f"{opt('instances')} and the max batch must be >= 1, the queue delay >= 0")
     io = {"input": graph.inputs, "output": graph.outputs}
     default_pref = (engine_batch[1], engine_batch[2]) if engine_batch else (opts.max_batch,)
     pref = opts.preferred or default_pref
@@ -162,7 +163,7 @@ def model_configs(graph: Graph, opts: RepoOptions, engine_batch: tuple[int, int,
                                 "threads": {"string_value": str(opts.session_threads)}})
     infer = INFER_MODELS[ensemble]
     if infer not in cfgs:
-        raise SmplerError(f"--ensemble {ensemble}: that model is not in the repository")
+        raise OptionError("ensemble", ensemble, "that model is not in the repository")
     mb = cfgs[infer]["max_batch_size"]
     j2d = next(t for t in graph.outputs if t["name"] == "smpl_joints2d")
     crop_t = tensor("crop", "float32", [3])
@@ -209,9 +210,10 @@ def write_repository(out, *, onnx=None, engine=None, opts: RepoOptions | None = 
     out = Path(out)
     onnx_where = onnx_where or (str(onnx) if onnx is not None else None)
     engine_where = engine_where or (str(engine) if engine is not None else None)
-    check_output_tree(out, force, "-o", owns_repo_entry)  # a non-empty directory is replaced only with --force
+    check_output_tree(out, force, opt("out"), owns_repo_entry)  # a non-empty directory is replaced only with `force`
     if onnx is None and engine is None:
-        raise SmplerError("--format triton: needs a graph (--onnx, or let smpler-export export one) or --engine")
+        raise OptionError("format", "triton", f"needs a graph ({opt('onnx')}, or let smpler-export export one) or "
+                          f"{opt('engine')}")
     graph = external = engine_batch = None
     if onnx is not None:
         graph, external = onnx_graph(Path(onnx), onnx_where)
@@ -229,7 +231,7 @@ def write_repository(out, *, onnx=None, engine=None, opts: RepoOptions | None = 
         graph = graph or egraph
     cfgs = model_configs(graph, opts, engine_batch, onnx_present=onnx is not None)
 
-    with staged_dir(out, force=force, flag="-o", owns=owns_repo_entry) as stage:  # renamed into place once every model is in
+    with staged_dir(out, force=force, flag=opt("out"), owns=owns_repo_entry) as stage:  # renamed into place once every model is in
         for name, cfg in cfgs.items():
             vdir = stage / name / "1"
             vdir.mkdir(parents=True)
