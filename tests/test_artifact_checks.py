@@ -214,7 +214,7 @@ def test_dataset_values_are_checked_not_only_shapes(dataset, tmp_path, key, valu
     with pytest.raises(SmplerError) as e:
         load_dataset(bad, tmp_path)
     msg = str(e.value)
-    assert msg.startswith(f"--dataset {bad}: ") and want in msg and "\n" not in msg, msg
+    assert msg.startswith(f"dataset {bad}: ") and want in msg and "\n" not in msg, msg
 
 
 def test_bench_names_the_dataset_for_a_nan_box_before_any_baseline(dataset, tmp_path, capsys):
@@ -235,7 +235,7 @@ def test_a_box_outside_its_image_names_the_dataset_sample(tmp_path):
 
     p = make_synthetic_dataset(tmp_path, n=2, dataset="h36m")
     bad = _rewrite(p, bbox=np.array([np.load(p)["bbox"][0], [5000, 5000, 10, 10]], np.float32))
-    want = f"--dataset {bad}: bbox[1] (images/h36m_0001.png) 5000,5000,10,10: box lies outside the "
+    want = f"dataset {bad}: bbox[1] (images/h36m_0001.png) 5000,5000,10,10: box lies outside the "
     with pytest.raises(SmplerError) as e:
         load_dataset(bad, tmp_path)
     assert str(e.value).startswith(want) and "--bbox" not in str(e.value)

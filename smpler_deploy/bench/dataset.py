@@ -5,7 +5,7 @@ Format (`FILE.npz`, see docs/datasets.md for converting SPIN/METRO-style npz fil
 | key        | shape / dtype        | meaning                                                                   |
 |------------|----------------------|---------------------------------------------------------------------------|
 | `dataset`  | scalar str           | `h36m` or `3dpw` (selects the protocol below)                             |
-| `imgname`  | [N] str              | image paths relative to `--images ROOT`                                   |
+| `imgname`  | [N] str              | image paths relative to the images root (`images_root`)                   |
 | `bbox`     | [N,4] float          | person box x, y, w, h in image pixels                                     |
 | `joints3d` | [N,14,3] float       | GT H36M-14 joints (SMPLer's J14 order), metres; required for h36m         |
 | `pose`     | [N,72] float         | GT SMPL axis-angle pose (camera frame); required for 3dpw                 |
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..containment import contained
-from ..errors import SmplerError
+from ..errors import OptionError, SmplerError, opt
 from ..fileio import atomic_path
 from .. import metrics as M
 
@@ -59,7 +59,7 @@ class EvalSet:
 
     def image_paths(self, root) -> list[Path]:
         """Each image under `root`; an absolute name, a `..` or a link leading outside `root` is refused."""
-        return [contained(root, str(n), what=f"--dataset {self.path}: imgname[{i}]")
+        return [contained(root, str(n), what=f"{opt('dataset')} {self.path}: imgname[{i}]")
                 for i, n in enumerate(self.imgname)]
 
 
@@ -67,24 +67,24 @@ def load_dataset(path, images_root=None) -> EvalSet:
     """Read and validate FILE.npz; with images_root, also check every image exists (count and first few)."""
     p = Path(path)
     if not p.is_file():
-        raise SmplerError(f"--dataset {p}: file not found")
+        raise OptionError("dataset", p, "file not found")
     try:
         z = np.load(p, allow_pickle=False)  # pickled object arrays are refused: the file is untrusted input
         d = {k: z[k] for k in z.files}
     except Exception as e:  # noqa: BLE001 - any reader failure is a bad file
-        raise SmplerError(f"--dataset {p}: not a readable .npz without pickled objects ({e.__class__.__name__})")
+        raise OptionError("dataset", p, f"not a readable .npz without pickled objects ({e.__class__.__name__})")
     if "dataset" not in d:
-        raise SmplerError(f"--dataset {p}: missing key 'dataset' (one of {', '.join(PROTOCOLS)})")
+        raise OptionError("dataset", p, f"missing key 'dataset' (one of {', '.join(PROTOCOLS)})")
     if d["dataset"].shape != () or d["dataset"].dtype.kind not in "US":
-        raise SmplerError(f"--dataset {p}: dataset is {_described(d['dataset'])}, expected one of "
+        raise OptionError("dataset", p, f"dataset is {_described(d['dataset'])}, expected one of "
                           f"{', '.join(PROTOCOLS)}")
     name = d["dataset"].item()
     name = (name.decode(errors="replace") if isinstance(name, bytes) else name).lower()
     if name not in PROTOCOLS:
-        raise SmplerError(f"--dataset {p}: dataset '{name}' unknown, expected one of {', '.join(PROTOCOLS)}")
+        raise OptionError("dataset", p, f"dataset '{name}' unknown, expected one of {', '.join(PROTOCOLS)}")
     missing = [k for k in REQUIRED[name] if k not in d]
     if missing:
-        raise SmplerError(f"--dataset {p}: missing keys {', '.join(missing)} (required for {name})")
+        raise OptionError("dataset", p, f"missing keys {', '.join(missing)} (required for {name})")
     for k in ("imgname", "gender"):
         if k in d:
             try:
@@ -92,31 +92,31 @@ def load_dataset(path, images_root=None) -> EvalSet:
                     raise ValueError
                 d[k] = d[k].astype(str)  # bytes names decode as ASCII
             except (ValueError, UnicodeDecodeError):
-                raise SmplerError(f"--dataset {p}: {k} is {_described(d[k])}, expected a [N] array of (ASCII or "
+                raise OptionError("dataset", p, f"{k} is {_described(d[k])}, expected a [N] array of (ASCII or "
                                   "unicode) strings") from None
     n = len(d["imgname"])
     if n == 0:
-        raise SmplerError(f"--dataset {p}: no samples")
+        raise OptionError("dataset", p, "no samples")
     if "gender" in d and len(d["gender"]) != n:
-        raise SmplerError(f"--dataset {p}: gender has {len(d['gender'])} entries, imgname {n}")
+        raise OptionError("dataset", p, f"gender has {len(d['gender'])} entries, imgname {n}")
     shapes = {"bbox": (n, 4), "joints3d": (n, 14, 3), "pose": (n, 72), "betas": (n, 10)}
     for k, shp in shapes.items():
         if k not in d:
             continue
         if d[k].dtype.kind not in "iuf":
-            raise SmplerError(f"--dataset {p}: {k} is {_described(d[k])}, expected numbers")
+            raise OptionError("dataset", p, f"{k} is {_described(d[k])}, expected numbers")
         if tuple(d[k].shape) != shp:
-            raise SmplerError(f"--dataset {p}: {k} has shape {list(d[k].shape)}, expected {list(shp)}")
+            raise OptionError("dataset", p, f"{k} has shape {list(d[k].shape)}, expected {list(shp)}")
         bad = ~np.isfinite(d[k].reshape(n, -1)).all(1)
         if bad.any():  # a NaN box or ground truth would crop garbage or turn every metric into NaN
             first = ", ".join(map(str, np.flatnonzero(bad)[:3]))
-            raise SmplerError(f"--dataset {p}: {k} has NaN or Inf values in {int(bad.sum())} of {n} samples "
+            raise OptionError("dataset", p, f"{k} has NaN or Inf values in {int(bad.sum())} of {n} samples "
                               f"(first: {first}); expected finite numbers")
     if np.any(d["bbox"][:, 2:] <= 0):
-        raise SmplerError(f"--dataset {p}: {int(np.sum(np.any(d['bbox'][:, 2:] <= 0, 1)))} boxes with w or h <= 0")
+        raise OptionError("dataset", p, f"{int(np.sum(np.any(d['bbox'][:, 2:] <= 0, 1)))} boxes with w or h <= 0")
     margin = d.get("box_margin", np.array(1.0))
     if margin.shape != () or margin.dtype.kind not in "iuf" or not np.isfinite(margin) or margin <= 0:
-        raise SmplerError(f"--dataset {p}: box_margin is {_described(margin)}, expected one positive number")
+        raise OptionError("dataset", p, f"box_margin is {_described(margin)}, expected one positive number")
     ds = EvalSet(name=name, path=p, imgname=d["imgname"], bbox=d["bbox"].astype(np.float64),
                  joints3d=d.get("joints3d"), pose=d.get("pose"), betas=d.get("betas"), gender=d.get("gender"),
                  box_margin=float(margin))
@@ -133,12 +133,12 @@ def _described(a: np.ndarray) -> str:
 def check_images(ds: EvalSet, root) -> None:
     r = Path(root)
     if not r.is_dir():
-        raise SmplerError(f"--images {r}: directory not found")
+        raise OptionError("images", r, "directory not found")
     paths = ds.image_paths(r)
     absent = [str(n) for n, q in zip(ds.imgname, paths) if not q.is_file()]
     if absent:
         first = ", ".join(absent[:3])
-        raise SmplerError(f"--images {r}: {len(absent)} of {len(ds)} images missing (first: {first})")
+        raise OptionError("images", r, f"{len(absent)} of {len(ds)} images missing (first: {first})")
     from ..preprocess import check_image_file
 
     for i, q in enumerate(paths):  # headers only: a bad image or a box outside it fails now, not after the baselines
@@ -152,9 +152,9 @@ def evaluate(session, ds: EvalSet, images_root, batch: int = 8, body_fn=None, j_
 
     `progress`: optional callable(n_done) for a progress bar."""
     if ds.name == "3dpw" and body_fn is None:
-        raise SmplerError("3dpw evaluation needs the neutral body model for the GT mesh (pass --smpl-model)")
+        raise SmplerError(f"3dpw evaluation needs the neutral body model for the GT mesh (pass {opt('smpl_model')})")
     if ds.joints3d is None and j_regressor_h36m is None:
-        raise SmplerError(f"--dataset {ds.path}: no joints3d, and the body model has no H36M joint regressor to "
+        raise OptionError("dataset", ds.path, "no joints3d, and the body model has no H36M joint regressor to "
                           "derive GT joints from the GT mesh (use a model file that carries one)")
     paths = ds.image_paths(images_root)
     per = {k: [] for k in ds.protocol}
@@ -194,14 +194,17 @@ def _sample_crop(ds: EvalSet, i: int, path: Path) -> np.ndarray:
 
 def _box(ds: EvalSet, i: int, image_hw):
     """Sample i's crop transform (preprocess.box_transform, the one rule); a box its image cannot take is the
-    dataset file's error, not the demo's --bbox flag's."""
+    dataset file's error, not an error of the demo's `bbox` option."""
     from ..preprocess import box_transform
 
     try:
         return box_transform(image_hw, ds.bbox[i], ds.box_margin)
-    except SmplerError as e:
-        raise SmplerError(f"--dataset {ds.path}: bbox[{i}] ({ds.imgname[i]}) "
-                          f"{str(e).removeprefix('--bbox ')}") from None
+    except SmplerError as e:  # "<the bbox option> x,y,w,h: why": the box and why, without the option's name
+        if isinstance(e, OptionError):
+            why = e.detail if e.value is None else f"{e.value}: {e.detail}"
+        else:
+            why = str(e).partition(" ")[2]
+        raise OptionError("dataset", ds.path, f"bbox[{i}] ({ds.imgname[i]}) {why}") from None
 
 
 def make_synthetic_dataset(out_dir, n: int = 4, dataset: str = "h36m", seed: int = 0) -> Path:

@@ -189,7 +189,7 @@ def refresh_gemm_peaks(machine: dict, threads: int | None = None, n: int = 2048,
     """Measure the GEMM rates again (after the cells) and keep each library's best of both windows: a peak taken in
     a slow spell of a shared host would make every cell's share of it read high (over 100%)."""
     if machine.get("gemm_fp32_peak_gflops") is None:
-        return machine  # not measured (--no-gemm): nothing to refresh
+        return machine  # not measured (measure_gemm=False): nothing to refresh
     _measure_peaks(machine, threads, n, seconds)
     machine["gemm_method"] = f"best of {seconds} s of {n}^3 GEMMs before and after the cells, per library"
     return machine

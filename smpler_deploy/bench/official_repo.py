@@ -3,12 +3,12 @@
 Imported from the user's checkout (its `models/` package), built as its demo.py builds it: `SMPLer(args, trans_cfg)`
 with data_mode h36m, model_type smpler, hrnet_type w32 | w48, num_transformers 3, and a `TranformerConfig` whose
 raw_feat_dim comes from its `config.hrnet_dict`. Its weights are our reference model's state dict (the user's
---checkpoint, or our default model; the parameter names are the official ones), loaded with strict=True. It runs
+`checkpoint`, or our default model; the parameter names are the official ones), loaded with strict=True. It runs
 on the same inputs, threads and device as every other cell, under the same `torch.inference_mode`.
 
 The official code reads its meta data and HRNet config by paths relative to the working directory (its config.py:
 meta_data/..., pretrained/hrnet/...). Files the checkout has are used. Missing ones are staged in a temporary
-directory while the model is built: the SMPL model (the user's --smpl-model .pkl, else our generated stand-in in
+directory while the model is built: the SMPL model (the user's `smpl_model` .pkl, else our generated stand-in in
 SMPL's .pkl layout), zero arrays of the right shapes for the regressors and mean parameters and an empty HRNet init
 file (the strict load overwrites every one of those buffers and weights), and the HRNet yaml written from our
 architecture table (`hrnet.STAGES`).
@@ -28,12 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SmplerError, one_line
+from ..errors import OptionError, SmplerError, one_line, opt
 from ..outputs import SMPLOutput
 from ..precision import FP32
 from ..runtime.base import Session, SessionInfo
 
-FLAG = "--official-repo"
 ENTRY = "models/smpler.py"  # the module whose import closure the official forward needs
 HRNET_TYPE = {"smpler": "w32", "smpler-l": "w48"}
 REQUIRED_FILES = (ENTRY, "models/transformer_basics.py", "config.py")
@@ -42,10 +41,10 @@ REQUIRED_FILES = (ENTRY, "models/transformer_basics.py", "config.py")
 def check_repo(path) -> Path:
     repo = Path(path)
     if not repo.is_dir():
-        raise SmplerError(f"{FLAG} {repo}: not a directory (expected a checkout of github.com/xuxy09/SMPLer)")
+        raise OptionError("official_repo", repo, "not a directory (expected a checkout of github.com/xuxy09/SMPLer)")
     lacking = [f for f in REQUIRED_FILES if not (repo / f).is_file()]
     if lacking:
-        raise SmplerError(f"{FLAG} {repo}: not the official SMPLer repository (no {', '.join(lacking)})")
+        raise OptionError("official_repo", repo, f"not the official SMPLer repository (no {', '.join(lacking)})")
     return repo.resolve()
 
 
@@ -75,7 +74,7 @@ def import_closure(repo: Path, entry: str = ENTRY) -> tuple[set[str], set[str]]:
         try:
             tree = ast.parse(f.read_text(encoding="utf-8"), str(f))
         except (OSError, SyntaxError, UnicodeDecodeError) as e:
-            raise SmplerError(f"{FLAG} {repo}: cannot read {f.relative_to(repo)} ({one_line(e)})") from None
+            raise OptionError("official_repo", repo, f"cannot read {f.relative_to(repo)} ({one_line(e)})") from None
         names = []
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
@@ -157,7 +156,7 @@ def _stage_files(config, repo: Path, stage: Path, variant: str, smpl_pkl: Path |
 
     hrnet = config.hrnet_dict[HRNET_TYPE[variant]]
     width = VARIANTS[variant]
-    made = {}
+    made = {}  # report data (report.json's staged_files), never a message: each source as the command was given it
 
     def put(rel: str, write, label: str):
         dst = stage / rel
@@ -165,7 +164,7 @@ def _stage_files(config, repo: Path, stage: Path, variant: str, smpl_pkl: Path |
         src = repo / rel
         if src.is_file():
             dst.symlink_to(src)
-            made[rel] = f"{FLAG} {rel}"
+            made[rel] = f"--official-repo {rel}"
         else:
             write(dst)
             made[rel] = label
@@ -196,7 +195,7 @@ def _stage_files(config, repo: Path, stage: Path, variant: str, smpl_pkl: Path |
 
 
 def smpl_pickle(smpl_model) -> Path | None:
-    """The user's --smpl-model when smplx can read it (a .pkl), else None (the stand-in or the checkout's file)."""
+    """The user's `smpl_model` when smplx can read it (a .pkl), else None (the stand-in or the checkout's file)."""
     return Path(smpl_model) if smpl_model and str(smpl_model).endswith(".pkl") else None
 
 
@@ -206,8 +205,8 @@ def preflight(path, smpl_model=None) -> Path:
     repo = check_repo(path)
     missing = missing_dependencies(repo, smpl_pickle(smpl_model))
     if missing:
-        raise SmplerError(f"{FLAG} {repo}: the official code needs {', '.join(missing)}, not installed here "
-                          f"(pip install {' '.join(missing)})")
+        raise OptionError("official_repo", repo, f"the official code needs {', '.join(missing)}, not installed "
+                          f"here (pip install {' '.join(missing)})")
     return repo
 
 
@@ -215,7 +214,8 @@ def build_official_model(repo, variant: str, state_dict: dict, smpl_pkl: Path | 
     """The official SMPLer nn.Module from `repo`, strictly loaded with `state_dict`, in eval mode.
     -> (model, info). Missing third-party modules raise one SmplerError naming all of them."""
     if variant not in HRNET_TYPE:
-        raise SmplerError(f"{FLAG}: variant {variant} has no official HRNet config (expected smpler or smpler-l)")
+        raise OptionError("official_repo", None,
+                          f"variant {variant} has no official HRNet config (expected smpler or smpler-l)")
     repo = preflight(repo, smpl_pkl)
     local, _ = import_closure(repo)
     with _repo_modules(repo, local):
@@ -224,7 +224,7 @@ def build_official_model(repo, variant: str, state_dict: dict, smpl_pkl: Path | 
             basics = importlib.import_module("models.transformer_basics")
             config = importlib.import_module("config")
         except Exception as e:  # noqa: BLE001 - their code: any failure is one line naming it
-            raise SmplerError(f"{FLAG} {repo}: importing {ENTRY} failed ({one_line(e)})") from None
+            raise OptionError("official_repo", repo, f"importing {ENTRY} failed ({one_line(e)})") from None
     args = types.SimpleNamespace(data_mode="h36m", model_type="smpler", hrnet_type=HRNET_TYPE[variant],
                                  num_transformers=3)
     with tempfile.TemporaryDirectory(prefix="smpler-official-") as stage:
@@ -237,8 +237,8 @@ def build_official_model(repo, variant: str, state_dict: dict, smpl_pkl: Path | 
         except SmplerError:
             raise
         except Exception as e:  # noqa: BLE001
-            raise SmplerError(f"{FLAG} {repo}: building its SMPLer failed ({one_line(e)})") from None
-    where = f"{FLAG} {repo}: our state dict does not load strictly into its SMPLer"
+            raise OptionError("official_repo", repo, f"building its SMPLer failed ({one_line(e)})") from None
+    where = f"{opt('official_repo')} {repo}: our state dict does not load strictly into its SMPLer"
     try:  # strict: every key both ways (checked below, to name them), every shape (raises here)
         res = model.load_state_dict(state_dict, strict=False)
     except RuntimeError as e:
@@ -277,7 +277,8 @@ def official_output(pred) -> SMPLOutput:
         return SMPLOutput(d["vertices"], d["joints"], d["smpl_joints"], d["smpl_joints2d"], d["theta"], d["beta"],
                           d["cam"])
     except (KeyError, TypeError) as e:
-        raise SmplerError(f"{FLAG}: its forward's last output has no {e} (expected the official stage dict)") from None
+        raise OptionError("official_repo", None,
+                          f"its forward's last output has no {e} (expected the official stage dict)") from None
 
 
 class OfficialRepoSession(Session):

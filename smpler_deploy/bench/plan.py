@@ -8,7 +8,7 @@ import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import SmplerError
+from ..errors import OptionError, SmplerError, opt
 from ..precision import FP32, NAMES, Precision
 from .report import MODEL_GFLOPS, Cell
 
@@ -36,13 +36,13 @@ def parse_precisions(text: str, flag: str = "precisions") -> list[Precision]:
     return list(dict.fromkeys(Precision.parse(t, flag) for t in parse_choices(text, NAMES, flag)))
 
 
-def parse_batches(text: str, flag: str = "--batch") -> list[int]:
+def parse_batches(text: str, flag: str = "batch") -> list[int]:
     try:
         vals = [int(t) for t in str(text).split(",") if t.strip()]
     except ValueError:
-        raise SmplerError(f"{flag} {text}: expected comma-separated positive integers, e.g. 1,8")
+        raise OptionError(flag, text, "expected comma-separated positive integers, e.g. 1,8")
     if not vals or any(v < 1 for v in vals):
-        raise SmplerError(f"{flag} {text}: expected comma-separated positive integers, e.g. 1,8")
+        raise OptionError(flag, text, "expected comma-separated positive integers, e.g. 1,8")
     return sorted(set(vals))
 
 
@@ -117,12 +117,12 @@ class BenchConfig:
     # Where every cell runs. cuda: baselines, torch, ONNX Runtime (cuda/tensorrt EPs) and engines all on one GPU,
     # so no GPU cell is ever set against a CPU baseline; cpu: GPU-only cells are skipped.
     device: str = "cpu"
-    providers: list[str] | None = None  # ONNX Runtime EPs; None = cpu on --device cpu, cuda+tensorrt on cuda
-    cuda_graphs: bool = True  # --device cuda: add torch CUDA-graph cells
+    providers: list[str] | None = None  # ONNX Runtime EPs; None = cpu on device cpu, cuda+tensorrt on cuda
+    cuda_graphs: bool = True  # device cuda: add torch CUDA-graph cells
     trt_cache: Path | None = None  # TensorRT EP engine/timing cache (default cache_dir/ort-trt)
     trt_fp16: bool = False
     official_repo: Path | None = None  # a checkout of the official repository: its own forward, one more baseline
-    kernel_dir: Path | None = None  # the plugins' AOT kernels for --plugins engines (None: the smpler-aot cache)
+    kernel_dir: Path | None = None  # AOT kernels for engines built with `plugins` (None: the smpler-aot cache)
 
     def __post_init__(self):  # report spellings parsed once, here: typed from now on
         self.precisions = list(dict.fromkeys(Precision.parse(p, "precisions") for p in self.precisions))
@@ -171,23 +171,24 @@ def plan(cfg: BenchConfig, env: BenchEnv | None = None) -> list[Group]:
     """All groups in run order (reference first: its outputs are what the others are compared with).
 
     Raises SmplerError when the user named artifacts but not one a requested cell needs, or asked for a device
-    or provider this machine lacks in a way that no cell could run (--device cuda without CUDA)."""
+    or provider this machine lacks in a way that no cell could run (device cuda without CUDA)."""
     from ..runtime.ort_providers import check_available, parse_provider
 
     env = env or BenchEnv.probe(cfg.device)
     on_gpu = cfg.device == "cuda"
     if cfg.device not in DEVICES:
-        raise SmplerError(f"--device {cfg.device}: expected one of {', '.join(DEVICES)}")
+        raise OptionError("device", cfg.device, f"expected one of {', '.join(DEVICES)}")
     if on_gpu and env.cuda:
-        raise SmplerError(f"--device cuda: {env.cuda}; use --device cpu")
+        raise OptionError("device", "cuda", f"{env.cuda}; use {opt('device')} cpu")
     providers = [parse_provider(p) for p in (cfg.providers or (["cuda", "tensorrt"] if on_gpu else ["cpu"]))]
     for p in providers:
         if (p == "cpu") == on_gpu:
-            raise SmplerError(f"--provider {p}: {'a CPU' if p == 'cpu' else 'a GPU'} provider with --device "
+            raise OptionError("provider", p, f"{'a CPU' if p == 'cpu' else 'a GPU'} provider with {opt('device')} "
                               f"{cfg.device}; every cell of one report runs on one device (its baseline's), so "
-                              f"use --device {'cpu' if p == 'cpu' else 'cuda'}")
+                              f"use {opt('device')} {'cpu' if p == 'cpu' else 'cuda'}")
     if cfg.trt_fp16 and "tensorrt" not in providers:
-        raise SmplerError("--trt-fp16: applies to the tensorrt provider (--device cuda --provider tensorrt)")
+        raise OptionError("trt_fp16", None, f"applies to the tensorrt provider ({opt('device')} cuda "
+                          f"{opt('provider')} tensorrt)")
     tkw = {"device": cfg.device, "cuda_graphs": False} if on_gpu else {}
     mk = lambda be, pr, kind, **g: Group(be, pr, kind, [Cell(be, pr, b, kind) for b in cfg.batches], **g)  # noqa: E731
     groups = [mk("torch", FP32, "reference", kw=dict(tkw)), mk("torch", FP32, "official", kw=dict(tkw))]
@@ -218,7 +219,7 @@ def plan(cfg: BenchConfig, env: BenchEnv | None = None) -> list[Group]:
                         g.reason = str(e).split(": ", 1)[1]
                         continue
                     if cfg.onnx and pr not in cfg.onnx:
-                        raise SmplerError(f"cell onnxruntime/{pr}: no ONNX file for {pr} in --onnx "
+                        raise SmplerError(f"cell onnxruntime/{pr}: no ONNX file for {pr} in {opt('onnx')} "
                                           f"(have {', '.join(sorted(map(str, cfg.onnx)))}); add {pr}=PATH")
                     g.artifact = cfg.onnx.get(pr)
                     if prov == "tensorrt":
@@ -238,7 +239,7 @@ def plan(cfg: BenchConfig, env: BenchEnv | None = None) -> list[Group]:
                 elif not env.tensorrt:
                     g.reason = "TensorRT Python package not installed (pip install smpler-deploy[trt])"
                 elif pr not in cfg.engines:
-                    raise SmplerError(f"cell tensorrt/{pr}: no engine for {pr}; pass --engine {pr}=PATH "
+                    raise SmplerError(f"cell tensorrt/{pr}: no engine for {pr}; pass {opt('engine')} {pr}=PATH "
                                       "(build one with smpler-export --format engine)")
                 else:
                     g.artifact = cfg.engines[pr]

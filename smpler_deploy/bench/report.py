@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import SmplerError
+from ..errors import OptionError, SmplerError
 from ..fidelity import jsonable
 from ..fileio import write_text_atomic
 from ..precision import Precision
@@ -17,7 +17,7 @@ SCHEMA_VERSION = 1
 # Nominal model cost per 224×224 image: 2×MAC of conv/linear/matmul/bmm/einsum, as torch.utils.flop_counter counts
 # them on the model (grid_sample, softmax, normalization and elementwise ops not counted).
 MODEL_GFLOPS = {"smpler": 18.785, "smpler-l": 35.508}
-# the official repository's own forward (--official-repo), our official-style transcription of it, our torch fp32
+# the official repository's own forward (`official_repo`), our official-style transcription of it, our torch fp32
 # reference, the rest. Speed-ups divide by the first of the two official kinds that ran at the cell's batch.
 KINDS = ("official-repo", "official", "reference", "deployed")
 BASELINE_KINDS = ("official-repo", "official")
@@ -48,7 +48,7 @@ class Cell:
     peak_rss_mb: float | None = None
     device_memory_mb: float | None = None  # GPU backends: device memory in use after the cell
     fidelity: dict | None = None  # fidelity.fidelity() vs the torch fp32 reference, same inputs
-    fidelity_gate: str | None = None  # over smpler-export's default --max-error-mm (int8): what was exceeded
+    fidelity_gate: str | None = None  # over smpler-export's default `max_error_mm` (int8): what was exceeded
     speedup_vs_official: float | None = None  # throughput ratio vs the baseline cell (speedup_baseline), same batch
     speedup_baseline: str | None = None  # id of the cell speedup_vs_official divides by
     speedup_vs_reference: float | None = None  # throughput ratio vs our torch fp32 reference, same batch
@@ -287,7 +287,7 @@ def write_report(rep: Report | dict, out_dir, plots: bool = True) -> dict:
     """Write report.json, report.md (and PNG plots) into out_dir; return the paths written."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise SmplerError(f"--out {out}: exists and is not a directory")
+        raise OptionError("out_dir", out, "exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     d = rep.finalize().to_dict() if isinstance(rep, Report) else jsonable(rep)
     validate_report(d)

@@ -3,9 +3,9 @@
 Baselines always run: our official-style transcription of the official forward (torch, fp32, its layout: full SMPL
 mesh four times, projected keys; `model/official_style.py`) and our torch fp32 reference; with `official_repo` set,
 the official repository's own forward too (`official_repo.py`: speed-ups then divide by it), all on the report's one
-device (`--device cpu|cuda`): with --device cuda every cell (baselines, torch
+device (`device` cpu|cuda): with device cuda every cell (baselines, torch
 fp16/bf16, torch CUDA graphs, ONNX Runtime CUDA/TensorRT EPs, engines) runs on the same GPU, so speed-ups are
-GPU against GPU; with --device cpu the GPU-only cells are skipped. Each runnable cell: open a session, warm up, time N
+GPU against GPU; with device cpu the GPU-only cells are skipped. Each runnable cell: open a session, warm up, time N
 calls, record peak host RSS, and compare its outputs on the same inputs with the reference (`smpler_deploy.fidelity`).
 The baselines and the reference are timed together, one call of each per round: run one after another, a noisy
 host moved their ratios by 20% between runs; interleaved, the machine's drift slows them alike.
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SmplerError, one_line
+from ..errors import SmplerError, one_line, opt
 from ..fidelity import check_gate, fidelity, gate_limits
 from ..precision import Precision
 from .plan import (BACKENDS, DEVICES, VARIANTS, BenchConfig, BenchEnv, Group, gpu_available, parse_artifacts,
@@ -88,7 +88,7 @@ def device_used_mb(release_cache: bool = True) -> float | None:
 def _ensure_onnx(cfg: BenchConfig, precision: Precision) -> Path:
     """Export the ONNX file a cell needs into the cache dir (once per precision; reused across runs)."""
     if cfg.cache_dir is None:
-        raise SmplerError(f"cell onnxruntime/{precision}: no --onnx file and no cache directory to export into")
+        raise SmplerError(f"cell onnxruntime/{precision}: no {opt('onnx')} file and no cache directory to export into")
     cfg.cache_dir.mkdir(parents=True, exist_ok=True)
     path = cfg.cache_dir / f"{cfg.variant}_{precision}.onnx"
     if not path.is_file():
