@@ -24,7 +24,7 @@ _FLAGS = ("--backend", "--backends", "--batch", "--bbox", "--boxes", "--budget-s
           "--trt", "--trt-cache", "--trt-fp16", "--variant", "--version-compatible", "--warmup", "--work-dir")
 FIELD_FLAGS = {f[2:].replace("-", "_"): f for f in _FLAGS} | {
     "sms": "--sm", "flavour": "--trt", "onnx_device": "--triton-device", "out": "-o", "output": "-o",
-    "kernels": "--kernel-dir", "no_plugins": "--no-plugins"}
+    "kernels": "--kernel-dir", "no_plugins": "--no-plugins", "out_dir": "--out"}
 _CITED = re.compile(r"`([a-z][a-z0-9_]*)`")
 
 
