@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import SmplerError
+from .errors import SmplerError, opt
 from .export.metadata import metadata, read_header
 from .outputs import INPUT_NAME, OUTPUT_NAMES
 from .precision import Precision
@@ -83,10 +83,10 @@ def artifact_facts(path, kind: str, where: str | None = None) -> tuple[Precision
 
 def check_bench_artifacts(onnx: dict, engines: dict, variant: str, flags: dict | None = None) -> None:
     """smpler-bench, before any baseline runs: every graph / engine (`{Precision: path}`) exists, is an SMPLer
-    graph / engine of the cell's precision and of the benchmarked variant. `flags`: what the command calls the
-    files and the variant ({"onnx": "--onnx", "engine": "--engine", "variant": "--variant"}; default the plain
-    words)."""
-    flags = {"onnx": "onnx", "engine": "engine", "variant": "variant"} | (flags or {})
+    graph / engine of the cell's precision and of the benchmarked variant. `flags`: what the caller calls the
+    files and the variant (keys "onnx", "engine", "variant"; default the options' names, `errors.opt`, which a
+    command shows as its flags)."""
+    flags = {k: opt(k) for k in ("onnx", "engine", "variant")} | (flags or {})
     for kind, files in (("onnx", onnx), ("engine", engines)):
         flag = flags[kind]
         for prec, path in files.items():

@@ -17,7 +17,8 @@ from .errors import SmplerError
 def contained(base_dir: str | os.PathLike, entry, *, what: str) -> Path:
     """`entry` (a relative path read from a file) inside `base_dir`, as the real path it resolves to.
 
-    `what` names the file and the field the entry came from (e.g. "--onnx m.onnx: external data location").
+    `what` names the file and the field the entry came from (e.g. f"{opt('onnx')} m.onnx: external data location",
+    the option cited by `errors.opt`).
     Refused: not a non-empty string, absolute, any `..` component, or resolving outside `base_dir`'s real path."""
     base = Path(base_dir)
 
@@ -86,7 +87,7 @@ def external_data_locations(model) -> list[str]:
 def onnx_external_files(model, onnx_path: str | os.PathLike, where: str) -> dict[str, Path]:
     """{location: real path} of every external-data file `model` (loaded from `onnx_path` without its external
     data) names, each checked to lie inside the ONNX file's own folder and to exist as a file; `where` names the
-    graph in errors (e.g. "--onnx m.onnx")."""
+    graph in errors (e.g. f"{opt('onnx')} m.onnx")."""
     base = Path(onnx_path).parent
     files = {}
     for loc in external_data_locations(model):

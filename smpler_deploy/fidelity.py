@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SmplerError
+from .errors import OptionError, SmplerError
 from .fileio import write_text_atomic
 from .metrics import M_TO_MM, similarity_align
 from .outputs import CROP_SIZE, OUTPUT_NAMES, SMPLOutput
@@ -115,7 +115,7 @@ def write_fidelity_json(d: dict, path) -> Path:
     return write_text_atomic(path, json.dumps(jsonable(d), indent=2, allow_nan=False) + "\n")
 
 
-# ---------------------------------------------------------------- the fidelity gate (smpler-export --max-error-mm)
+# ---------------------------------------------------------------- the fidelity gate (export's `max_error_mm`)
 
 # Default (mean, max) vertex-error limits in mm for int8 graphs, ~2.5-3x what the default model measures on the 4
 # held-out crops export checks (int8 trt 5.2 / 26; int8 cpu, 7-bit weights, ~6 / 35: see
@@ -125,16 +125,16 @@ INT8_LIMITS_MM = (15.0, 75.0)
 OFF = ("off", "none")
 
 
-def parse_max_error(text: str, flag: str = "--max-error-mm") -> tuple[float, float] | None:
-    """'MEAN,MAX' (mm) -> (mean, max); 'off' / 'none' -> None (no gate)."""
+def parse_max_error(text: str, field: str = "max_error_mm") -> tuple[float, float] | None:
+    """'MEAN,MAX' (mm) -> (mean, max); 'off' / 'none' -> None (no gate). Errors name the option `field`."""
     if text.strip().lower() in OFF:
         return None
     try:
         mean, mx = (float(v) for v in text.split(","))
     except ValueError:
-        raise SmplerError(f"{flag} {text}: expected MEAN,MAX in mm (e.g. 15,75) or none") from None
+        raise OptionError(field, text, "expected MEAN,MAX in mm (e.g. 15,75) or none") from None
     if not (math.isfinite(mean) and math.isfinite(mx) and 0 < mean <= mx):
-        raise SmplerError(f"{flag} {text}: expected finite limits with 0 < MEAN <= MAX (mm)")
+        raise OptionError(field, text, "expected finite limits with 0 < MEAN <= MAX (mm)")
     return mean, mx
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SmplerError
+from .errors import OptionError, SmplerError
 from .outputs import CROP_SIZE
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -124,13 +124,13 @@ def box_transform(image_hw: tuple[int, int], bbox=None, margin: float = BOX_MARG
     try:
         x, y, bw, bh = (float(v) for v in bbox)
     except (TypeError, ValueError):
-        raise SmplerError(f"--bbox {bbox}: expected four numbers x,y,w,h")
+        raise OptionError("bbox", bbox, "expected four numbers x,y,w,h")
     if not all(math.isfinite(v) for v in (x, y, bw, bh)):
-        raise SmplerError(f"--bbox {x:g},{y:g},{bw:g},{bh:g}: expected finite numbers x,y,w,h (no NaN/Inf)")
+        raise OptionError("bbox", f"{x:g},{y:g},{bw:g},{bh:g}", "expected finite numbers x,y,w,h (no NaN/Inf)")
     if bw <= 0 or bh <= 0:
-        raise SmplerError(f"--bbox {x:g},{y:g},{bw:g},{bh:g}: width and height must be positive")
+        raise OptionError("bbox", f"{x:g},{y:g},{bw:g},{bh:g}", "width and height must be positive")
     if x >= w or y >= h or x + bw <= 0 or y + bh <= 0:
-        raise SmplerError(f"--bbox {x:g},{y:g},{bw:g},{bh:g}: box lies outside the {w}x{h} image")
+        raise OptionError("bbox", f"{x:g},{y:g},{bw:g},{bh:g}", f"box lies outside the {w}x{h} image")
     return CropTransform(x + bw / 2 - 0.5, y + bh / 2 - 0.5, max(bw, bh) * margin)
 
 

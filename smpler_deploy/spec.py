@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .engine.options import EngineOptions
+from .errors import opt
 from .precision import Precision
 
 __all__ = ["EngineOptions", "ExportSpec", "fidelity_path"]
@@ -21,10 +22,10 @@ class ExportSpec:
     """Everything smpler-export was asked to do, validated: which files it writes and from what."""
 
     format: str  # onnx | engine | triton
-    precision: Precision | None  # None: --format triton from an --engine (nothing is exported)
+    precision: Precision | None  # None: format triton from an `engine_file` (nothing is exported)
     output: Path  # the .onnx (format onnx), the .engine, or the Triton repository directory
-    onnx: Path | None  # the graph: written (format onnx, or beside the engine) or read (--onnx); triton: --onnx
-    onnx_given: bool  # --onnx (or triton's --engine): build from an existing artifact, no export
+    onnx: Path | None  # the graph: written (format onnx, or beside the engine) or read (`onnx_given`)
+    onnx_given: bool  # a graph given (or triton's `engine_file`): build from an existing artifact, no export
     batch: tuple[int, int, int]
     plugins: bool = False
     variant: str = "smpler"
@@ -42,21 +43,22 @@ class ExportSpec:
 
     @property
     def exports(self) -> bool:
-        """This command exports the graph (no --onnx / --engine given)."""
+        """This command exports the graph (no existing graph or engine given)."""
         return not self.onnx_given
 
     def output_files(self) -> list[tuple[Path, str]]:
-        """Every file this export writes, with the flag that names it (claimed before any work)."""
+        """Every file this export writes, with the option that names it (`output`; claimed before any work)."""
         from .trt.manifest import layers_path, manifest_path
 
         files: list[tuple[Path, str]] = []
+        out = opt("output")  # a command shows its flag
         if not self.onnx_given:
-            files.append((self.onnx, "-o" if self.format == "onnx" else "-o (ONNX beside the engine)"))
+            files.append((self.onnx, out if self.format == "onnx" else f"{out} (ONNX beside the engine)"))
             if self.fidelity and not self.plugins:
-                files.append((fidelity_path(self.onnx), "-o (fidelity report beside the graph)"))
+                files.append((fidelity_path(self.onnx), f"{out} (fidelity report beside the graph)"))
         if self.format == "engine":
-            files += [(self.output, "-o"), (manifest_path(self.output), "-o (engine manifest)"),
-                      (layers_path(self.output), "-o (engine layer records)")]
+            files += [(self.output, out), (manifest_path(self.output), f"{out} (engine manifest)"),
+                      (layers_path(self.output), f"{out} (engine layer records)")]
         return files
 
 

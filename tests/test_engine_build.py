@@ -166,10 +166,10 @@ def test_manifest_mismatches(graphs, tmp_path):
     assert f"built with TensorRT-RTX {trt.__version__}, this is TensorRT-RTX 1.8.0.1" in _one_line(e)
     with pytest.raises(SmplerError) as e:
         check_manifest(m, engine, trt.__version__, 120)
-    assert "built for SM89, this GPU is SM120; rebuild with --sm 120" in _one_line(e)
+    assert "built for SM89, this GPU is SM120; rebuild with `sms` 120" in _one_line(e)
     with pytest.raises(SmplerError) as e:
         check_manifest(m, engine, trt.__version__, 89, flavour="tensorrt")
-    assert "use --trt tensorrt-rtx" in _one_line(e)
+    assert "use `flavour` tensorrt-rtx" in _one_line(e)
     engine.write_bytes(engine.read_bytes()[:-1000])  # truncated
     with pytest.raises(SmplerError) as e:
         check_manifest(m, engine, trt.__version__, 89)
@@ -266,7 +266,7 @@ def test_plugin_graph(tmp_path, monkeypatch):
         mp.setattr(trt_plugins, "ensure_rtx_soname", lambda: False)
         with pytest.raises(SmplerError) as e:
             build_engine(tmp_path / "p.onnx", tmp_path / "q.engine", log=_quiet)
-        assert "ln -s libtensorrt_rtx.so.1" in _one_line(e) and "--no-plugins" in str(e.value)
+        assert "ln -s libtensorrt_rtx.so.1" in _one_line(e) and "`no_plugins`" in str(e.value)
     assert not (tmp_path / "q.engine").exists() and not manifest_path(tmp_path / "q.engine").exists()
 
 

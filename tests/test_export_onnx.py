@@ -351,7 +351,7 @@ def test_session_refuses_plugin_domain_nodes(tmp_path):
     with pytest.raises(SmplerError) as ei:
         OnnxRuntimeSession(path)
     msg = str(ei.value)
-    assert "\n" not in msg and str(path) in msg and "export without --plugins" in msg
+    assert "\n" not in msg and str(path) in msg and "export without `plugins`" in msg
 
 
 def test_session_disables_optimizer_for_int8_plus_fp16(tmp_path):

@@ -74,7 +74,7 @@ def test_parse_max_error_and_limits():
     assert parse_max_error("5,25") == (5.0, 25.0) and parse_max_error(" off ") is None
     assert parse_max_error("none") is None
     for bad in ("5", "5,25,1", "a,b", "30,5", "0,5", "nan,5", "5,inf"):
-        with pytest.raises(SmplerError, match="--max-error-mm") as e:
+        with pytest.raises(SmplerError, match="max_error_mm") as e:
             parse_max_error(bad)
         assert "\n" not in str(e.value)
     assert gate_limits(None, "int8") == INT8_LIMITS_MM and gate_limits(None, "int8-cpu") == INT8_LIMITS_MM

@@ -38,8 +38,8 @@ def test_plan_cuda_defaults_to_graphs_when_a_device_is_there():
 
 
 @pytest.mark.parametrize("kw, msg", [
-    ({"device": "gpu"}, "--device gpu: expected cpu, cuda or cuda:N"),
-    ({"device": "cpu", "cuda_graphs": True}, "CUDA graphs need --device cuda"),
+    ({"device": "gpu"}, "^device gpu: expected cpu, cuda or cuda:N"),
+    ({"device": "cpu", "cuda_graphs": True}, "^cuda_graphs: CUDA graphs need `device` cuda"),
     ({"device": "cpu", "precision": "bf16", "attention": "triton"}, "Triton kernels store fp32 or fp16"),
 ])
 def test_plan_refusals(kw, msg):
@@ -52,7 +52,7 @@ def test_cuda_without_cuda_is_one_line():
     with pytest.raises(SmplerError) as e:
         plan_torch("cuda", "fp32")
     text = str(e.value)
-    assert "\n" not in text and text.startswith("--device cuda: torch ") and text.endswith("use --device cpu")
+    assert "\n" not in text and text.startswith("device cuda: torch ") and text.endswith("use `device` cpu")
     assert parse_device("CUDA:0") == "cuda:0"
 
 
@@ -131,8 +131,8 @@ def test_provider_options():
 @pytest.mark.parametrize("kw, msg", [
     ({"provider": "tensorrt", "precision": Precision.parse("int8-cpu"), "cache_dir": "/c"}, "int8-cpu graph uses ONNX Runtime's"),
     ({"provider": "tensorrt"}, "needs an engine cache directory"),
-    ({"provider": "cuda", "trt_fp16": True}, "--trt-fp16: applies to --provider tensorrt"),
-    ({"provider": "rocm"}, "--provider rocm: expected one of cpu, cuda, tensorrt"),
+    ({"provider": "cuda", "trt_fp16": True}, "^trt_fp16: applies to `provider` tensorrt"),
+    ({"provider": "rocm"}, "^provider rocm: expected one of cpu, cuda, tensorrt"),
 ])
 def test_provider_refusals(kw, msg):
     from smpler_deploy.runtime.ort_providers import provider_list

@@ -105,7 +105,7 @@ def test_sm_error_says_build_on_device(sm, name):
 
     with pytest.raises(SmplerError, match=rf"^sms {re.escape(sm)}: not a TensorRT-RTX target; valid: 86, 89; "
                                           rf"{name} \(SM{sm.replace('.', '')}\) engines are built on the device "
-                                          r"itself with --trt tensorrt$"):
+                                          r"itself with `flavour` tensorrt$"):
         parse_sms([sm], [86, 89])
 
 

@@ -153,7 +153,7 @@ def test_checkpoint_with_nan_weight_refused(tmp_path):
     torch.save({"model": sd}, tmp_path / "nan.pt")
     with pytest.raises(SmplerError) as e:
         read_checkpoint(tmp_path / "nan.pt")
-    assert one_line(e) == (f"--checkpoint {tmp_path / 'nan.pt'}: non-finite weights (NaN/Inf) in a.weight "
+    assert one_line(e) == (f"checkpoint {tmp_path / 'nan.pt'}: non-finite weights (NaN/Inf) in a.weight "
                            "(1 values) and 1 more parameters")
 
 

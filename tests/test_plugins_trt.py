@@ -485,7 +485,7 @@ def test_onnx_nodes(onnx_files, tmp_path):
 
     with pytest.raises(SmplerError, match=r"attn_float16.onnx: graph contains TensorRT plugin nodes "
                                           r"\(SmplerLocalAttention, SmplerGlobalAttention\); ONNX Runtime cannot run "
-                                          r"them — export without --plugins"):
+                                          r"them — export without `plugins`"):
         onnx_nodes.assert_no_plugins(onnx_files["float16"])
     plain = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
                                                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],

@@ -147,7 +147,7 @@ def test_out_of_profile_batch(engine):
 def test_manifest_checked_before_deserialize(rtx_engine, tmp_path):
     engine = rtx_engine
     api = RecordingCudaStandIn(device_sm=86)
-    with pytest.raises(SmplerError, match=r"built for SM89, this GPU is SM86; rebuild with --sm 86"):
+    with pytest.raises(SmplerError, match=r"built for SM89, this GPU is SM86; rebuild with `sms` 86"):
         TensorRTSession(engine, api=api)
     assert "deserialize" not in api.names()
     engine.write_bytes(engine.read_bytes()[:100])  # truncated copy
@@ -199,7 +199,7 @@ def test_plugin_kernels_checked_at_open(engine, tmp_path, monkeypatch):
     with pytest.raises(SmplerError) as e:
         TensorRTSession(engine, api=api, kernel_dir=kdir)
     assert str(e.value) == (f"{engine}: no global_attention kernel for this GPU (SM89) in {kdir}; "
-                            f"build it with `smpler-aot --sm 89 -o {kdir}` (or pass --kernel-dir DIR)")
+                            f"build it with `smpler-aot --sm 89 -o {kdir}` (or pass `kernel_dir` DIR)")
     assert api.calls == []  # nothing registered, deserialized or allocated
     good = write_kernel_index(tmp_path / "good", sms=(89,))
     monkeypatch.setenv("SMPLER_KERNEL_DIR", str(kdir))  # the commands' default, not read by the session

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SmplerError
+from ..errors import OptionError, SmplerError, opt
 from ..fileio import atomic_path
 from .data import NUM_VERTS, BodyModelData
 
@@ -297,7 +297,7 @@ def _load_checkpoint(path: Path) -> BodyModelData:
     if missing:
         more = f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
         raise SmplerError(f"{path}: checkpoint lacks SMPL buffers {', '.join(missing[:3])}{more}; "
-                          "expected a SMPLer checkpoint or pass --smpl-model")
+                          f"expected a SMPLer checkpoint or pass {opt('smpl_model')}")
     arr = lambda name: sd[name].detach().cpu().numpy()  # noqa: E731
     mapping = {field: arr(name) for field, name in _CKPT_KEYS.items()}
     if _CKPT_H36M in sd:
@@ -328,24 +328,24 @@ def load_h36m_regressor(path) -> np.ndarray:
     """Read the official J_regressor_h36m_correct.npy (or an .npz holding it) as float32 [17,6890]."""
     p = Path(path)
     if not p.is_file():
-        raise SmplerError(f"--h36m-regressor {p}: no such file; expected J_regressor_h36m_correct.npy [17,{NUM_VERTS}]")
+        raise OptionError("h36m_regressor", p, f"no such file; expected J_regressor_h36m_correct.npy [17,{NUM_VERTS}]")
     try:
         obj = np.load(p, allow_pickle=False)
         if isinstance(obj, np.lib.npyio.NpzFile):
             with obj:
                 keys = [k for k in obj.files if "h36m" in k.lower()] or obj.files
                 if len(keys) != 1:
-                    raise SmplerError(f"--h36m-regressor {p}: npz has keys {obj.files}, expected one H36M regressor")
+                    raise OptionError("h36m_regressor", p, f"npz has keys {obj.files}, expected one H36M regressor")
                 arr = obj[keys[0]]
         else:
             arr = obj
     except SmplerError:
         raise
     except Exception as e:
-        raise SmplerError(f"--h36m-regressor {p}: not a readable .npy/.npz ({type(e).__name__}: {e})") from None
+        raise OptionError("h36m_regressor", p, f"not a readable .npy/.npz ({type(e).__name__}: {e})") from None
     arr = np.asarray(arr)
     if arr.ndim != 2 or arr.shape[0] < 17 or arr.shape[1] != NUM_VERTS:
-        raise SmplerError(f"--h36m-regressor {p}: shape {list(arr.shape)}, expected [17,{NUM_VERTS}]")
+        raise OptionError("h36m_regressor", p, f"shape {list(arr.shape)}, expected [17,{NUM_VERTS}]")
     return _f32(arr)
 
 

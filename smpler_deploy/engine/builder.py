@@ -15,7 +15,7 @@ import warnings
 from contextlib import ExitStack
 from pathlib import Path
 
-from ..errors import OptionError, SmplerError
+from ..errors import OptionError, SmplerError, opt
 from ..fileio import atomic_path, outputs, sha256_file, stage_dir, write_bytes_atomic, write_text_atomic
 from ..outputs import INPUT_NAME
 from ..precision import GRAPH_KINDS, Precision
@@ -125,7 +125,7 @@ def build_engine(onnx_path, engine_path, options: EngineOptions = EngineOptions(
         Precision.from_metadata(meta).require_buildable(str(onnx_path))
     shapes = profile_shapes(facts["shape"], tuple(opts.batch), facts["input"])
     destinations = (engine_path, manifest_path(engine_path), layers_path(engine_path))
-    with outputs(*destinations, force=force, flag="-o"):  # checked and claimed before any work
+    with outputs(*destinations, force=force, flag=opt("out")):  # checked and claimed before any work
         if isolate:
             return _build_in_child(onnx_path, engine_path, opts, kernel_dir, log)
         return _build(onnx_path, engine_path, facts, shapes, opts, trt, kernel_dir, t_start, log)

@@ -1,7 +1,7 @@
 """How an engine is built, as one typed value (`EngineOptions`) from the command line to the builder, its child
 process and the manifest, with every check of those values in one place.
 
-`check_values` needs nothing installed; `resolve` also needs the TensorRT flavour's module (the valid --sm targets
+`check_values` needs nothing installed; `resolve` also needs the TensorRT flavour's module (the valid `sms` targets
 and hardware compatibility levels depend on it). Errors are `OptionError`s naming the field; the commands name
 their flag. Pure code: no TensorRT import here (callers pass the module).
 """
@@ -87,7 +87,7 @@ def check_values(opts: EngineOptions) -> EngineOptions:
 
 
 def resolve(opts: EngineOptions, trt, flavour: str, local_sm: int | None = None) -> EngineOptions:
-    """`check_values`, then what depends on the imported flavour: its --sm targets (TensorRT-RTX; full TensorRT
+    """`check_values`, then what depends on the imported flavour: its `sms` targets (TensorRT-RTX; full TensorRT
     builds for the local GPU, `local_sm`) and whether it knows the compatibility level. Idempotent."""
     opts = check_values(replace(opts, flavour=flavour))
     if flavour == "tensorrt-rtx":

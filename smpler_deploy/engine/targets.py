@@ -1,11 +1,11 @@
-"""GPU targets of an engine build: --sm values parsed and checked against what the installed TensorRT-RTX can
+"""GPU targets of an engine build: `sms` values parsed and checked against what the installed TensorRT-RTX can
 target (full TensorRT builds for the local GPU). Pure functions, no TensorRT import (callers pass its module)."""
 
 from __future__ import annotations
 
 import re
 
-from ..errors import OptionError
+from ..errors import OptionError, opt
 
 DEFAULT_SMS = (89,)
 # GPUs TensorRT-RTX cannot target: their engines come from full TensorRT on the device (docs/jetson.md).
@@ -35,7 +35,8 @@ def parse_sms(values, valid: list[int] | None = None, what: str = "a TensorRT-RT
                 continue
             sm = parse_sm(item)
             if valid is not None and sm not in valid:
-                hint = (f"; {ON_DEVICE_SMS[sm]} (SM{sm}) engines are built on the device itself with --trt tensorrt"
+                hint = (f"; {ON_DEVICE_SMS[sm]} (SM{sm}) engines are built on the device itself with "
+                        f"{opt('flavour')} tensorrt"
                         if sm in ON_DEVICE_SMS else "")
                 raise OptionError("sms", item.strip(), f"not {what}; valid: {', '.join(map(str, valid))}" + hint)
             if sm not in out:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import OptionError, SmplerError
+from ..errors import OptionError, SmplerError, opt
 from ..fileio import atomic_path
 from ..outputs import INPUT_NAME
 from ..precision import INT8_TARGETS
@@ -104,7 +104,8 @@ def check_trt_compatible(model) -> None:
         if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2] in inits:
             zp = numpy_helper.to_array(inits[n.input[2]])
             if np.any(zp != 0) or zp.dtype == np.int32:
-                raise SmplerError(f"int8 --target trt: node {n.name} has a zero point TensorRT refuses (internal error)")
+                raise SmplerError(f"int8 {opt('target')} trt: node {n.name} has a zero point TensorRT refuses "
+                                  "(internal error)")
 
 
 def pair_sum_bound(weight_absmax: int, act_max: int = 255) -> int:
@@ -121,7 +122,8 @@ def check_no_int16_saturation(model) -> None:
         if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].data_type == 3:  # INT8
             w = numpy_helper.to_array(inits[n.input[0]])
             if w.size and pair_sum_bound(int(np.abs(w.astype(np.int32)).max())) > INT16_MAX:
-                raise SmplerError(f"int8 --target cpu: weight {n.input[0]} reaches |w| = {np.abs(w.astype(np.int32)).max()}, "
+                raise SmplerError(f"int8 {opt('target')} cpu: weight {n.input[0]} reaches |w| = "
+                                  f"{np.abs(w.astype(np.int32)).max()}, "
                                   f"which saturates int16 on AVX2 CPUs without VNNI (internal error)")
 
 

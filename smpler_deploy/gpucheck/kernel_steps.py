@@ -47,7 +47,7 @@ def _torch_global(keys, qk):
 
 def step_triton(ctx: CheckContext) -> StepResult:
     """The Triton kernels, JIT-compiled for this GPU (any Triton version), vs the PyTorch attention path; under
-    `--interpret` on CPU tensors through Triton's interpreter (the check's own CPU test)."""
+    `interpret` on CPU tensors through Triton's interpreter (the check's own CPU test)."""
     name = "triton-jit-vs-torch"
     if not (ctx.torch_cuda or ctx.interpret):
         return skipped(name, no_cuda(ctx) + " (--interpret runs the kernels through Triton's interpreter on CPU)")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import SmplerError
+from ..errors import OptionError, opt
 from ..torch_weights import state_dict_in, torch_load_weights
 from .smpler import VARIANTS, SMPLer
 
@@ -33,15 +33,15 @@ def read_checkpoint(path) -> dict[str, torch.Tensor]:
     """Raw state dict or {"model": sd}; strips a DDP `module.` prefix. weights_only: no code runs."""
     p = Path(path)
     if not p.is_file():
-        raise SmplerError(f"--checkpoint {p}: file not found")
-    sd = state_dict_in(torch_load_weights(p, f"--checkpoint {p}"), wrappers=("model",))
+        raise OptionError("checkpoint", p, "file not found")
+    sd = state_dict_in(torch_load_weights(p, f"{opt('checkpoint')} {p}"), wrappers=("model",))
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise SmplerError(f"--checkpoint {p}: expected a state dict of tensors (or {{'model': state_dict}})")
+        raise OptionError("checkpoint", p, "expected a state dict of tensors (or {'model': state_dict})")
     bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:  # a NaN weight would otherwise travel on (e.g. to an index of -2^63 in the attention's sampling)
         k = sorted(bad)[0]
         n = int((~torch.isfinite(sd[k])).sum())
-        raise SmplerError(f"--checkpoint {p}: non-finite weights (NaN/Inf) in {k} ({n} values)"
+        raise OptionError("checkpoint", p, f"non-finite weights (NaN/Inf) in {k} ({n} values)"
                           + (f" and {len(bad) - 1} more parameters" if len(bad) > 1 else ""))
     return sd
 
@@ -60,22 +60,22 @@ def load_checkpoint_into(model: SMPLer, path, fill_body: bool = False) -> None:
     sd = read_checkpoint(path)
     found = checkpoint_variant(sd)
     if found and found != model.variant:
-        raise SmplerError(f"--checkpoint {path}: weights are for --variant {found}, not {model.variant}")
+        raise OptionError("checkpoint", path, f"weights are for {opt('variant')} {found}, not {model.variant}")
     own = model.state_dict()
     missing = set(own) - set(sd)
-    if fill_body:  # a checkpoint stripped of the SMPL arrays, completed from --smpl-model
+    if fill_body:  # a checkpoint stripped of the SMPL arrays, completed from `smpl_model`
         for k in [k for k in missing if k.startswith("smpl_handler.")]:
             sd[k] = own[k]
         missing = set(own) - set(sd)
     if missing:
-        raise SmplerError(f"--checkpoint {path}: {len(missing)} missing keys: {_first(missing)}")
+        raise OptionError("checkpoint", path, f"{len(missing)} missing keys: {_first(missing)}")
     unexpected = set(sd) - set(own)
     if unexpected:
-        raise SmplerError(f"--checkpoint {path}: {len(unexpected)} unexpected keys: {_first(unexpected)}")
+        raise OptionError("checkpoint", path, f"{len(unexpected)} unexpected keys: {_first(unexpected)}")
     bad = [k for k in own if tuple(own[k].shape) != tuple(sd[k].shape)]
     if bad:
         k = sorted(bad)[0]
-        raise SmplerError(f"--checkpoint {path}: {len(bad)} keys with other shapes, e.g. {k} "
+        raise OptionError("checkpoint", path, f"{len(bad)} keys with other shapes, e.g. {k} "
                           f"{list(sd[k].shape)} (expected {list(own[k].shape)})")
     model.load_state_dict(sd, strict=True)
 
@@ -199,7 +199,7 @@ def default_state(model: SMPLer, seed: int = DEFAULT_SEED) -> dict[str, torch.Te
 
 def build_model(variant: str, checkpoint=None, smpl_model=None, h36m_regressor=None) -> SMPLer:
     if variant not in VARIANTS:
-        raise SmplerError(f"--variant {variant}: expected one of {', '.join(VARIANTS)}")
+        raise OptionError("variant", variant, f"expected one of {', '.join(VARIANTS)}")
     from ..body.loaders import load_body_model, load_h36m_regressor
 
     model = SMPLer(variant)
@@ -210,7 +210,7 @@ def build_model(variant: str, checkpoint=None, smpl_model=None, h36m_regressor=N
         if body is not None:
             handler.set_body_model(body)  # provides the arrays a stripped checkpoint lacks
         load_checkpoint_into(model, checkpoint, fill_body=body is not None)
-        if body is not None:  # an explicit --smpl-model wins over the checkpoint's arrays
+        if body is not None:  # an explicit `smpl_model` wins over the checkpoint's arrays
             handler.set_body_model(body)
         else:
             handler.body_standin, handler.body_source = False, f"checkpoint {Path(checkpoint).name}"
@@ -221,8 +221,8 @@ def build_model(variant: str, checkpoint=None, smpl_model=None, h36m_regressor=N
         model.load_state_dict(default_state(model, DEFAULT_SEED), strict=True)
         if body is not None:
             if body.J_regressor_h36m is None and h36m is None:
-                raise SmplerError(f"--smpl-model {smpl_model}: has no H36M joint regressor; pass "
-                                  "--h36m-regressor J_regressor_h36m_correct.npy (from the SMPLer meta data)")
+                raise OptionError("smpl_model", smpl_model, f"has no H36M joint regressor; pass "
+                                  f"{opt('h36m_regressor')} J_regressor_h36m_correct.npy (from the SMPLer meta data)")
             handler.set_body_model(body)
         else:
             handler.body_standin, handler.body_source = True, "stand-in (generated)"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..engine.targets import parse_sms as parse_targets
-from ..errors import SmplerError
+from ..errors import SmplerError, opt
 from ..fileio import check_output_dir, outputs, write_bytes_atomic, write_text_atomic
 from .abi import (  # noqa: F401  (CHANNELS/HEADS/RADIUS: the specialization, read by tests and builders)
     CHANNELS, DTYPES, FP_FUSION, HEADS, HIDDEN_ARGS, KERNEL_ABI, KERNEL_NAMES, NUM_STAGES, NUM_WARPS, RADIUS,
@@ -151,7 +151,7 @@ def compile_variant(kernel: str, dtype: str, sm: int) -> CompiledVariant:
 
 
 def parse_sms(values: Iterable[str | int] | None) -> list[int]:
-    """`--sm 87 --sm 89` or `--sm 87,89` (also `sm_87`, `8.7`) -> sorted unique list; None -> all supported.
+    """`sms` as [87, 89] or ["87,89"] (also `sm_87`, `8.7`) -> sorted unique list; None -> all supported.
     The engine builds' parser (`engine.targets.parse_sms`), checked against the targets smpler-aot compiles."""
     if not values:
         return list(SUPPORTED_SMS)
@@ -175,7 +175,7 @@ def build(
         return _build_in_child(outdir, sms, kernels, dtypes, progress)
     if triton_version() != TRITON_VERSION_PIN:  # before any work or file
         raise SmplerError(f"triton {triton_version()}: kernels are pinned to triton=={TRITON_VERSION_PIN}")
-    out = check_output_dir(outdir, "-o")  # before compiling: a file, missing parent or read-only dir fails here
+    out = check_output_dir(outdir, opt("out"))  # before compiling: a file, missing parent or read-only dir fails here
     sms = parse_sms(sms)  # ints or spellings; None: every supported target
     compiled = []  # every variant compiled before any file is written (a failure or Ctrl-C leaves no file)
     for kernel in kernels:
@@ -195,7 +195,7 @@ def build(
         "kernel_abi": KERNEL_ABI,
         "kernels": entries,
     }
-    # Merge with an existing index (e.g. `--sm 87` after `--sm 89`), newest variant wins.
+    # Merge with an existing index (e.g. SM87 built after SM89), newest variant wins.
     old = out / "index.json"
     if old.exists():
         try:
@@ -212,7 +212,7 @@ def build(
     # One transaction: the binaries and the merged index together, or (full disk, Ctrl-C) none of them and the
     # previous files put back.
     files = [out / n for v in compiled for n in (v.entry["cubin"], v.entry["ptx"])]
-    with outputs(*files, old, force=True, dirs=[(out, "-o")]):
+    with outputs(*files, old, force=True, dirs=[(out, opt("out"))]):
         for v in compiled:
             write_bytes_atomic(out / v.entry["cubin"], v.cubin)
             write_text_atomic(out / v.entry["ptx"], v.ptx)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import SmplerError
+from ..errors import SmplerError, opt
 from ..export.metadata import read_header
 
 DOMAIN = "smpler"
@@ -57,7 +57,7 @@ def assert_no_plugins(onnx_path, where=None) -> None:
         kinds = [op for op in PLUGIN_OPS if op in ops] + sorted(ops - set(PLUGIN_OPS))
         raise SmplerError(
             f"{path}: graph contains TensorRT plugin nodes ({', '.join(kinds)}); "
-            "ONNX Runtime cannot run them — export without --plugins"
+            f"ONNX Runtime cannot run them — export without {opt('plugins')}"
         )
 
 

@@ -3,7 +3,8 @@
 Torch- and Triton-free (the TensorRT side imports it). `smpler-aot` writes a kernel directory; the plugins,
 smpler-export, the TensorRT session, smpler-bench and smpler-demo are handed it explicitly (`resolve_kernel_dir`:
 the directory given, else the per-user cache directory). $SMPLER_KERNEL_DIR is only the commands' default for
---kernel-dir and smpler-aot -o (`cli/common.kernel_dir_arg`); nothing below reads the environment.
+their kernel directory flag and smpler-aot's output (`cli/common.kernel_dir_arg`); nothing below reads the
+environment.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import re
 from pathlib import Path
 
 from ..containment import contained
-from ..errors import SmplerError
+from ..errors import SmplerError, opt
 from .abi import DTYPES, HIDDEN_ARGS, KERNEL_ABI, KERNEL_NAMES, TRITON_VERSION_PIN, variant_spec
 
 INDEX_FORMAT = 2  # 2: per-kernel ptxas toolkit, PTX minimum driver, num_ctas
@@ -29,7 +30,7 @@ PTX_ISA_DRIVER = {"7.8": 11080, "8.0": 12000, "8.1": 12010, "8.2": 12020, "8.3":
 
 
 def resolve_kernel_dir(explicit: str | os.PathLike | None = None) -> Path:
-    """The kernel directory: `explicit` (--kernel-dir, smpler-aot -o), else the per-user cache directory.
+    """The kernel directory: `explicit` (`kernel_dir`, smpler-aot's output), else the per-user cache directory.
 
     The one rule for both sides, so smpler-aot writes where the runtime looks unless told otherwise."""
     if explicit:
@@ -179,7 +180,7 @@ def check_kernels_for(kernel_dir: str | os.PathLike, sm: int, kernels, what: str
     kdir = Path(kernel_dir)
     if sm not in SUPPORTED_SMS:
         raise SmplerError(f"{what}: its attention plugins have no kernels for SM{sm} (smpler-aot targets "
-                          f"{', '.join(map(str, SUPPORTED_SMS))}); export with --no-plugins for this GPU")
+                          f"{', '.join(map(str, SUPPORTED_SMS))}); export with {opt('no_plugins')} for this GPU")
     index = load_index(kdir)
     if index.get("kernel_abi") != KERNEL_ABI:
         raise SmplerError(f"{kdir}: kernels have ABI {index.get('kernel_abi')}, this smpler-deploy needs {KERNEL_ABI}; "
@@ -187,7 +188,7 @@ def check_kernels_for(kernel_dir: str | os.PathLike, sm: int, kernels, what: str
     missing = [k for k in kernels if not any(e["kernel"] == k and e["sm"] == sm for e in index["kernels"])]
     if missing:
         raise SmplerError(f"{what}: no {', '.join(missing)} kernel for this GPU (SM{sm}) in {kdir}; "
-                          f"build it with `{aot_command(sm, kdir)}` (or pass --kernel-dir DIR)")
+                          f"build it with `{aot_command(sm, kdir)}` (or pass {opt('kernel_dir')} DIR)")
     return index
 
 

@@ -1,9 +1,9 @@
 """ONNX Runtime execution providers: which ones a request needs and with what options (plain code, tested on CPU).
 
-`--provider cpu|cuda|tensorrt`. CUDA and TensorRT come with onnxruntime-gpu (`pip install smpler-deploy[gpu]`,
+`provider`: cpu | cuda | tensorrt. CUDA and TensorRT come with onnxruntime-gpu (`pip install smpler-deploy[gpu]`,
 which replaces onnxruntime). The TensorRT EP gets optimization-profile shapes from the benchmark's batch sizes,
 an engine + timing cache directory (engines are built once, then loaded), int8 for Q/DQ graphs, and fp16 only
-when asked (`--trt-fp16` lets TensorRT pick fp16 per layer, so the graph's fp32 islands are no longer
+when asked (`trt_fp16` lets TensorRT pick fp16 per layer, so the graph's fp32 islands are no longer
 guaranteed). Nodes TensorRT does not take fall back to the CUDA EP, then the CPU.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import OptionError, SmplerError
+from ..errors import OptionError, opt
 from ..precision import Precision
 from ..outputs import CROP_SIZE, INPUT_NAME
 
@@ -20,22 +20,24 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "te
 NEEDS = {"cpu": ("cpu",), "cuda": ("cuda",), "tensorrt": ("tensorrt", "cuda")}
 
 
-def parse_provider(text: str, flag: str = "--provider") -> str:
+def parse_provider(text: str, field: str = "provider") -> str:
+    """'cpu' | 'cuda' | 'tensorrt' (or 'trt'), any case; errors name the option `field`."""
     p = str(text).strip().lower()
     if p == "trt":
         p = "tensorrt"
     if p not in PROVIDERS:
-        raise SmplerError(f"{flag} {text}: expected one of {', '.join(PROVIDERS)}")
+        raise OptionError(field, text, f"expected one of {', '.join(PROVIDERS)}")
     return p
 
 
-def check_available(provider: str, available, flag: str = "--provider") -> None:
-    """One-line error when the installed onnxruntime lacks a provider the request needs."""
+def check_available(provider: str, available, field: str = "provider") -> None:
+    """One-line error (naming the option `field`) when the installed onnxruntime lacks a provider the request
+    needs."""
     import onnxruntime as ort
 
     missing = [PROVIDERS[n] for n in NEEDS[provider] if PROVIDERS[n] not in available]
     if missing:
-        raise SmplerError(f"{flag} {provider}: {', '.join(missing)} not available in onnxruntime {ort.__version__} "
+        raise OptionError(field, provider, f"{', '.join(missing)} not available in onnxruntime {ort.__version__} "
                           f"(available: {', '.join(available)}); install onnxruntime-gpu "
                           "(pip install 'smpler-deploy[gpu]', which replaces onnxruntime)")
 
@@ -61,7 +63,7 @@ def provider_list(provider: str, *, precision: "Precision | None" = None, qdq: b
     """
     provider = parse_provider(provider)
     if provider != "tensorrt" and trt_fp16:
-        raise SmplerError(f"--trt-fp16: applies to --provider tensorrt (got --provider {provider})")
+        raise OptionError("trt_fp16", None, f"applies to {opt('provider')} tensorrt (got {opt('provider')} {provider})")
     if provider == "cpu":
         return [PROVIDERS["cpu"]]
     cuda = {"device_id": str(device_id)}
@@ -70,10 +72,10 @@ def provider_list(provider: str, *, precision: "Precision | None" = None, qdq: b
     if provider == "cuda":
         return [(PROVIDERS["cuda"], cuda), PROVIDERS["cpu"]]
     if precision is not None and not precision.buildable:
-        raise SmplerError("--provider tensorrt: the int8-cpu graph uses ONNX Runtime's layout (non-zero zero points "
-                          "TensorRT refuses); run the int8 graph exported with --target trt")
+        raise OptionError("provider", "tensorrt", "the int8-cpu graph uses ONNX Runtime's layout (non-zero zero "
+                          f"points TensorRT refuses); run the int8 graph exported with {opt('target')} trt")
     if cache_dir is None:
-        raise SmplerError("--provider tensorrt: needs an engine cache directory (--trt-cache DIR)")
+        raise OptionError("provider", "tensorrt", f"needs an engine cache directory ({opt('trt_cache')} DIR)")
     cache = str(Path(cache_dir))
     trt = dict(cuda) | {
         "trt_engine_cache_enable": "True", "trt_engine_cache_path": cache,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SmplerError
+from ..errors import OptionError, SmplerError, opt
 from ..export.metadata import meta_bool, metadata, read_header
 from ..outputs import CROP_SIZE, INPUT_NAME, OUTPUT_NAMES, SMPLOutput
 from ..precision import GRAPH_KINDS, Precision
@@ -120,7 +120,7 @@ class OnnxRuntimeSession(Session):
             raise SmplerError(f"{label}: onnxruntime cannot load it ({str(e).splitlines()[0][:200]})")
         used = self.sess.get_providers()
         if not used or used[0] != PROVIDERS[provider]:  # ORT falls back silently when an EP fails to start
-            raise SmplerError(f"--provider {provider}: onnxruntime could not start {PROVIDERS[provider]} and fell "
+            raise OptionError("provider", provider, f"onnxruntime could not start {PROVIDERS[provider]} and fell "
                               f"back to {', '.join(used)} (CUDA/cuDNN/TensorRT libraries not loadable?)")
         check_graph_io(path, self.sess.get_inputs(), self.sess.get_outputs())
         self.precision = precision

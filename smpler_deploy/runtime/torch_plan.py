@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from ..errors import SmplerError
+from ..errors import OptionError, SmplerError, opt
 from ..precision import FP32, TORCH_NAMES, Precision
 from .graphs import GraphPolicy
 
@@ -42,11 +42,12 @@ class TorchPlan:
         return int(self.device[5:]) if self.device.startswith("cuda:") else 0
 
 
-def parse_device(device: str, flag: str = "--device") -> str:
+def parse_device(device: str, field: str = "device") -> str:
+    """'cpu' | 'cuda' | 'cuda:N', any case; errors name the option `field`."""
     d = str(device).strip().lower()
     if d == "cpu" or d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit()):
         return d
-    raise SmplerError(f"{flag} {device}: expected cpu, cuda or cuda:N")
+    raise OptionError(field, device, "expected cpu, cuda or cuda:N")
 
 
 def cuda_unavailable_reason() -> str | None:
@@ -62,24 +63,25 @@ def cuda_unavailable_reason() -> str | None:
 
 def plan_torch(device: str = "cpu", precision: Precision | str = FP32, *, cuda_graphs: bool | None = None,
                compile: bool = False, attention: str = "torch", cuda_check: Callable[[], str | None] | None = None,
-               flag: str = "--device") -> TorchPlan:
-    """Validate a TorchSession request; raise a one-line SmplerError naming the flag when it cannot run.
+               field: str = "device") -> TorchPlan:
+    """Validate a TorchSession request; raise a one-line SmplerError naming the option when it cannot run
+    (`field`: the device option's name).
 
     precision: a Precision (or its report spelling, parsed here once).
     cuda_graphs: None = on for CUDA (capture per batch size, replay), off on CPU (nothing to capture).
     """
-    device = parse_device(device, flag)
+    device = parse_device(device, field)
     precision = Precision.parse(precision)
     precision.require_torch()
     is_cuda = device.startswith("cuda")
     if is_cuda:
         why = (cuda_check or cuda_unavailable_reason)()
         if why:
-            raise SmplerError(f"{flag} {device}: {why}; use {flag} cpu")
+            raise OptionError(field, device, f"{why}; use {opt(field)} cpu")
     if cuda_graphs is None:
         cuda_graphs = is_cuda
     if cuda_graphs and not is_cuda:
-        raise SmplerError(f"--cuda-graphs: CUDA graphs need {flag} cuda (got {device})")
+        raise OptionError("cuda_graphs", None, f"CUDA graphs need {opt(field)} cuda (got {device})")
     if attention == "triton" and precision.kind == "bf16":
         raise SmplerError("attention triton: the Triton kernels store fp32 or fp16 (bf16 runs with attention torch)")
     if attention not in ("torch", "triton"):

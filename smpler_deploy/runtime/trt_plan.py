@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import SmplerError
+from ..errors import SmplerError, opt
 from .graphs import GraphPolicy
 
 
@@ -43,7 +43,7 @@ def plan_input_shape(shape: tuple[int, ...], spec: TensorSpec, profile: Profile,
     if any(d < lo or d > hi for d, lo, hi in zip(shape, profile.min, profile.max)):
         raise SmplerError(
             f"{engine}: input {spec.name} shape {list(shape)} is outside the engine's profile "
-            f"({profile.describe()}); rebuild with --batch MIN:OPT:MAX covering it, or split the batch"
+            f"({profile.describe()}); rebuild with {opt('batch')} MIN:OPT:MAX covering it, or split the batch"
         )
     return shape
 

@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from ..errors import SmplerError
+from ..errors import SmplerError, opt
 from ..fileio import sha256_file, write_text_atomic
 
 SCHEMA = 1
@@ -160,7 +160,8 @@ def check_manifest(
     built = manifest["trt"]
     title = FLAVOUR_TITLES.get(built["flavour"], built["flavour"])
     if flavour is not None and flavour != built["flavour"]:
-        raise SmplerError(f"{name}: built with {title}, but loading with --trt {flavour}; use --trt {built['flavour']}")
+        raise SmplerError(f"{name}: built with {title}, but loading with {opt('flavour')} {flavour}; "
+                          f"use {opt('flavour')} {built['flavour']}")
     check_engine_file(manifest, engine_path, engine_sha256=engine_sha256)
     vc = bool(manifest["build"].get("options", {}).get("version_compatible"))
     if not _versions_compatible(built["version"], trt_version, vc):
@@ -178,6 +179,7 @@ def check_manifest(
     if hcl == "same_compute_capability" and device_sm in sms:
         return
     if sms and device_sm not in sms:
-        fix = f"rebuild with --sm {device_sm}" if built["flavour"] == "tensorrt-rtx" else "rebuild it on this device"
+        rtx = built["flavour"] == "tensorrt-rtx"
+        fix = f"rebuild with {opt('sms')} {device_sm}" if rtx else "rebuild it on this device"
         built_for = ", ".join(f"SM{s}" for s in sms)
         raise SmplerError(f"{name}: built for {built_for}, this GPU is SM{device_sm}; {fix}")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SmplerError
+from ..errors import SmplerError, opt
 from ..plugins.abi import CHANNELS, HEADS, KERNEL_ABI, NUM_SCALES, RADIUS
 from ..plugins.graph import GLOBAL_OP, LOCAL_OP, PLUGIN_NAMESPACE, PLUGIN_VERSION
 from ..plugins.kernel_store import check_kernels_for, resolve_kernel_dir
@@ -275,15 +275,16 @@ def register_smpler_plugins(trt, flavour: str, what: str, needed: list[dict] = (
     """Register our plugin creators with `trt` (build and runtime side); one-line errors when impossible.
 
     kernel_dir: the plugins' AOT kernels (None: the smpler-aot cache directory), handed to every plugin the
-    creators make from now on. sm: the GPU that will run the plugins (session open, `--trt tensorrt` builds):
-    refuse now, naming the SM and the command that builds its kernels, rather than at the first execute.
+    creators make from now on. sm: the GPU that will run the plugins (session open, full TensorRT builds,
+    `flavour` tensorrt): refuse now, naming the SM and the command that builds its kernels, rather than at the
+    first execute.
     TensorRT-RTX: the wheel's missing soname link is created here (`importer.ensure_rtx_soname`), the one
     place that needs it, or the graph is refused with the command that creates it."""
     if flavour == "tensorrt-rtx" and not ensure_rtx_soname():
         # The TRT-RTX parser dlopens libtensorrt_rtx.so for plugin nodes and aborts the process without it.
         raise SmplerError(
             f"{what}: has plugin nodes, and TensorRT-RTX cannot import plugins until this link exists: "
-            f"{rtx_soname_fix_command()} (or export with --no-plugins)"
+            f"{rtx_soname_fix_command()} (or export with {opt('no_plugins')})"
         )
     if sm is not None and needed:
         check_kernels_for(resolve_kernel_dir(kernel_dir), sm, kernels_needed(needed), what)
