@@ -297,14 +297,13 @@ def _output(q: queue.Queue, faces, label, on_frame, times: StageTimes, stop: thr
 def run(source, detector, session, *, faces=None, body: Body | None = None, config: RunConfig | None = None,
         label: str | None = None, on_frame=None, log=print) -> tuple[list[PersonParams], StageTimes]:
     """Process every frame of `source`. `on_frame(frame, overlay_or_None, people)` receives each finished frame in
-    order, on the output thread (the CLI writes overlays there). Returns all people of all frames and the stage
-    times."""
+    order, on the output thread (the CLI writes overlays there). -> (all people of all frames, stage times)."""
     cfg = config or RunConfig()
     if cfg.detect_every < 1:
         raise OptionError("detect_every", cfg.detect_every, "expected a positive integer")
     if cfg.detect_every > 1 and not cfg.track:
-        raise OptionError("detect_every", None,
-                          f"carries boxes between detections with the tracker; drop {opt('no_track')}")
+        why = f"carries boxes between detections with the tracker; drop {opt('no_track')}"
+        raise OptionError("detect_every", None, why)
     # a boxes file with every frame's track ids needs no tracker (nor norfair's import, ~1 s of start-up)
     tracker = BoxTracker(period=cfg.detect_every) if cfg.track and not getattr(detector, "tracked", False) else None
     smoother = ParamSmoother(cfg.smooth, getattr(source, "fps", None))
