@@ -129,6 +129,88 @@ def test_int8_cpu_quantized_backbone_convs(onnx_int8_cpu):
     _check_quantized_policy(load(onnx_int8_cpu), "cpu")
 
 
+class _Backbone(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.mid, self.last = (torch.nn.Conv2d(3, 4, 3, 2, 1), torch.nn.Conv2d(4, 4, 3, 1, 1),
+                                          torch.nn.Conv2d(4, 4, 1))
+
+    def forward(self, x):
+        a = torch.relu(self.stem(x * 0.5 + 0.25))
+        raw = self.mid(a)
+        b = raw + a * a  # `a` feeds the conv, the Mul twice, and the decoder
+        return a, raw, self.last(b) - b
+
+
+class _Fanout(torch.nn.Module):
+    """Backbone convolutions (nodes named /backbone/..., as SMPLer's) with a decoder that reads across the cut: a
+    conv output (quantized on the cpu target), a Relu output, a tensor made after the last conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone, self.head = _Backbone(), torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        a, raw, c = self.backbone(x)
+        return self.head(c.mean((2, 3))) + raw.mean((1, 2, 3)).unsqueeze(-1) + a.amax((1, 2, 3)).unsqueeze(-1)
+
+
+def _same_graph(x, y):
+    """Equal but for the order of the nodes."""
+    def key(m):
+        g = m.graph
+        return (sorted(n.SerializeToString() for n in g.node), {t.name: t.SerializeToString() for t in g.initializer},
+                sorted(v.SerializeToString() for v in g.value_info), [i.SerializeToString() for i in g.input],
+                [o.SerializeToString() for o in g.output], [(p.key, p.value) for p in m.metadata_props],
+                [(o.domain, o.version) for o in m.opset_import], m.ir_version, m.producer_name)
+    for a, b, what in zip(key(x), key(y), ("nodes", "initializers", "value_info", "inputs", "outputs", "metadata",
+                                          "opsets", "ir_version", "producer")):
+        assert a == b, what
+
+
+@pytest.mark.parametrize("target", ["trt", "cpu"])
+def test_int8_quantizing_the_backbone_part_writes_the_whole_graphs_quantization(target, tmp_path):
+    """export/int8 hands ORT only the part of the graph the backbone convolutions need and merges it back; the
+    result must be what ORT writes quantizing the whole graph."""
+    from smpler_deploy.export.graph_part import cut
+    from smpler_deploy.export.int8 import backbone_convs, quantize
+
+    torch.manual_seed(0)
+    src = tmp_path / "fanout.onnx"
+    torch.onnx.export(_Fanout().eval(), (torch.randn(1, 3, 16, 16),), str(src), input_names=[INPUT_NAME],
+                      output_names=["y"], dynamo=False, opset_version=19)
+    fp32 = onnx.load(str(src))
+    part = cut(fp32, set(backbone_convs(fp32)))
+    assert part is not None and len(part.exits) >= 3 and len(part.inside) < len(fp32.graph.node)
+    images = np.random.default_rng(0).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    fast, plain = tmp_path / "part.onnx", tmp_path / "whole.onnx"
+    quantize(src, fast, images, target=target)
+    quantize(src, plain, images, target=target, whole_graph=True)
+    m = load(fast)
+    assert len(quantized_nodes(m)) == 3
+    _same_graph(m, load(plain))
+    import onnxruntime as ort
+
+    a, b = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {INPUT_NAME: images[:1]})[0]
+            for p in (fast, plain))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_graph_part_refuses_a_cut_that_would_change_the_quantization():
+    """A graph input read by a target and by the rest: ORT would rewire both readers; the cut could not."""
+    from smpler_deploy.export.graph_part import cut
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    w = numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float32), "w")
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"], name="/backbone/Conv"),
+                           helper.make_node("Add", ["c", "x"], ["y"], name="/head/Add")], "g", [x], [y], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)])
+    assert cut(m, {"/backbone/Conv"}) is None
+    m.graph.node[1].input[1] = "c"  # the rest reads only what the part makes
+    assert cut(m, {"/backbone/Conv"}).exits == ("c",)
+
+
 
 # ---------------------------------------------------------------- int8 cpu: no int16 saturation on AVX2 CPUs
 # ONNX Runtime's u8s8 kernels on AVX2 CPUs without VNNI multiply with vpmaddubsw: int16 with saturation of

@@ -83,7 +83,7 @@ def crops():
 def ref_out(default_model, crops):
     from smpler_deploy.runtime.torch_session import TorchSession
 
-    return TorchSession(default_model).infer(crops)
+    return TorchSession(default_model).infer(crops[:1])  # one crop: half types run slowly on CPU
 
 
 @pytest.mark.parametrize("precision, mean_mm, max_mm", [("bf16", 5.0, 30.0), ("fp16", 1.0, 5.0)])
@@ -99,7 +99,7 @@ def test_half_precisions_on_cpu_keep_fp32_islands(default_model, crops, ref_out,
     blk = m.transformer[0]
     assert blk.theta_predictor.weight.dtype == torch.float32  # predictors are an fp32 island
     assert m.SMPL_predictor.fc1.weight.dtype == torch.float32  # HMR regressor too
-    out = s.infer(crops)
+    out = s.infer(crops[:1])
     assert all(a.dtype == np.float32 for a in out)
     f = fidelity(ref_out, out)["vertices"]
     # the half type really computes (not a silent fp32 run), and stays within the policy's budget

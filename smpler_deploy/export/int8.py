@@ -28,7 +28,8 @@ from ..errors import OptionError, SmplerError, opt
 from ..fileio import atomic_path
 from ..outputs import INPUT_NAME
 from ..precision import INT8_TARGETS
-from .metadata import read_header, set_metadata
+from .graph_part import cut, merge
+from .metadata import set_metadata
 
 # vpmaddubsw: int16(sat)(a0*w0 + a1*w1), a in [0,255], w in int8. The bound the cpu layout's weights must keep.
 INT16_MAX = 32767
@@ -128,16 +129,18 @@ def check_no_int16_saturation(model) -> None:
 
 
 def quantize(fp32_path, out_path, images: np.ndarray, *, target: str = "trt", meta: dict | None = None,
-             progress=None, reduce_range: bool | None = None) -> dict:
-    """`reduce_range` (7-bit weights) defaults to True for the cpu target (see the module docstring)."""
+             progress=None, reduce_range: bool | None = None, whole_graph: bool = False) -> dict:
+    """`reduce_range` (7-bit weights) defaults to True for the cpu target (see the module docstring).
+    ORT quantizes the part of the graph the backbone convolutions need (export/graph_part: the same graph, in half
+    the time); `whole_graph=True` hands it the whole graph."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if target not in INT8_TARGETS:
         raise OptionError("target", target, f"expected one of {', '.join(INT8_TARGETS)}")
     t0 = time.perf_counter()
-    header = read_header(fp32_path)
-    nodes = backbone_convs(header)
+    whole = onnx.load(str(fp32_path))
+    nodes = backbone_convs(whole)
     if target == "trt":
         extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
                  "OpTypesToExcludeOutputQuantization": ["Conv"]}
@@ -152,11 +155,14 @@ def quantize(fp32_path, out_path, images: np.ndarray, *, target: str = "trt", me
     try:
         with atomic_path(out_path, suffix=".onnx") as tmp:
             extra["CalibTensorRangeSymmetric"] = target == "trt"
-            quantize_static(str(fp32_path), str(tmp), _Reader(images, progress), quant_format=QuantFormat.QDQ,
-                            op_types_to_quantize=["Conv"], nodes_to_quantize=nodes, per_channel=True,
-                            activation_type=act, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                            reduce_range=reduce_range, extra_options=extra)
+            part = None if whole_graph else cut(whole, set(nodes))
+            quantize_static(str(fp32_path) if part is None else part.model, str(tmp), _Reader(images, progress),
+                            quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"], nodes_to_quantize=nodes,
+                            per_channel=True, activation_type=act, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax, reduce_range=reduce_range, extra_options=extra)
             model = onnx.load(str(tmp))  # the whole graph, to check it and write its metadata
+            if part is not None:
+                model = merge(whole, part, model)
             if target == "trt":
                 check_trt_compatible(model)
             elif reduce_range:
