@@ -4,7 +4,7 @@ The default run is spread over the CPU cores by pytest-xdist (pyproject's addopt
 its own session fixtures, so every artifact here is built under a file lock in one directory the workers share
 (`_shared`): the first worker to need it builds it, the others wait and read it. Each worker keeps torch to one
 thread: two workers with torch's default (one thread per core) oversubscribe the cores, and OpenMP's spinning
-threads then slow every test several times over.
+threads then slow every test several times over; the commands the tests start inherit it (OMP_NUM_THREADS).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ if "PYTEST_XDIST_WORKER" in os.environ:
     import torch
 
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"  # and the commands tests start as subprocesses
 
 
 def _shared(tmp_path_factory) -> Path:
