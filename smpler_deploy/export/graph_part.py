@@ -21,6 +21,7 @@ class Part:
     model: object  # onnx.ModelProto: the part, its exits as outputs
     inside: frozenset[int]  # indices of the whole graph's nodes it holds
     exits: tuple[str, ...]  # tensors the rest of the graph reads from it
+    shapes: object  # onnx.GraphProto: the whole float graph with its inferred shapes (what ORT's output records)
 
 
 def ancestors(graph, names: set[str]) -> list[int]:
@@ -55,23 +56,25 @@ def cut(model, targets: set[str]) -> Part | None:
     if not idx or made & {o.name for o in g.output} or read_by_targets & rest_reads:
         return None
     exits = tuple(dict.fromkeys(x for i, n in enumerate(g.node) if i not in inside for x in n.input if x in made))
+    shapes = onnx.shape_inference.infer_shapes(model).graph  # once: the exits' types here, the value_info in merge
+    shapes.ClearField("node")
+    shapes.ClearField("initializer")  # the weights stay in `model` only
+    typed = {v.name: v for v in shapes.value_info}
+    if any(x not in typed for x in exits):
+        return None  # an exit whose type ONNX cannot infer: ORT could not quantize the part either
     used = {x for i in idx for x in g.node[i].input}
     nodes = [g.node[i] for i in idx]
     nodes += [helper.make_node("Identity", [x], [x + EXIT_SUFFIX], name=x + EXIT_SUFFIX) for x in exits]
-    part = helper.make_graph(nodes, g.name, [x for x in g.input if x.name in used],
-                             [helper.make_empty_tensor_value_info(x + EXIT_SUFFIX) for x in exits],
+    outputs = [onnx.ValueInfoProto(name=x + EXIT_SUFFIX, type=typed[x].type) for x in exits]
+    part = helper.make_graph(nodes, g.name, [x for x in g.input if x.name in used], outputs,
                              initializer=[t for t in g.initializer if t.name in used])
-    m = onnx.shape_inference.infer_shapes(helper.make_model(part, opset_imports=list(model.opset_import),
-                                                            ir_version=model.ir_version))
-    if not all(o.type.HasField("tensor_type") for o in m.graph.output):
-        return None  # an exit whose type ONNX cannot infer: ORT could not quantize the part either
-    return Part(m, inside, exits)
+    m = helper.make_model(part, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    return Part(m, inside, exits, shapes)
 
 
 def merge(model, part: Part, quantized) -> object:
     """`model` with the part's nodes replaced by `quantized` (the part after ORT), each exit's readers reading what
     the exit's Identity reads now."""
-    import onnx
     from onnx import helper
 
     g = model.graph
@@ -84,22 +87,17 @@ def merge(model, part: Part, quantized) -> object:
             qnodes.append(n)
     if len(renamed) != len(part.exits):
         raise RuntimeError(f"quantized part lost {len(part.exits) - len(renamed)} of its exits")
-    rest = []
-    for i, n in enumerate(g.node):
-        if i in part.inside:
-            continue
-        n = type(n).FromString(n.SerializeToString())
-        for j, x in enumerate(n.input):
-            n.input[j] = renamed.get(x, x)
-        rest.append(n)
+    rest = [n for i, n in enumerate(g.node) if i not in part.inside]
     q_inits = {t.name for t in quantized.graph.initializer}
     rest_reads = {x for n in rest for x in n.input}
     inits = list(quantized.graph.initializer) + [t for t in g.initializer
                                                  if t.name in rest_reads and t.name not in q_inits]
-    # the shapes ORT's quantizer records: those inferred on the float graph it was given, here the whole one
-    shapes = onnx.shape_inference.infer_shapes(model).graph
+    shapes = part.shapes
     whole = helper.make_graph(qnodes + rest, g.name, list(shapes.input), list(shapes.output), initializer=inits,
                               value_info=list(shapes.value_info))
+    for n in whole.node[len(qnodes):]:  # make_graph copied the nodes: rename the exits' readers in the copies
+        for j, x in enumerate(n.input):
+            n.input[j] = renamed.get(x, x)
     opsets = {o.domain: o.version for o in model.opset_import}
     for o in quantized.opset_import:
         opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
