@@ -14,7 +14,8 @@ import torch
 
 from smpler_deploy import OUTPUT_NAMES, SmplerError, __version__
 from smpler_deploy.export.int8 import check_trt_compatible, quantized_nodes
-from smpler_deploy.export.onnx_export import FORBIDDEN_OPS, OPSET, fidelity_inputs, graph_report, measure_fidelity
+from smpler_deploy.export.onnx_export import (FORBIDDEN_OPS, OPSET, fidelity_inputs, graph_report, measure_fidelity,
+                                              torch_reference)
 from smpler_deploy.fidelity import fidelity
 from smpler_deploy.outputs import CROP_SIZE, INPUT_NAME
 from smpler_deploy.runtime.ort_session import OnnxRuntimeSession, graph_traits
@@ -213,7 +214,6 @@ def test_graph_part_refuses_a_cut_that_would_change_the_quantization():
     assert cut(m, {"/backbone/Conv"}).exits == ("c",)
 
 
-
 # ---------------------------------------------------------------- int8 cpu: no int16 saturation on AVX2 CPUs
 # ONNX Runtime's u8s8 kernels on AVX2 CPUs without VNNI multiply with vpmaddubsw: int16 with saturation of
 # a[2k]*w[2k] + a[2k+1]*w[2k+1] (a uint8 activations, w int8 weights). VNNI CPUs (this one, maybe) accumulate in
@@ -354,22 +354,14 @@ THRESHOLDS = {
 
 @pytest.fixture(scope="module")
 def fidelity_reference(default_model):
-    """What `measure_fidelity` compares with (the fp32 torch path on its fixed crops), computed once for all graphs;
-    the fp32 graph's check goes through `measure_fidelity` itself."""
-    x = fidelity_inputs()
-    with torch.no_grad():
-        return x, default_model(torch.from_numpy(x)).numpy()
+    """measure_fidelity's torch reference on its fixed crops, computed once for the four graphs."""
+    return torch_reference(default_model, fidelity_inputs())
 
 
 @pytest.mark.parametrize("fixture", list(THRESHOLDS))
 def test_fidelity_within_thresholds(fixture, request, default_model, fidelity_reference):
     path = request.getfixturevalue(fixture)
-    if fixture == "onnx_fp32":
-        fid = measure_fidelity(default_model, path)
-    else:
-        x, ref = fidelity_reference
-        with OnnxRuntimeSession(path) as sess:
-            fid = fidelity(ref, sess.infer(x))
+    fid = measure_fidelity(default_model, path, reference=fidelity_reference)
     v = fid["vertices"]
     print(f"{fixture}: vertices mean {v['mean_mm']:.4g} mm max {v['max_mm']:.4g} mm, "
           f"joints max {fid['joints']['max_mm']:.4g} mm, rotmat max {fid['rotmat']['max_deg']:.4g} deg")

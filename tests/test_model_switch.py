@@ -54,7 +54,7 @@ def _compare(out, ref, verts_tol):
     return err
 
 
-# ~12 s on 2 shared CPU cores (every attention call runs through the Triton interpreter): not marked slow
+# ~15 s on one core (every attention call runs through the Triton interpreter): not marked slow
 def test_triton_attention_matches_torch(default_model, images, reference):
     out = _run(default_model, "triton", images)
     err = _compare(out, reference, VERTS_TOL)

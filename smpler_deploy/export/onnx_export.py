@@ -101,14 +101,20 @@ def fidelity_inputs(n: int = 4) -> np.ndarray:
     return heldout_crops(n)[0]
 
 
-def measure_fidelity(smpler, onnx_path, images=None) -> dict:
-    """Run the written graph in ONNX Runtime and compare with the PyTorch fp32 model on the same inputs."""
+def torch_reference(smpler, images: np.ndarray):
+    """What a graph's fidelity is measured against: the PyTorch fp32 model (torch attention) on `images`."""
+    with torch.no_grad():
+        return copy.deepcopy(smpler).set_attention("torch").set_precision("fp32")(torch.from_numpy(images)).numpy()
+
+
+def measure_fidelity(smpler, onnx_path, images=None, reference=None) -> dict:
+    """Run the written graph in ONNX Runtime and compare with the PyTorch fp32 model on the same inputs;
+    `reference` (`torch_reference` of `smpler` on those inputs) when several graphs are compared on them."""
     from ..fidelity import fidelity
     from ..runtime.ort_session import OnnxRuntimeSession
 
     x = fidelity_inputs() if images is None else images
-    with torch.no_grad():
-        ref = copy.deepcopy(smpler).set_attention("torch").set_precision("fp32")(torch.from_numpy(x)).numpy()
+    ref = torch_reference(smpler, x) if reference is None else reference
     sess = OnnxRuntimeSession(onnx_path)
     try:
         return fidelity(ref, sess.infer(x))
